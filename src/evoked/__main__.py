@@ -1,0 +1,3 @@
+from evoked.cli import main
+
+raise SystemExit(main())

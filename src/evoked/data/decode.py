@@ -1,0 +1,152 @@
+"""Robust image decoding shared by every stage.
+
+Every image evoked reads goes through `decode_rgb`: EXIF orientation is applied, every PIL mode
+becomes 8-bit RGB, a pixel-count limit guards against decompression bombs, and anything that is
+not a readable image raises `DecodeError` with a reason a person can act on. Callers record that
+reason; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from evoked.errors import DecodeError
+
+log = logging.getLogger(__name__)
+
+#: Default limit on width x height (about 178 megapixels, twice PIL's own warning level).
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+# Truncated files must fail, not decode into grey padding.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says, read without decoding the pixels."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    orientation: int  # EXIF orientation tag, 1 when absent
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file, turning the usual failures into `DecodeError` reasons."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DecodeError(str(p), "file not found") from None
+    except IsADirectoryError:
+        raise DecodeError(str(p), "is a directory, not an image file") from None
+    except PermissionError:
+        raise DecodeError(str(p), "permission denied") from None
+    except OSError as e:
+        raise DecodeError(str(p), f"cannot read file: {e.strerror or e}") from e
+    if not data:
+        raise DecodeError(str(p), "empty file (0 bytes)")
+    return data
+
+
+def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise DecodeError(source, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DecodeError(source, f"{e}; raise the limit with --max-pixels if the image is trusted") from e
+    except UnidentifiedImageError:
+        head = data[:8].hex(" ")
+        raise DecodeError(source, f"not a recognised image format (first bytes: {head})") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DecodeError(source, f"unreadable image header (truncated or corrupt file): {e}") from e
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise DecodeError(source, f"image has an empty size {w}x{h}")
+    if w * h > max_pixels:
+        raise DecodeError(
+            source,
+            f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
+            "(decompression-bomb guard); raise it with --max-pixels if the image is trusted",
+        )
+    return img
+
+
+def probe(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read format, size, mode and EXIF orientation from the header only."""
+    img = _open(data, source, max_pixels)
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block must not make a good image fail
+        orientation = 1
+    return ImageInfo(img.format or "", img.width, img.height, img.mode, orientation)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB, with high-bit-depth images scaled rather than clipped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = float(arr.max(initial=0.0))
+        if mode.startswith("I;16") or (mode == "I" and 255.0 < top <= 65535.0):
+            arr = arr / 257.0  # 16-bit range to 8-bit
+        elif mode == "F" and top <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        elif top > 255.0:
+            arr = arr * (255.0 / top)  # anything wider: scale by its own maximum
+        gray = np.clip(arr, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode == "PA":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an (H, W, 3) uint8 RGB array, upright per its EXIF orientation.
+
+    Raises `DecodeError` for empty, truncated, corrupt, oversized or unknown files.
+    """
+    img = _open(data, source, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except OSError as e:
+        raise DecodeError(source, f"truncated or corrupt image data: {e}") from e
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DecodeError(source, f"corrupt image data: {e}") from e
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # a broken EXIF block: keep the pixels as stored
+        log.warning("%s: ignoring unreadable EXIF orientation (%s)", source, e)
+    try:
+        rgb = _to_rgb(img)
+        return np.array(rgb, dtype=np.uint8)  # a writable copy that owns its memory
+    except (OSError, ValueError) as e:
+        raise DecodeError(source, f"cannot convert mode {img.mode} to RGB: {e}") from e
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode one file; see `decode_rgb`."""
+    return decode_rgb(read_bytes(path), str(path), max_pixels)

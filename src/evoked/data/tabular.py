@@ -1,0 +1,168 @@
+"""CSV, TSV and JSONL manifests.
+
+Columns (case-insensitive; only ``path`` is required):
+``id, path, category, valence, arousal, split, fold, dataset`` and ``p_<category>`` for a label
+distribution (``dataset`` names the dataset when every row has the same value).
+``image``/``file``/``filename`` are accepted for ``path``, ``label``/``emotion`` for ``category``.
+Relative paths are relative to the manifest file's folder. In JSONL, a distribution may also be
+an object ``"distribution": {"joy": 0.7, "fear": 0.3}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from evoked.data.datasets import register_dataset
+from evoked.data.manifest import Manifest, normalize_split
+from evoked.errors import DatasetError, LabelError
+
+_ALIASES = {
+    "path": ("path", "image", "file", "filename", "filepath", "image_path"),
+    "id": ("id", "item_id", "image_id"),
+    "category": ("category", "label", "emotion", "class"),
+    "valence": ("valence", "v"),
+    "arousal": ("arousal", "a"),
+    "split": ("split", "subset"),
+    "fold": ("fold",),
+    "dataset": ("dataset",),
+}
+
+
+def _float(value, where: str, column: str) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return math.nan
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise LabelError(f"{where}: {column} {value!r} is not a number (leave it empty if unknown)") from None
+    if math.isinf(x):
+        raise LabelError(f"{where}: {column} {value!r} is infinite")
+    return x
+
+
+def _rows_from_file(path: Path) -> tuple[list[dict], str]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{lineno}: each line must be a JSON object")
+            dist = obj.pop("distribution", None)
+            if isinstance(dist, dict):
+                obj.update({f"p_{k}": v for k, v in dist.items()})
+            obj["__line__"] = lineno
+            rows.append(obj)
+        return rows, "jsonl"
+    delimiter = "\t" if suffix in (".tsv", ".txt", ".tab") else ","
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DatasetError(
+                f"{path}: empty file; a manifest needs a header line with at least a 'path' column"
+            )
+        rows = []
+        for lineno, row in enumerate(reader, 2):
+            if None in row:
+                raise DatasetError(f"{path}:{lineno}: more fields than header columns")
+            row["__line__"] = lineno
+            rows.append(row)
+    return rows, "csv"
+
+
+def read_table(path: Path, *, name: str | None = None) -> Manifest:
+    if not path.is_file():
+        raise DatasetError(f"manifest {str(path)!r} is not a file")
+    rows, fmt = _rows_from_file(path)
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    keys = {k.strip().lower(): k for r in rows[:1] for k in r if k != "__line__"}
+    for r in rows[1:]:
+        keys.update({k.strip().lower(): k for k in r if k != "__line__" and k.strip().lower() not in keys})
+    col = {}
+    for field, names in _ALIASES.items():
+        found = [keys[n] for n in names if n in keys]
+        if found:
+            col[field] = found[0]
+    if "path" not in col:
+        raise DatasetError(
+            f"{path}: no path column; a manifest needs 'path' (or image/file/filename). Found: {', '.join(keys)}"
+        )
+    dist_cols = [(k[2:], keys[k]) for k in keys if k.startswith("p_") and len(k) > 2]
+    root = path.parent
+    paths, ids, cats, val, aro, split, fold, dist = [], [], [], [], [], [], [], []
+    for r in rows:
+        where = f"{path}:{r['__line__']}"
+        p = str(r.get(col["path"]) or "").strip()
+        if not p:
+            raise DatasetError(f"{where}: empty path")
+        paths.append(p)
+        given_id = str(r.get(col["id"]) or "").strip() if "id" in col else ""
+        ids.append(given_id or p)
+        cats.append(str(r.get(col.get("category"), "") or "").strip().lower() if "category" in col else "")
+        val.append(_float(r.get(col.get("valence")), where, "valence") if "valence" in col else math.nan)
+        aro.append(_float(r.get(col.get("arousal")), where, "arousal") if "arousal" in col else math.nan)
+        split.append(normalize_split(r.get(col["split"]) or "", f"{where}: ") if "split" in col else "")
+        f = _float(r.get(col["fold"]), where, "fold") if "fold" in col else math.nan
+        fold.append(-1 if math.isnan(f) else int(f))
+        if dist_cols:
+            dist.append([_float(r.get(c), where, f"p_{name}") for name, c in dist_cols])
+    # a manifest written by evoked keeps its dataset's name in a 'dataset' column
+    names = {str(r.get(col["dataset"]) or "") for r in rows} if "dataset" in col else set()
+    if len(names) == 1 and "" not in names:
+        name = name or names.pop()
+    distribution = None
+    if dist_cols:
+        distribution = np.array(dist, dtype=np.float64)
+        known = ~np.isnan(distribution).any(axis=1)
+        sums = np.nansum(distribution, axis=1)
+        off = known & (np.abs(sums - 1) > 1e-3) & (sums > 0)
+        # counts (votes) are allowed: rows are normalised to probabilities
+        distribution[off] = distribution[off] / sums[off, None]
+    return Manifest.build(
+        root,
+        paths,
+        ids=ids,
+        category=cats,
+        valence=val,
+        arousal=aro,
+        split=split,
+        fold=fold,
+        distribution=distribution,
+        categories=[n for n, _ in dist_cols],
+        name=name or path.stem,
+        kind=fmt,
+    )
+
+
+def _is_table(p: Path, suffixes: tuple[str, ...]) -> bool:
+    return p.is_file() and p.suffix.lower() in suffixes
+
+
+@register_dataset(
+    "csv",
+    detect=lambda p: _is_table(p, (".csv", ".tsv")),
+    aliases=("tsv",),
+    help="a CSV/TSV manifest: path[,id,category,valence,arousal,split,fold,p_<category>...]",
+)
+def read_csv_manifest(path: Path) -> Manifest:
+    return read_table(path)
+
+
+@register_dataset(
+    "jsonl",
+    detect=lambda p: _is_table(p, (".jsonl", ".ndjson")),
+    help="a JSON-lines manifest with the same fields as the CSV one",
+)
+def read_jsonl_manifest(path: Path) -> Manifest:
+    return read_table(path)
