@@ -1,0 +1,148 @@
+"""`evoked extract`: features of every image into a resumable HDF5 store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evoked.cli._common import COMMON, print_json, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        parents=[COMMON],
+        help="extract backbone features of a dataset into an HDF5 store",
+        description="Decode each image once, run every --backbone on it, and write the outputs to an HDF5 "
+        "feature store, block by block. A killed run is completed with --resume; bad images are recorded "
+        "as failed rows with their reason.",
+        epilog="examples:\n"
+        "  evoked extract emotion6:data/emotion6 --out feats/e6.h5 --backbone resnet50 --backbone color\n"
+        "  evoked extract folder:imgs --out f.h5 --backbone tv:mobilenet_v2 --weights model.pth \\\n"
+        "      --preprocess mean=0.5,std=0.5,rotate=180\n"
+        "  evoked extract folder:imgs --out f.h5 --backbone 'clip:ViT-B-32:openai@embed,scene' --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", help="KIND:PATH or PATH (see `evoked data inspect`)")
+    p.add_argument("--out", required=True, type=Path, help="the HDF5 feature store to write")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="repeatable: resnet18..152, tv:NAME, clip:ARCH[:TAG], color; outputs with SPEC@out1,out2",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[SPEC=]default|random|PATH",
+        help="pretrained weights (default), a local file, or random (explicit smoke runs); per backbone with SPEC=",
+    )
+    p.add_argument(
+        "--preprocess",
+        action="append",
+        default=[],
+        metavar="[SPEC=]KEY=VAL,...",
+        help="override preprocessing: resize, crop, mean, std (one value or a/b/c), interpolation, mode, rotate",
+    )
+    p.add_argument(
+        "--plugin", action="append", default=[], help="a module or .py file that registers backbones"
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images per batch = rows per HDF5 chunk (default 64)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="reader processes (default: cores - 1, at most 8)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16 autocast on CUDA, fp32 on the CPU",
+    )
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=("auto", "cpu", "device"),
+        help="auto: JPEGs decoded in batches on the GPU when on CUDA, else by the reader processes",
+    )
+    p.add_argument(
+        "--shard", default=None, metavar="I/N", help="process shard I of N (writes OUT.shard-I-of-N.h5)"
+    )
+    p.add_argument("--resume", action="store_true", help="complete an existing store (skips finished rows)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: try failed rows again")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float16"), help="storage type of features"
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (width x height)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA, long runs)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_extract)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from evoked.data.decode import DEFAULT_MAX_PIXELS
+    from evoked.extract.runner import extract
+
+    failed = [0]
+    with progress(args, None, "extracting", "img") as bar:
+
+        def on_start(total: int, todo: int) -> None:
+            bar.reset(total=todo)
+            if total != todo:
+                bar.write(f"resuming: {total - todo} of {total} rows already done")
+
+        def on_batch(r) -> None:
+            failed[0] += r.failed
+            if failed[0]:
+                bar.set_postfix(failed=failed[0], refresh=False)
+            bar.update(r.images)
+
+        summary = extract(
+            args.dataset,
+            args.out,
+            args.backbone,
+            weights=args.weights,
+            preprocess=args.preprocess,
+            plugins=args.plugin,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
+            decode=args.decode,
+            shard=args.shard,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+            dtype=args.dtype,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+            compile=args.compile,
+            on_start=on_start,
+            on_batch=on_batch,
+        )
+    s = summary
+    if args.json:
+        print_json({**{k: v for k, v in vars(s).items()}, "images_per_s": s.images_per_s})
+    else:
+        print(
+            f"wrote {s.path}: {s.items} items; this run {s.processed} ({s.ok} ok, {s.failed} failed)"
+            + (f", {s.already_done} were already done" if s.already_done else "")
+        )
+        print(
+            f"  {s.device}, {s.precision}, decode {s.decode}: {s.seconds:.1f} s, {s.images_per_s:.1f} img/s "
+            f"(waiting for images {s.read_s:.1f} s, models {s.model_s:.1f} s, writing {s.write_s:.1f} s)"
+        )
+        if s.failures:
+            print(f"  {len(s.failures)} images failed (recorded in the store with their reason):")
+            for i, (item, reason) in enumerate(s.failures.items()):
+                if i == 20:
+                    print(f"    ... see `evoked features info {s.path} --failures`")
+                    break
+                print(f"    {item}: {reason}")
+        if s.failed_total > s.failed:
+            print(f"  {s.failed_total} failed rows in the store in all (--retry-failed tries them again)")
+    return 1 if args.strict and s.failed_total else 0

@@ -1,0 +1,140 @@
+"""Validation of extraction options, done before any model is built or any GPU work starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from evoked.errors import ConfigError
+from evoked.extract.backbone import _KEYS as PREPROCESS_KEYS
+from evoked.extract.backbone import parse_preprocess_overrides
+from evoked.extract.registry import BackboneSpec, parse_spec
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODERS = ("auto", "cpu", "device")
+UNWEIGHTED = ("color",)  # backbones without weights or a model preprocessing to override
+
+
+@dataclass(frozen=True)
+class BackbonePlan:
+    """One backbone of a run, with the weights and preprocessing overrides that apply to it."""
+
+    spec: str
+    parsed: BackboneSpec
+    weights: str
+    preprocess: dict
+
+
+def _match(key: str, specs: Sequence[BackboneSpec]) -> list[BackboneSpec]:
+    return [s for s in specs if key in (s.text, s.name)]
+
+
+def plan_backbones(
+    backbones: Sequence[str], weights: Sequence[str] = (), preprocess: Sequence[str] = ()
+) -> list[BackbonePlan]:
+    """Pair each backbone spec with its weights and preprocessing.
+
+    ``--weights default|random|PATH`` applies to every backbone; ``--weights SPEC=...`` to one
+    (SPEC as written in --backbone, or its name, e.g. ``tv:mobilenet_v2=w.pth``). A bare PATH with
+    several weighted backbones is ambiguous and an error. ``--preprocess KEY=VAL,...`` applies to
+    every backbone but ``color``; ``--preprocess SPEC=KEY=VAL,...`` to one.
+    """
+    if not backbones:
+        raise ConfigError("no --backbone given; e.g. --backbone resnet50 --backbone color")
+    specs = [parse_spec(b) for b in backbones]
+    texts = [s.text for s in specs]
+    if len(set(texts)) != len(texts):
+        raise ConfigError(f"a backbone is given twice: {texts}; select outputs with SPEC@out1,out2 instead")
+    per_weights: dict[str, str] = {}
+    common_weights = "default"
+    for w in weights:
+        key, sep, value = w.partition("=")
+        hits = _match(key, specs) if sep else []
+        if hits:
+            for s in hits:
+                per_weights[s.text] = value
+        else:
+            weighted = [s.text for s in specs if s.name not in UNWEIGHTED]
+            if w not in ("default", "random") and len(weighted) > 1:
+                raise ConfigError(
+                    f"--weights {w!r} is ambiguous with backbones {', '.join(weighted)}; "
+                    f"write --weights {weighted[0]}={w}"
+                )
+            common_weights = w
+    per_pre: dict[str, dict] = {}
+    common_pre: dict = {}
+    for p in preprocess:
+        key, sep, rest = p.partition("=")
+        if sep and key.strip().lower() not in PREPROCESS_KEYS:
+            hits = _match(key, specs)
+            if not hits:
+                raise ConfigError(
+                    f"--preprocess {p!r}: {key!r} is not a backbone of this run ({', '.join(texts)})"
+                )
+            for s in hits:
+                per_pre.setdefault(s.text, {}).update(parse_preprocess_overrides(rest))
+        else:
+            common_pre.update(parse_preprocess_overrides(p))
+    plans = []
+    for s, raw in zip(specs, backbones):
+        pre = {} if s.name in UNWEIGHTED else dict(common_pre)
+        pre.update(per_pre.get(s.text, {}))
+        plans.append(BackbonePlan(raw, s, per_weights.get(s.text, common_weights), pre))
+    return plans
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/8"`` -> (2, 8): shard 2 of 8, counted from 0."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N such as 0/4 (shards counted from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def shard_rows(n_items: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous rows [start, stop) of shard `index` of `count`."""
+    return index * n_items // count, (index + 1) * n_items // count
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on CUDA (autocast) and fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs CUDA; on the CPU use fp32 (or bf16)")
+    return precision
+
+
+def resolve_decoder(decode: str, device: torch.device) -> str:
+    """``auto`` decodes JPEGs on the device on CUDA, and with the CPU decoder otherwise."""
+    if decode not in DECODERS:
+        raise ConfigError(f"--decode {decode!r}: use one of {', '.join(DECODERS)}")
+    if decode == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return decode
+
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,0 +1,148 @@
+"""The backbone registry: one decorated function per backbone (or per family of backbones).
+
+::
+
+    @register_backbone("resnet50", help="torchvision ResNet-50")
+    def resnet50(arg: str | None, weights: str) -> Backbone: ...
+
+    @register_backbone("tv", family=True, help="any torchvision classifier", example="tv:mobilenet_v2")
+    def torchvision_any(arg: str | None, weights: str) -> Backbone: ...
+
+A spec names a backbone and optionally the outputs to write: ``resnet50``,
+``resnet50@probs,pool,stages``, ``tv:mobilenet_v2``, ``clip:ViT-B-32:openai@embed,scene``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from evoked.errors import ConfigError
+from evoked.extract.backbone import Backbone
+
+Factory = Callable[[str | None, str], Backbone]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Factory
+    family: bool
+    help: str
+    example: str
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register_backbone(
+    name: str, *, family: bool = False, help: str = "", example: str | None = None
+) -> Callable[[Factory], Factory]:
+    """Register `factory(arg, weights) -> Backbone` under `name`.
+
+    A family (``tv``, ``clip``) receives the text after ``name:`` as `arg`; a plain backbone gets None.
+    """
+
+    def deco(fn: Factory) -> Factory:
+        if name in _REGISTRY:
+            raise ConfigError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = Entry(name, fn, family, help, example or (f"{name}:..." if family else name))
+        return fn
+
+    return deco
+
+
+def _ensure_builtin() -> None:
+    # The built-in backbones register themselves on import.
+    from evoked.extract import backbones  # noqa: F401
+
+
+def list_backbones(families: bool = True) -> list[str]:
+    """Registered names; a family is listed by its example spec (e.g. ``tv:mobilenet_v2``)."""
+    _ensure_builtin()
+    return [e.example if e.family else e.name for e in _REGISTRY.values() if families or not e.family]
+
+
+def backbone_help() -> dict[str, str]:
+    _ensure_builtin()
+    return {e.example: e.help for e in _REGISTRY.values()}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    text: str  # the spec as given, without the output selection
+    name: str
+    arg: str | None
+    outputs: tuple[str, ...]
+
+
+def parse_spec(spec: str) -> BackboneSpec:
+    """Split ``name[:arg][@out,out]`` and check that the name is registered."""
+    _ensure_builtin()
+    text, _, outs = spec.strip().partition("@")
+    outputs = tuple(o.strip() for o in outs.split(",") if o.strip())
+    name, sep, arg = text.partition(":")
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown backbone {spec!r}.{hint} Known: {', '.join(list_backbones())}. "
+            "Register your own with --plugin FILE.py (see docs/api.md)."
+        )
+    if entry.family and not arg:
+        raise ConfigError(f"backbone {name!r} needs an argument, e.g. {entry.example}")
+    if not entry.family and sep:
+        raise ConfigError(f"backbone {name!r} takes no ':' argument (got {spec!r})")
+    return BackboneSpec(text, name, arg or None, outputs)
+
+
+def create_backbone(spec: str, weights: str = "default", preprocess: dict | None = None) -> Backbone:
+    """Build a backbone from its spec, with weights ``default``, ``random`` or a file path.
+
+    `preprocess` overrides fields of the backbone's own preprocessing (see `Preprocess`).
+    """
+    parsed = parse_spec(spec)
+    bb = _REGISTRY[parsed.name].factory(parsed.arg, weights)
+    unknown = [o for o in parsed.outputs if o not in bb.outputs]
+    if unknown:
+        raise ConfigError(
+            f"backbone {parsed.text!r} has no output {', '.join(unknown)}; it has {', '.join(bb.outputs)}"
+        )
+    bb.selected = parsed.outputs
+    if preprocess:
+        bb.preprocess = bb.preprocess.with_overrides(preprocess)
+    bb.module.eval()
+    return bb
+
+
+_PLUGINS: set[str] = set()
+
+
+def load_plugin(target: str) -> None:
+    """Import a module (dotted name) or a ``.py`` file so that its backbones register (once)."""
+    path = Path(target)
+    key = str(path.resolve()) if path.suffix == ".py" else target
+    if key in _PLUGINS:
+        return
+    try:
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise ConfigError(f"--plugin {target!r}: file not found")
+            name = f"evoked_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(target)
+        _PLUGINS.add(key)
+    except ConfigError:
+        raise
+    except ImportError as e:
+        raise ConfigError(f"--plugin {target!r}: cannot import it ({e})") from e

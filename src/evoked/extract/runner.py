@@ -1,0 +1,468 @@
+"""The extraction runner: reader -> every backbone on the device -> writer thread -> HDF5 store.
+
+Each image is decoded once and feeds every backbone; each backbone resizes and normalises it on
+the device. Blocks of `batch_size` rows are the unit of work, of writing and of resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from evoked import __version__
+from evoked.data import Manifest, load_dataset
+from evoked.data.decode import DEFAULT_MAX_PIXELS
+from evoked.errors import ConfigError
+from evoked.extract.backbone import Backbone, normalize, resize_crop
+from evoked.extract.options import (
+    AMP_DTYPES,
+    parse_shard,
+    plan_backbones,
+    resolve_decoder,
+    resolve_device,
+    resolve_precision,
+    shard_rows,
+)
+from evoked.extract.reader import ImageFiles, collate, decode_jpegs_on_device
+from evoked.extract.registry import create_backbone, load_plugin
+from evoked.features.store import (
+    FAILED,
+    PENDING,
+    ExtractorSpec,
+    FeatureStore,
+    OutputSpec,
+    ShardInfo,
+    ids_fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    """Passed to `on_batch` after each block is written."""
+
+    images: int
+    ok: int
+    failed: int
+    read_s: float
+    model_s: float
+    write_s: float
+
+
+@dataclass
+class ExtractSummary:
+    path: Path
+    items: int
+    already_done: int
+    processed: int
+    ok: int
+    failed: int
+    failed_total: int
+    seconds: float
+    read_s: float
+    model_s: float
+    write_s: float
+    device: str
+    precision: str
+    decode: str
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    """``feats.h5`` -> ``feats.shard-2-of-8.h5``."""
+    return out.with_name(f"{out.stem}.shard-{index}-of-{count}{out.suffix}")
+
+
+def build_backbones(
+    backbones: Sequence[str],
+    weights: Sequence[str] = (),
+    preprocess: Sequence[str] = (),
+    plugins: Sequence[str] = (),
+) -> list[Backbone]:
+    """Validate every option first, then build the models."""
+    for p in plugins:
+        load_plugin(p)
+    plans = plan_backbones(backbones, weights, preprocess)
+    built = [create_backbone(p.spec, p.weights, p.preprocess) for p in plans]
+    names = [b.name for b in built]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"two backbones write the same feature group {names}; extract them into separate files"
+        )
+    return built
+
+
+def extractor_specs(backbones: Sequence[Backbone], device: str, precision: str) -> list[ExtractorSpec]:
+    specs = []
+    for bb in backbones:
+        outs = tuple(OutputSpec(o, bb.outputs[o], bb.output_attrs.get(o, {})) for o in bb.active_outputs)
+        attrs = {
+            "config": bb.config(),
+            "spec": bb.spec,
+            "model": bb.description,
+            "weights": bb.weights.source,
+            "weights_tag": bb.weights.tag,
+            "weights_sha256": bb.weights.sha256 or "",
+            "preprocess": bb.preprocess.to_dict(),
+            "device": device,
+            "precision": precision if bb.amp else "fp32",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        specs.append(ExtractorSpec(bb.name, outs, attrs))
+    return specs
+
+
+def _comparable(config: dict) -> dict:
+    c = json.loads(json.dumps(config))  # tuples and lists compare equal after a JSON round trip
+    c["weights"] = {k: v for k, v in c["weights"].items() if k in ("tag", "sha256")}
+    return c
+
+
+def check_resumable(
+    store: FeatureStore, manifest: Manifest, backbones: Sequence[Backbone], precision: str
+) -> None:
+    """A resumed run must write what the first run wrote; say exactly what differs."""
+    if store.attrs.get("ids_sha256") != ids_fingerprint(manifest.ids):
+        raise ConfigError(
+            f"{store.path} was made for a different list of items than {manifest.name!r} now gives "
+            "(items added, removed or reordered); write to a new --out, or pass --overwrite to start over"
+        )
+    have = store.extractors
+    want = {bb.name: bb for bb in backbones}
+    if set(have) != set(want):
+        raise ConfigError(
+            f"{store.path} holds features of {sorted(have)} but this run asks for {sorted(want)}; "
+            "resume with the same --backbone flags, or write to a new --out"
+        )
+    for name, bb in want.items():
+        old = _comparable(have[name].get("config", {}))
+        new = _comparable(bb.config())
+        if old != new:
+            diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            raise ConfigError(
+                f"{store.path}: backbone {name} differs from the first run in {', '.join(diff)} "
+                f"(was {[old.get(k) for k in diff]}, now {[new.get(k) for k in diff]}); "
+                "resume with the same flags, or write to a new --out"
+            )
+    if store.attrs.get("precision") != precision:
+        raise ConfigError(
+            f"{store.path} was extracted with --precision {store.attrs.get('precision')}; resume with the same "
+            "precision so that all rows are comparable"
+        )
+
+
+class _Writer(threading.Thread):
+    """Writes blocks off the critical path; a bounded queue keeps memory flat."""
+
+    def __init__(self, store: FeatureStore, run: int, on_written: Callable[[int, float], None]):
+        super().__init__(daemon=True, name="evoked-writer")
+        self.store, self.run_index, self.on_written = store, run, on_written
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+
+    def put(self, item) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.is_alive():
+                raise RuntimeError("the HDF5 writer thread stopped unexpectedly")
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure
+            block, rows, feats, ok, errors, read_s, model_s = item
+            try:
+                t0 = time.perf_counter()
+                self.store.write_block(rows, feats, ok, errors)
+                write_s = time.perf_counter() - t0
+                self.store.record_timing(block, self.run_index, len(rows), read_s, model_s, write_s)
+                self.on_written(int(ok.sum()), write_s)
+            except BaseException as e:  # re-raised in the main thread
+                self.error = e
+
+
+def run_backbones(
+    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
+) -> dict[str, np.ndarray]:
+    """Every backbone on one batch; backbones with the same geometry share the resized batch."""
+    out: dict[str, np.ndarray] = {}
+    resized: dict[tuple, torch.Tensor] = {}
+    for bb in backbones:
+        key = bb.preprocess.geometry
+        if key not in resized:
+            resized[key] = resize_crop(images, bb.preprocess)
+        x = normalize(resized[key], bb.preprocess)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        use_amp = amp_dtype is not None and bb.amp
+        ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext()
+        with ctx:
+            result = bb.module(x)
+        for name in bb.active_outputs:
+            out[f"{bb.name}/{name}"] = result[name].float().cpu().numpy()
+    return out
+
+
+def extract(
+    dataset: str | Manifest,
+    out: str | os.PathLike,
+    backbones: Sequence[str],
+    *,
+    weights: Sequence[str] = (),
+    preprocess: Sequence[str] = (),
+    plugins: Sequence[str] = (),
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    precision: str = "auto",
+    decode: str = "auto",
+    shard: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    dtype: str = "float32",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    compile: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> ExtractSummary:
+    """Extract features of every item of `dataset` into the HDF5 store `out`.
+
+    `on_start(total_items, items_to_do)` and `on_batch(report)` let a caller show progress.
+    Returns counts and timings; failed images are recorded rows, listed in `failures`.
+    """
+    t_start = time.perf_counter()
+    # -- validate everything cheap first ---------------------------------------------------------
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    decoder = resolve_decoder(decode, dev)
+    shard_ix = parse_shard(shard)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    for p in plugins:
+        load_plugin(p)
+    plan_backbones(backbones, weights, preprocess)
+    manifest = load_dataset(dataset)
+    out = Path(out)
+    shard_info = None
+    if shard_ix is not None:
+        i, n = shard_ix
+        start, stop = shard_rows(len(manifest), i, n)
+        shard_info = ShardInfo(i, n, start, stop, len(manifest), ids_fingerprint(manifest.ids))
+        manifest = manifest.subset(np.arange(start, stop))
+        out = shard_path(out, i, n)
+    if out.exists() and not (resume or overwrite):
+        raise ConfigError(f"{out} exists; pass --resume to complete it, or --overwrite to start over")
+    # -- models ----------------------------------------------------------------------------------
+    built = build_backbones(backbones, weights, preprocess)
+    for bb in built:
+        bb.module.to(dev)
+        if dev.type == "cuda":
+            bb.module.to(memory_format=torch.channels_last)
+        if compile:
+            bb.module = torch.compile(bb.module)
+    # -- store -----------------------------------------------------------------------------------
+    if out.exists() and resume:
+        store = FeatureStore(out, "r+")
+        try:
+            check_resumable(store, manifest, built, prec)
+        except BaseException:
+            store.close()
+            raise
+    else:
+        store = FeatureStore.create(
+            out,
+            manifest,
+            extractor_specs(built, str(dev), prec),
+            block_size=batch_size,
+            dtype=dtype,
+            shard=shard_info,
+            attrs={"precision": prec},
+        )
+    try:
+        todo = _blocks_to_do(store, retry_failed)
+        n_todo = int(sum(len(r) for _, r in todo))
+        if on_start:
+            on_start(len(store), n_todo)
+        if workers is None:
+            workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if n_todo > store.block_size else 0
+        run = store.record_run(_run_record(dev, prec, decoder, workers, n_todo))
+        n_items = len(store)
+    finally:
+        store.close()
+    reader = ImageFiles(
+        [str(p) for p in manifest.abspaths()], device_jpeg=decoder == "device", max_pixels=max_pixels
+    )
+    loader = DataLoader(
+        reader,
+        batch_sampler=[rows.tolist() for _, rows in todo],
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    # Reader processes are forked when the iterator starts. The store must not be open then:
+    # a forked child would inherit its file lock and hold it after this process is killed.
+    batches = iter(loader)
+    with FeatureStore(out, "r+") as store:
+        totals, failures = _loop(
+            store, batches, todo, manifest, built, dev, AMP_DTYPES[prec], run, max_pixels, on_batch
+        )
+        failed_total = store.counts()["failed"]
+    return ExtractSummary(
+        path=out,
+        items=n_items,
+        already_done=n_items - n_todo,
+        processed=n_todo,
+        ok=totals["ok"],
+        failed=totals["failed"],
+        failed_total=failed_total,
+        seconds=time.perf_counter() - t_start,
+        read_s=totals["read_s"],
+        model_s=totals["model_s"],
+        write_s=totals["write_s"],
+        device=str(dev),
+        precision=prec,
+        decode=decoder,
+        failures=failures,
+    )
+
+
+def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np.ndarray]]:
+    """Blocks with rows still to do, and those rows (a killed block is redone whole)."""
+    status = store.status
+    todo = []
+    for b in range(store.n_blocks):
+        rows = store.block_rows(b)
+        st = status[rows]
+        want = (st == PENDING) | ((st == FAILED) if retry_failed else False)
+        if want.any():
+            todo.append((b, rows[want]))
+    return todo
+
+
+def _run_record(dev: torch.device, prec: str, decoder: str, workers: int, n_todo: int) -> dict:
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "evoked_version": __version__,
+        "torch": torch.__version__,
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "precision": prec,
+        "decode": decoder,
+        "workers": workers,
+        "rows_to_do": n_todo,
+        "host": platform.node(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def _loop(store, batches, todo, manifest, backbones, dev, amp_dtype, run, max_pixels, on_batch):
+    """Read -> models -> writer queue, block by block. Returns totals and the new failures."""
+    totals = {"ok": 0, "failed": 0, "read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
+    failures: dict[str, str] = {}
+    written: queue.SimpleQueue = queue.SimpleQueue()  # write seconds reported by the writer thread
+    writer = _Writer(store, run, lambda n_ok, write_s: written.put(write_s))
+    writer.start()
+    empty = {
+        f"{bb.name}/{o}": np.zeros((0, bb.outputs[o]), np.float32)
+        for bb in backbones
+        for o in bb.active_outputs
+    }
+    try:
+        t_wait = time.perf_counter()
+        with torch.inference_mode():
+            for batch, (block, rows) in zip(batches, todo):
+                images, positions, errors = _gather_images(batch, dev, max_pixels)
+                read_s = time.perf_counter() - t_wait
+                t0 = time.perf_counter()
+                feats = run_backbones(images, backbones, dev, amp_dtype) if images else empty
+                model_s = time.perf_counter() - t0
+                ok = np.zeros(len(rows), dtype=bool)
+                ok[positions] = True
+                for k, reason in errors.items():
+                    failures[manifest.ids[rows[k]]] = reason
+                writer.put(
+                    (block, rows, feats, ok, {int(rows[k]): r for k, r in errors.items()}, read_s, model_s)
+                )
+                write_s = 0.0
+                while not written.empty():
+                    write_s += written.get()
+                for key, value in (
+                    ("ok", int(ok.sum())),
+                    ("failed", len(errors)),
+                    ("read_s", read_s),
+                    ("model_s", model_s),
+                    ("write_s", write_s),
+                ):
+                    totals[key] += value
+                if on_batch:
+                    on_batch(BatchReport(len(rows), int(ok.sum()), len(errors), read_s, model_s, write_s))
+                t_wait = time.perf_counter()
+        writer.put(None)
+        writer.join()
+        if writer.error is not None:
+            raise writer.error
+    finally:
+        if writer.is_alive():
+            writer.queue.put(None)
+            writer.join(timeout=60)
+    while not written.empty():
+        totals["write_s"] += written.get()
+    return totals, failures
+
+
+def _gather_images(
+    batch: dict, dev: torch.device, max_pixels: int
+) -> tuple[list[torch.Tensor], list[int], dict[int, str]]:
+    """Decoded images on the device (in batch order), their positions, and failures by position."""
+    errors: dict[int, str] = {}
+    images: dict[int, torch.Tensor] = {}
+    jpeg_pos = [k for k, j in enumerate(batch["jpeg"]) if j is not None]
+    for k, (img, err) in enumerate(zip(batch["image"], batch["error"])):
+        if err is not None:
+            errors[k] = err
+        elif img is not None:
+            images[k] = img.to(dev, non_blocking=True)
+    if jpeg_pos:
+        decoded = decode_jpegs_on_device(
+            [batch["jpeg"][k] for k in jpeg_pos],
+            [batch["orientation"][k] for k in jpeg_pos],
+            [batch["path"][k] for k in jpeg_pos],
+            dev,
+            max_pixels,
+        )
+        for k, res in zip(jpeg_pos, decoded):
+            if isinstance(res, str):
+                errors[k] = res
+            else:
+                images[k] = res
+    positions = sorted(images)
+    return [images[k] for k in positions], positions, errors

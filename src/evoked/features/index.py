@@ -1,0 +1,602 @@
+"""FAISS nearest-neighbour indexes over cached features: build, tune, save, load, search.
+
+Similarity is cosine: every vector (stored and query) is L2-normalised and compared by inner product.
+Row ``i`` of a feature store is FAISS id ``i`` unless the caller passes other ids; the index always
+returns the caller's ids, never internal positions.
+
+Three kinds of index:
+
+* ``flat`` -- exact brute force (``IndexFlatIP`` in an ``IndexIDMap2``). Chosen by ``kind="auto"`` up
+  to ``exact_threshold`` vectors.
+* ``ivf`` -- ``IndexIVFFlat``, about ``4 * sqrt(n)`` lists. ``nprobe`` is tuned at build time: the
+  smallest power of two whose recall@10 against exact search reaches ``target_recall``.
+* ``hnsw`` -- ``IndexHNSWFlat`` (M=32, efConstruction=80) in an ``IndexIDMap2``; ``efSearch`` is tuned
+  the same way. Always built on the CPU.
+
+Each saved index ``x.faiss`` has a sidecar ``x.faiss.json`` (:class:`IndexInfo`) recording how it was
+built, the recall it reached and the search parameters to use. This module knows nothing about HDF5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from evoked.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "ivf", "hnsw")
+GPU_CHOICES = ("auto", "never", "always", True, False)
+ADD_CHUNK = 65_536  # rows per add() call; also the granularity of on_progress
+RECALL_K = 10
+RECALL_QUERIES = 1000
+NPROBE_CANDIDATES = tuple(2**i for i in range(16))  # 1 .. 32768; capped at nlist
+EF_SEARCH_CANDIDATES = (16, 32, 64, 128, 256, 512)
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+MIN_POINTS_PER_LIST = 39  # faiss k-means warns below this many training points per centroid
+MAX_POINTS_PER_LIST = 256  # and subsamples above this many
+# Two similarities closer than this count as a tie when measuring recall (float32 dot products of
+# the same pair computed by numpy and by faiss differ by ~1e-7).
+TIE_TOLERANCE = 1e-5
+_NORMALIZE_CHUNK_ELEMENTS = 1 << 22  # bounds the float64 temporaries of normalize()
+_QUERY_BLOCK = 1024  # exact_search: 1024 x 16384 float32 scores = 64 MiB per block
+
+ProgressFn = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------------------------- info
+
+
+@dataclass
+class IndexInfo:
+    """How an index was built; saved next to it as ``<index>.json``.
+
+    ``params`` holds the index's own parameters (``nlist``/``nprobe`` for ivf, ``M``/
+    ``efConstruction``/``efSearch`` for hnsw) plus the tuning inputs (``target_recall``,
+    ``recall_queries``). ``recall_at_10`` is measured against exact search at build time (None for
+    flat, which is exact). ``extra`` is for the caller's own keys (store path, feature name, ...).
+    """
+
+    kind: str
+    n: int
+    dim: int
+    metric: str = "cosine"
+    params: dict[str, Any] = field(default_factory=dict)
+    recall_at_10: float | None = None
+    faiss_version: str = ""
+    built_at: str = ""
+    build_seconds: float = 0.0
+    on_gpu: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexInfo:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"index info is not valid JSON ({e}); rebuild the index") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"index info must be a JSON object, got {type(data).__name__}; rebuild the index"
+            )
+        missing = [k for k in ("kind", "n", "dim") if k not in data]
+        if missing:
+            raise ConfigError(f"index info lacks {', '.join(missing)}; rebuild the index")
+        known = {f.name for f in fields(cls)}
+        # Unknown keys come from a newer evoked; dropping them keeps old readers working.
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------ vectors
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Return a new float32, C-contiguous copy of ``x`` (N, D) with every row scaled to unit L2 norm.
+
+    Zero rows stay zero. Norms are computed in float64 (chunk by chunk, so temporaries stay small)
+    so large float32 values do not overflow. Raises ConfigError if any value is NaN or infinite.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ConfigError(f"expected a 2-D array of vectors (N, D), got shape {x.shape}; reshape the input")
+    n, d = x.shape
+    out = np.empty((n, d), dtype=np.float32)
+    step = max(1, _NORMALIZE_CHUNK_ELEMENTS // max(d, 1))
+    bad_rows = 0
+    first_bad = -1
+    for start in range(0, n, step):
+        chunk = np.asarray(x[start : start + step], dtype=np.float64)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            if first_bad < 0:
+                first_bad = start + int(np.argmin(finite))
+            bad_rows += int((~finite).sum())
+            continue  # keep counting; the output is discarded anyway
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        norms[norms == 0] = 1.0  # zero rows stay zero instead of becoming NaN
+        out[start : start + step] = chunk / norms[:, None]
+    if bad_rows:
+        raise ConfigError(
+            f"{bad_rows} of {n} rows contain NaN or inf (first: row {first_bad}); "
+            "re-extract those rows or leave them out before indexing"
+        )
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean over queries of ``|found[:k] ∩ truth[:k]| / k``; -1 (no result) never counts as a hit."""
+    found = np.asarray(found)
+    truth = np.asarray(truth)
+    if found.ndim != 2 or truth.ndim != 2 or found.shape[0] != truth.shape[0]:
+        raise ConfigError(
+            f"found and truth must be (q, >=k) arrays with the same q, got {found.shape} and {truth.shape}"
+        )
+    if not 1 <= k <= min(found.shape[1], truth.shape[1]):
+        raise ConfigError(f"k={k} must be between 1 and the number of columns ({found.shape}, {truth.shape})")
+    if found.shape[0] == 0:
+        return 0.0
+    hits = [len((set(f[:k].tolist()) & set(t[:k].tolist())) - {-1}) for f, t in zip(found, truth)]
+    return float(np.mean(hits) / k)
+
+
+def exact_search(
+    vectors_normalized: np.ndarray, queries_normalized: np.ndarray, k: int, *, block_rows: int = 16_384
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product: ``(scores float32 (q, k), positions int64 (q, k))``.
+
+    Inputs must already be normalised (see :func:`normalize`). Rows are ordered by score, ties by
+    lower position. ``k`` is clipped to the number of vectors. Memory is bounded: scores are computed
+    for 1024 queries x ``block_rows`` vectors at a time and merged into a running top-k.
+    """
+    vecs = np.ascontiguousarray(vectors_normalized, dtype=np.float32)
+    qs = np.ascontiguousarray(queries_normalized, dtype=np.float32)
+    if vecs.ndim != 2 or qs.ndim != 2 or vecs.shape[1] != qs.shape[1]:
+        raise ConfigError(f"vectors {vecs.shape} and queries {qs.shape} must be 2-D with the same width")
+    if k < 1:
+        raise ConfigError(f"k={k} must be at least 1")
+    if block_rows < 1:
+        raise ConfigError(f"block_rows={block_rows} must be at least 1")
+    n, nq = vecs.shape[0], qs.shape[0]
+    k = min(k, n)
+    scores = np.empty((nq, k), dtype=np.float32)
+    positions = np.empty((nq, k), dtype=np.int64)
+    for q0 in range(0, nq, _QUERY_BLOCK):
+        q = qs[q0 : q0 + _QUERY_BLOCK]
+        best_s = np.empty((len(q), 0), dtype=np.float32)
+        best_p = np.empty((len(q), 0), dtype=np.int64)
+        for v0 in range(0, n, block_rows):
+            s, p = _block_topk(q @ vecs[v0 : v0 + block_rows].T, k)
+            best_s, best_p = _merge_topk(best_s, best_p, s, p + v0, k)
+        scores[q0 : q0 + len(q)] = best_s
+        positions[q0 : q0 + len(q)] = best_p
+    return scores, positions
+
+
+def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns per row of a score block, ties broken by lower column (exactly, not by luck)."""
+    rows, cols = s.shape
+    if cols <= k:
+        p = np.broadcast_to(np.arange(cols, dtype=np.int64), (rows, cols))
+        return _sort_rows(s, p)
+    p = np.argpartition(-s, k - 1, axis=1)[:, :k].astype(np.int64)
+    top = np.take_along_axis(s, p, axis=1)
+    kth = top.min(axis=1)
+    # argpartition picks arbitrarily among values equal to the k-th; redo those (rare) rows exactly.
+    for r in np.flatnonzero((s >= kth[:, None]).sum(axis=1) > k):
+        cand = np.flatnonzero(s[r] >= kth[r])
+        keep = cand[np.lexsort((cand, -s[r, cand]))[:k]]
+        p[r] = keep
+        top[r] = s[r, keep]
+    return _sort_rows(top, p)
+
+
+def _merge_topk(
+    s1: np.ndarray, p1: np.ndarray, s2: np.ndarray, p2: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    s, p = _sort_rows(np.concatenate([s1, s2], axis=1), np.concatenate([p1, p2], axis=1))
+    return s[:, :k], p[:, :k]
+
+
+def _sort_rows(s: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by score descending, then position ascending."""
+    order = np.lexsort((p, -s), axis=1)
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(p, order, axis=1)
+
+
+# -------------------------------------------------------------------------------------------- build
+
+
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray | Sequence[int] | None = None,
+    kind: str = "auto",
+    *,
+    exact_threshold: int = 200_000,
+    target_recall: float = 0.95,
+    use_gpu: bool | str = "auto",
+    seed: int = 0,
+    on_progress: ProgressFn | None = None,
+) -> tuple[faiss.Index, IndexInfo]:
+    """Build a cosine-similarity index over ``vectors`` (N, D) that returns ``ids`` (default 0..N-1).
+
+    ``kind``: "flat" (exact), "ivf", "hnsw", or "auto" (flat when N <= ``exact_threshold``, else
+    ivf). For ivf/hnsw the search parameter (nprobe/efSearch) is tuned until recall@10 on up to
+    1000 sampled rows reaches ``target_recall``. ``use_gpu``: "auto" (a GPU if faiss sees one),
+    "never"/False, or "always"/True (ConfigError without a GPU); only ivf training and adding use it.
+    ``on_progress(rows)`` is called with the number of rows just added (an increment, like
+    ``tqdm.update``). The returned index is always a CPU index, ready for :func:`save_index`.
+    """
+    x = np.asarray(vectors)
+    n, d = _check_shape(x)
+    id_arr = _check_ids(ids, n)
+    kind = _resolve_kind(kind, n, exact_threshold)
+    if not 0.0 < target_recall <= 1.0:
+        raise ConfigError(f"target_recall={target_recall} must be in (0, 1]")
+    want_gpu = _resolve_gpu(use_gpu)
+    if want_gpu and kind != "ivf":
+        log.info("%s index is built on the CPU even though a GPU is available", kind)
+    on_gpu = want_gpu and kind == "ivf"
+
+    t0 = time.perf_counter()
+    x = normalize(x)
+    if kind == "flat":
+        index, params, recall = _build_flat(x, id_arr, on_progress), {}, None
+    elif kind == "ivf":
+        index, params, recall = _build_ivf(x, id_arr, target_recall, on_gpu, seed, on_progress)
+    else:
+        index, params, recall = _build_hnsw(x, id_arr, target_recall, seed, on_progress)
+    info = IndexInfo(
+        kind=kind,
+        n=n,
+        dim=d,
+        params=params,
+        recall_at_10=recall,
+        faiss_version=faiss.__version__,
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(time.perf_counter() - t0, 3),
+        on_gpu=on_gpu,
+    )
+    log.info(
+        "built %s index: %d x %d, params %s, recall@10 %s, %.1f s",
+        kind,
+        n,
+        d,
+        params,
+        recall,
+        info.build_seconds,
+    )
+    return index, info
+
+
+def _check_shape(x: np.ndarray) -> tuple[int, int]:
+    if x.ndim != 2:
+        raise ConfigError(f"vectors must be a 2-D array (N, D), got shape {x.shape}")
+    n, d = x.shape
+    if n < 1 or d < 1:
+        raise ConfigError(f"vectors must have at least one row and one column, got shape {x.shape}")
+    return n, d
+
+
+def _check_ids(ids: np.ndarray | Sequence[int] | None, n: int) -> np.ndarray:
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ConfigError(f"ids must be a 1-D array with one id per vector ({n}), got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ConfigError(f"ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ConfigError(f"ids must be >= 0 (faiss uses -1 for 'no result'), got {int(arr.min())}")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if len(uniq) != n:
+        dups = uniq[counts > 1]
+        raise ConfigError(f"ids must be unique: {len(dups)} ids repeat (e.g. {dups[:5].tolist()})")
+    return arr
+
+
+def _resolve_kind(kind: str, n: int, exact_threshold: int) -> str:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind != "auto":
+        return kind
+    if exact_threshold < 0:
+        raise ConfigError(f"exact_threshold={exact_threshold} must be >= 0")
+    return "flat" if n <= exact_threshold else "ivf"
+
+
+def _resolve_gpu(use_gpu: bool | str) -> bool:
+    # Compare bools by identity: 0/1 would otherwise pass as False/True.
+    if use_gpu is False or use_gpu == "never":
+        return False
+    if not (use_gpu is True or use_gpu in ("auto", "always")):
+        raise ConfigError(f"use_gpu={use_gpu!r} is not one of 'auto', 'never', 'always', True, False")
+    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu == "auto":
+        return ngpu > 0
+    if ngpu == 0:
+        raise ConfigError(f"use_gpu={use_gpu!r} but faiss sees no GPU; pass use_gpu='auto' or 'never'")
+    return True
+
+
+def _add_chunks(index: faiss.Index, x: np.ndarray, ids: np.ndarray, on_progress: ProgressFn | None) -> None:
+    for start in range(0, len(x), ADD_CHUNK):
+        stop = min(start + ADD_CHUNK, len(x))
+        index.add_with_ids(x[start:stop], ids[start:stop])
+        if on_progress is not None:
+            on_progress(stop - start)
+
+
+def _build_flat(x: np.ndarray, ids: np.ndarray, on_progress: ProgressFn | None) -> faiss.Index:
+    # Flat stays on the CPU: there is nothing to train and adding is a copy, so a GPU would only
+    # add two transfers before the index comes back to the CPU for saving.
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
+    _add_chunks(index, x, ids, on_progress)
+    return index
+
+
+def _nlist_for(n: int) -> int:
+    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_LIST))
+
+
+def _build_ivf(
+    x: np.ndarray,
+    ids: np.ndarray,
+    target_recall: float,
+    on_gpu: bool,
+    seed: int,
+    on_progress: ProgressFn | None,
+) -> tuple[faiss.Index, dict[str, Any], float]:
+    n, d = x.shape
+    nlist = _nlist_for(n)
+    rng = np.random.default_rng(seed)
+    train_rows = np.sort(rng.choice(n, size=min(n, MAX_POINTS_PER_LIST * nlist), replace=False))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    if on_gpu:
+        index = _train_add_on_gpu(index, x[train_rows], x, ids, seed, on_progress)
+    else:
+        index.train(x[train_rows])
+        _add_chunks(index, x, ids, on_progress)
+
+    def set_nprobe(v: int) -> None:
+        index.nprobe = v
+
+    candidates = [v for v in NPROBE_CANDIDATES if v < nlist] + [nlist]
+    nprobe, recall = _tune(
+        index, set_nprobe, candidates, x, target_recall, seed, "nprobe", "nlist: exhaustive"
+    )
+    return index, {"nlist": nlist, "nprobe": nprobe, **_tuning_params(target_recall, n)}, recall
+
+
+def _train_add_on_gpu(
+    index: faiss.Index,
+    train: np.ndarray,
+    x: np.ndarray,
+    ids: np.ndarray,
+    seed: int,
+    on_progress: ProgressFn | None,
+) -> faiss.Index:
+    """Train and fill an IVF index on GPU 0, then return the CPU copy (tuning happens on the CPU)."""
+    # One GPU is enough here: replicas would train the same centroids on each device.
+    res = faiss.StandardGpuResources()  # must outlive every use of gpu_index
+    gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+    if hasattr(gpu_index, "cp"):
+        gpu_index.cp.seed = seed
+    gpu_index.train(train)
+    _add_chunks(gpu_index, x, ids, on_progress)
+    cpu_index = faiss.index_gpu_to_cpu(gpu_index)
+    del gpu_index, res
+    return cpu_index
+
+
+def _build_hnsw(
+    x: np.ndarray, ids: np.ndarray, target_recall: float, seed: int, on_progress: ProgressFn | None
+) -> tuple[faiss.Index, dict[str, Any], float]:
+    hnsw = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index = faiss.IndexIDMap2(hnsw)
+    _add_chunks(index, x, ids, on_progress)
+
+    def set_ef(v: int) -> None:
+        hnsw.hnsw.efSearch = v
+
+    ef, recall = _tune(
+        index, set_ef, EF_SEARCH_CANDIDATES, x, target_recall, seed, "efSearch", "the largest tried"
+    )
+    params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": ef}
+    return index, {**params, **_tuning_params(target_recall, len(x))}, recall
+
+
+def _tuning_params(target_recall: float, n: int) -> dict[str, Any]:
+    return {"target_recall": float(target_recall), "recall_queries": min(RECALL_QUERIES, n)}
+
+
+def _tune(
+    index: faiss.Index,
+    set_param: Callable[[int], None],
+    candidates: Sequence[int],
+    x: np.ndarray,
+    target: float,
+    seed: int,
+    name: str,
+    fallback: str,
+) -> tuple[int, float]:
+    """Set the smallest candidate whose recall@10 reaches ``target``; else the largest, with a warning."""
+    # A separate stream from the training sample so the two choices do not depend on each other.
+    rng = np.random.default_rng([seed, 1])
+    rows = np.sort(rng.choice(len(x), size=min(RECALL_QUERIES, len(x)), replace=False))
+    queries = x[rows]
+    k = min(RECALL_K, len(x))
+    truth_scores, _ = exact_search(x, queries, k)
+    recall = 0.0
+    for value in candidates:
+        set_param(value)
+        scores, found = index.search(queries, k)
+        recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
+        log.debug("%s=%d: recall@%d %.4f", name, value, k, recall)
+        if recall >= target:
+            return value, recall
+    log.warning(
+        "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
+        k,
+        target,
+        name,
+        candidates[-1],
+        fallback,
+        recall,
+    )
+    return candidates[-1], recall
+
+
+def _tie_aware_recall(scores: np.ndarray, found: np.ndarray, kth_truth: np.ndarray) -> float:
+    """Recall@k that counts a result as a hit when it scores at least the exact k-th best.
+
+    This equals id-based recall except on ties: with duplicate images in a store, an exact search
+    may return any of the duplicates, so id-based recall would punish correct answers.
+    """
+    hits = (found >= 0) & (scores >= kth_truth[:, None] - TIE_TOLERANCE)
+    return float(hits.sum(axis=1).mean() / found.shape[1])
+
+
+# --------------------------------------------------------------------------------------- save, load
+
+
+def save_index(index: faiss.Index, info: IndexInfo, path: str | Path) -> None:
+    """Write ``path`` (the faiss index) and ``path.json`` (``info``), each via a temp file + rename."""
+    path = Path(path)
+    json_path = _json_path(path)
+    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_index, tmp_json = path.with_name(path.name + tag), json_path.with_name(json_path.name + tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        faiss.write_index(index, str(tmp_index))
+        tmp_json.write_text(info.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp_index, path)
+        os.replace(tmp_json, json_path)
+    finally:
+        for tmp in (tmp_index, tmp_json):
+            tmp.unlink(missing_ok=True)
+    log.info("saved %s index (%d vectors) to %s", info.kind, info.n, path)
+
+
+def load_index(path: str | Path) -> tuple[faiss.Index, IndexInfo]:
+    """Read an index saved by :func:`save_index`, with its search parameters restored from the info."""
+    path = Path(path)
+    json_path = _json_path(path)
+    for p in (path, json_path):
+        if not p.is_file():
+            raise ConfigError(f"no index at {p}; run `evoked index ...` first to build it")
+    try:
+        info = IndexInfo.from_json(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {json_path}: {e}; rebuild it with `evoked index ...`") from None
+    except ConfigError as e:
+        raise ConfigError(f"{json_path}: {e}") from None
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"cannot read faiss index {path} ({msg}); rebuild it with `evoked index ...`"
+        ) from None
+    if index.ntotal != info.n or index.d != info.dim:
+        raise ConfigError(
+            f"{path} holds {index.ntotal} x {index.d} vectors but {json_path} says {info.n} x {info.dim}; "
+            "rebuild it with `evoked index ...`"
+        )
+    _apply_params(index, info)
+    return index, info
+
+
+def _json_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """The index an IndexIDMap/IndexIDMap2 wraps, downcast so its own attributes are reachable."""
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.downcast_index(index.index)
+    return index
+
+
+def _apply_params(index: faiss.Index, info: IndexInfo) -> None:
+    inner = _inner(index)
+    if info.kind == "ivf" and "nprobe" in info.params and hasattr(inner, "nprobe"):
+        inner.nprobe = int(info.params["nprobe"])
+    elif info.kind == "hnsw" and "efSearch" in info.params and hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = int(info.params["efSearch"])
+
+
+# ------------------------------------------------------------------------------------------- search
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, info: IndexInfo | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours: ``(scores float32 (q, k), ids int64 (q, k))``, best first.
+
+    ``queries`` is (q, D) or a single (D,) vector; it is normalised here. ``k`` is clipped to the
+    index size. With ``info``, its nprobe/efSearch are used for this call only (the index is not
+    changed). The shape is always full: an id of -1 with score -inf means "no result", which
+    approximate indexes can return when too few candidates were visited.
+    """
+    if k < 1:
+        raise ConfigError(f"k={k} must be at least 1")
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise ConfigError(f"queries must be (q, {index.d}) to match the index, got shape {np.shape(queries)}")
+    q = normalize(q)
+    k = min(k, index.ntotal)
+    if k == 0:
+        return np.empty((len(q), 0), dtype=np.float32), np.empty((len(q), 0), dtype=np.int64)
+    params = _search_params(info)
+    if params is None:
+        scores, ids = index.search(q, k)
+    else:
+        scores, ids = index.search(q, k, params=params)
+    scores = scores.astype(np.float32, copy=False)
+    scores[ids < 0] = -np.inf  # faiss fills with -FLT_MAX, which looks like a real score
+    return scores, ids.astype(np.int64, copy=False)
+
+
+def _search_params(info: IndexInfo | None) -> faiss.SearchParameters | None:
+    if info is None:
+        return None
+    if info.kind == "ivf" and "nprobe" in info.params:
+        return faiss.SearchParametersIVF(nprobe=int(info.params["nprobe"]))
+    if info.kind == "hnsw" and "efSearch" in info.params:
+        return faiss.SearchParametersHNSW(efSearch=int(info.params["efSearch"]))
+    return None
+
+
+# -------------------------------------------------------------------------------------------- paths
+
+
+def index_path_for(store_path: str | Path, feature: str) -> Path:
+    """Where the index of ``feature`` in a store lives: ``d/e6.h5`` + ``resnet50/pool`` -> ``d/e6.resnet50-pool.faiss``."""
+    name = feature.strip("/").replace("/", "-")
+    if not name:
+        raise ConfigError(f"feature name {feature!r} is empty; pass e.g. 'resnet50/pool'")
+    store = Path(store_path)
+    return store.with_name(f"{store.stem}.{name}.faiss")

@@ -1,0 +1,230 @@
+"""Nearest-neighbour emotion retrieval: by item, by image, by text (CLIP features), or by VA point.
+
+A `Retriever` opens a feature store and the FAISS index beside it (built by `build_store_index`,
+or exact search in memory when there is none). Image queries are extracted with exactly the
+configuration recorded in the store; text queries use the same CLIP model's text tower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoked.data.decode import load_rgb
+from evoked.errors import ConfigError
+from evoked.extract.backbone import Backbone
+from evoked.extract.registry import create_backbone
+from evoked.extract.weights import sha256_of
+from evoked.features import index as faiss_index
+from evoked.features.store import OK, FeatureStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    rank: int
+    row: int
+    id: str
+    path: str
+    score: float
+    valence: float | None
+    arousal: float | None
+    category: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_store_index(
+    store_path: str | os.PathLike,
+    feature: str,
+    *,
+    kind: str = "auto",
+    use_gpu: bool | str = "auto",
+    out: str | os.PathLike | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Path, faiss_index.IndexInfo]:
+    """Index the ``ok`` rows of one feature of a store; row i of the store is FAISS id i."""
+    with open_store(store_path) as store:
+        store.dataset(feature)
+        rows = np.flatnonzero(store.status == OK)
+        if not rows.size:
+            raise ConfigError(f"{store_path} has no finished rows to index; run `evoked extract` first")
+        vectors = store.read(feature, rows=rows)
+        index, info = faiss_index.build_index(vectors, rows, kind, use_gpu=use_gpu, on_progress=on_progress)
+        info.extra = {
+            "feature": feature,
+            "store_uuid": store.attrs.get("store_uuid"),
+            "store": Path(store_path).name,
+        }
+    path = Path(out) if out else faiss_index.index_path_for(store_path, feature)
+    faiss_index.save_index(index, info, path)
+    return path, info
+
+
+def backbone_for(store: FeatureStore, extractor: str) -> Backbone:
+    """Rebuild the backbone that wrote `extractor`, from the configuration recorded in the store."""
+    attrs = store.extractors.get(extractor)
+    if attrs is None:
+        raise ConfigError(f"{store.path.name} has no extractor {extractor!r}")
+    cfg = attrs.get("config", {})
+    w = cfg.get("weights", {})
+    tag = w.get("tag")
+    if tag == "file":
+        path = w.get("path") or ""
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"the weights file {path} that {extractor} was extracted with is gone; put it back to query by image"
+            )
+        if w.get("sha256") and sha256_of(path) != w["sha256"]:
+            raise ConfigError(
+                f"the weights file {path} changed since extraction (sha256 differs); queries would not match"
+            )
+        weights = path
+    else:
+        weights = "random" if tag == "random" else "default"
+    bb = create_backbone(cfg["spec"], weights, cfg.get("preprocess"))
+    if tag == "default" and w.get("sha256") and bb.weights.sha256 and bb.weights.sha256 != w["sha256"]:
+        raise ConfigError(
+            f"the cached pretrained weights of {extractor} differ from those used at extraction"
+        )
+    return bb
+
+
+class Retriever:
+    """Search one feature of a store. Use as a context manager, or call `close`."""
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        feature: str,
+        *,
+        index_path: str | os.PathLike | None = None,
+        device: str = "cpu",
+    ):
+        self.store = open_store(store_path)
+        self.feature = feature
+        self.store.dataset(feature)
+        self.extractor, self.output = feature.split("/")
+        self.device = torch.device(device)
+        labels = self.store.labels()
+        self.valence, self.arousal, self.category = labels["valence"], labels["arousal"], labels["category"]
+        self.ids, self.paths = self.store.ids, self.store.paths
+        self._backbone: Backbone | None = None
+        path = Path(index_path) if index_path else faiss_index.index_path_for(store_path, feature)
+        self.index = self.info = None
+        if path.is_file():
+            self.index, self.info = faiss_index.load_index(path)
+            uuid = self.store.attrs.get("store_uuid")
+            if self.info.extra.get("store_uuid") not in (None, uuid) or self.info.n != int(
+                (self.store.status == OK).sum()
+            ):
+                raise ConfigError(
+                    f"{path} is stale (the store changed since it was built); rebuild it with "
+                    f"`evoked index {store_path} --feature {feature}`"
+                )
+        else:
+            log.info("no index at %s: searching exactly in memory", path)
+            rows = np.flatnonzero(self.store.status == OK)
+            self._rows = rows
+            self._vectors = faiss_index.normalize(self.store.read(feature, rows=rows))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind if self.info else "exact (in memory)"
+
+    # -- queries -------------------------------------------------------------------------------
+    def search_vectors(
+        self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None
+    ) -> list[list[Hit]]:
+        exclude = exclude or set()
+        kk = k + len(exclude)
+        if self.index is not None:
+            scores, rows = faiss_index.search(self.index, queries, kk, self.info)
+        else:
+            q = faiss_index.normalize(np.atleast_2d(queries))
+            scores, pos = faiss_index.exact_search(self._vectors, q, min(kk, len(self._rows)))
+            rows = self._rows[pos]
+        out = []
+        for srow, rrow in zip(scores, rows):
+            hits = [(float(s), int(r)) for s, r in zip(srow, rrow) if r >= 0 and int(r) not in exclude][:k]
+            out.append([self._hit(i + 1, r, s) for i, (s, r) in enumerate(hits)])
+        return out
+
+    def by_id(self, item_id: str, k: int = 10, include_self: bool = False) -> list[Hit]:
+        row = int(self.store.rows_for_ids([item_id])[0])
+        if self.store.status[row] != OK:
+            raise ConfigError(
+                f"item {item_id!r} has no features (status {self.store.status[row]}); pick another"
+            )
+        q = self.store.read(self.feature, rows=np.array([row]))
+        return self.search_vectors(q, k, None if include_self else {row})[0]
+
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = backbone_for(self.store, self.extractor)
+            self._backbone.module.to(self.device)
+        return self._backbone
+
+    def embed_image(self, image: np.ndarray) -> np.ndarray:
+        """The query vector of one decoded (H, W, 3) uint8 image."""
+        from evoked.extract.runner import run_backbones
+
+        bb = self.backbone()
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
+        with torch.inference_mode():
+            feats = run_backbones([tensor], [bb], self.device, None)
+        return feats[f"{bb.name}/{self.output}"]
+
+    def by_image(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:
+        return self.search_vectors(self.embed_image(load_rgb(path)), k)[0]
+
+    def by_text(self, text: str, k: int = 10) -> list[Hit]:
+        bb = self.backbone()
+        if bb.encode_text is None or self.output != "embed":
+            raise ConfigError(
+                f"text queries need a CLIP image embedding (e.g. clip-vit-b-32/embed), not {self.feature}"
+            )
+        with torch.inference_mode():
+            q = bb.encode_text([text]).float().cpu().numpy()
+        return self.search_vectors(q, k)[0]
+
+    def by_va(self, valence: float, arousal: float, k: int = 10, va: np.ndarray | None = None) -> list[Hit]:
+        """Items whose VA (known labels, or `va` such as a run's predictions) is nearest the point."""
+        points = np.stack([self.valence, self.arousal], 1) if va is None else np.asarray(va, dtype=float)
+        known = np.flatnonzero(~np.isnan(points).any(axis=1))
+        if not known.size:
+            raise ConfigError("no item has valence and arousal; pass predictions from a regression run")
+        d = np.sqrt(((points[known] - [valence, arousal]) ** 2).sum(1))
+        order = known[np.argsort(d, kind="stable")[:k]]
+        dist = np.sqrt(((points[order] - [valence, arousal]) ** 2).sum(1))
+        return [self._hit(i + 1, int(r), -float(s)) for i, (r, s) in enumerate(zip(order, dist))]
+
+    def _hit(self, rank: int, row: int, score: float) -> Hit:
+        v, a = self.valence[row], self.arousal[row]
+        return Hit(
+            rank,
+            row,
+            str(self.ids[row]),
+            str(self.paths[row]),
+            score,
+            None if np.isnan(v) else float(v),
+            None if np.isnan(a) else float(a),
+            str(self.category[row]),
+        )
