@@ -99,3 +99,21 @@ def test_emotion6_category_derived_va_tracks_true_valence():
     r_hard = np.corrcoef(hard[:, 0], m.valence)[0, 1]
     r_soft = np.corrcoef(soft[:, 0], m.valence)[0, 1]
     assert round(r_hard, 2) == 0.71 and round(r_soft, 2) == 0.93
+
+
+def test_version_and_doctor(capsys, monkeypatch, tmp_path):
+    import pytest
+
+    from evoked import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"evoked {__version__}"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert main(["doctor", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["evoked"] == __version__ and "cuda_available" in d["torch"] and d["faiss"]["available"]
+    assert d["caches"]["torch_hub"] == str(tmp_path / "hub")
+    assert all(not w["present"] for w in d["weights"]["torchvision"])  # an empty cache has none
+    assert main(["doctor"]) == 0
+    assert "pretrained weights present locally" in capsys.readouterr().out

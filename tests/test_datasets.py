@@ -130,6 +130,7 @@ def test_manifest_csv_round_trip(folder_dataset: Path, tmp_path: Path):
     out = m.to_csv(tmp_path / "elsewhere" / "m.csv")
     back = load_dataset(f"csv:{out}")
     assert list(back.ids) == list(m.ids) and back.name == m.name
+    assert back.root == folder_dataset.resolve()  # re-rooted at the images, not the CSV's folder
     assert all(p.is_file() for p in back.abspaths())
     assert list(back.category) == list(m.category)
 

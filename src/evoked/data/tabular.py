@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,7 @@ def read_table(path: Path, *, name: str | None = None) -> Manifest:
         off = known & (np.abs(sums - 1) > 1e-3) & (sums > 0)
         # counts (votes) are allowed: rows are normalised to probabilities
         distribution[off] = distribution[off] / sums[off, None]
+    root, paths = _common_root(root, paths)
     return Manifest.build(
         root,
         paths,
@@ -143,6 +145,21 @@ def read_table(path: Path, *, name: str | None = None) -> Manifest:
         name=name or path.stem,
         kind=fmt,
     )
+
+
+def _common_root(base: Path, paths: list[str]) -> tuple[Path, list[str]]:
+    """Root the manifest at the folder holding all its images.
+
+    Paths stay relative to the manifest's folder when they are inside it. A manifest kept apart
+    from its images (``splits/e6.csv`` pointing at ``../data/e6/images/...``) is re-rooted at the
+    images' common folder, so that "files under the dataset root" means the images themselves.
+    """
+    base = Path(os.path.abspath(base))
+    full = [os.path.normpath(p if os.path.isabs(p) else base / p) for p in paths]
+    if all(not os.path.relpath(f, base).startswith("..") for f in full):
+        return base, [Path(os.path.relpath(f, base)).as_posix() for f in full]
+    root = Path(os.path.commonpath([os.path.dirname(f) for f in full]))
+    return root, [Path(os.path.relpath(f, root)).as_posix() for f in full]
 
 
 def _is_table(p: Path, suffixes: tuple[str, ...]) -> bool:

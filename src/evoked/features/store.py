@@ -8,7 +8,7 @@ Layout (schema version 1)::
     /items/status           (N,) uint8: 0 pending, 1 ok, 2 failed
     /items/error            (N,) utf-8, at most 512 bytes: why a row failed
     /labels/category split  (N,) utf-8 ("" = unknown)
-    /labels/valence arousal (N,) float32 (NaN = unknown)
+    /labels/valence arousal (N,) float64 (NaN = unknown)
     /labels/fold            (N,) int64 (-1 = none)
     /labels/distribution    (N, K) float32, attr ``categories``
     /features/<extractor>/<output>   (N, D) float32 or float16; group attrs hold the provenance
@@ -224,8 +224,8 @@ class FeatureStore:
             labels = f.create_group("labels")
             labels.create_dataset("category", data=manifest.category.astype(object), dtype=_STR)
             labels.create_dataset("split", data=manifest.split.astype(object), dtype=_STR)
-            labels.create_dataset("valence", data=manifest.valence.astype("f4"))
-            labels.create_dataset("arousal", data=manifest.arousal.astype("f4"))
+            labels.create_dataset("valence", data=manifest.valence.astype("f8"))
+            labels.create_dataset("arousal", data=manifest.arousal.astype("f8"))
             labels.create_dataset("fold", data=manifest.fold.astype("i8"))
             if manifest.distribution is not None:
                 d = labels.create_dataset("distribution", data=manifest.distribution.astype("f4"))

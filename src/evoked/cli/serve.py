@@ -1,0 +1,49 @@
+"""`evoked serve`: the retrieval web page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evoked.cli._common import COMMON
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        parents=[COMMON],
+        help="a web page to browse a feature store by image, item, text or valence/arousal",
+        description="Serve one page and its JSON API (docs/serve.md). Binds to 127.0.0.1 unless --host says "
+        "otherwise. Uses the FAISS index beside the store when there is one (evoked index), else exact search.",
+    )
+    p.add_argument("store", type=Path)
+    p.add_argument("--feature", required=True, help="the feature to search, e.g. clip-vit-b-32/embed")
+    p.add_argument("--run", type=Path, default=None, help="a regress run whose model predicts VA for every item")
+    p.add_argument("--model", default=None, help="with --run: which model (default: the run's best)")
+    p.add_argument("--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--device", default="cpu", help="where image and text queries are embedded")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from evoked.serve.app import ServeConfig, serve
+    from evoked.serve.predictions import run_predictions
+
+    predictions, run_name = (None, None)
+    if args.run is not None:
+        predictions, run_name = run_predictions(args.run, args.store, args.model)
+    cfg = ServeConfig(
+        store=str(args.store),
+        feature=args.feature,
+        index=str(args.index) if args.index else None,
+        predictions=predictions,
+        run_name=run_name,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        device=args.device,
+    )
+    print(f"serving {args.store} ({args.feature}) on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
+    serve(cfg, args.host, args.port)
+    return 0
