@@ -11,6 +11,7 @@ import pytest
 
 from evoked.errors import ConfigError
 from evoked.features import index as fi
+from evoked.features import index_build as fb
 
 N, D = 5000, 32
 
@@ -37,7 +38,7 @@ def queries(data) -> np.ndarray:
 @pytest.fixture(scope="module")
 def built(data):
     """One index of each kind, built once for the module."""
-    return {kind: fi.build_index(data, kind=kind, use_gpu="never") for kind in ("flat", "ivf", "hnsw")}
+    return {kind: fb.build_index(data, kind=kind, use_gpu="never") for kind in ("flat", "ivf", "hnsw")}
 
 
 def exact_ids(data: np.ndarray, queries: np.ndarray, k: int, ids: np.ndarray | None = None):
@@ -119,7 +120,7 @@ def test_recall_at_k_hand_made():
 
 def test_flat_returns_exact_cosine_neighbours_with_custom_ids(data, queries):
     ids = 10 * np.arange(N, dtype=np.int64) + 3
-    index, info = fi.build_index(data, ids=ids, kind="flat", use_gpu="never")
+    index, info = fb.build_index(data, ids=ids, kind="flat", use_gpu="never")
     assert (info.kind, info.n, info.dim, info.metric, info.recall_at_10, info.on_gpu) == (
         "flat",
         N,
@@ -147,7 +148,7 @@ def test_ivf_reaches_target_recall_and_reports_it(built, data, queries):
     assert info.kind == "ivf" and isinstance(index, faiss.IndexIVFFlat)
     nlist, nprobe = info.params["nlist"], info.params["nprobe"]
     assert nlist == min(round(4 * np.sqrt(N)), N // 39) == 128  # 283 lists would have < 39 points each
-    assert nprobe in fi.NPROBE_CANDIDATES and nprobe < nlist
+    assert nprobe in fb.NPROBE_CANDIDATES and nprobe < nlist
     assert info.recall_at_10 is not None and info.recall_at_10 >= 0.95
     _, found = fi.search(index, queries, 10, info)
     _, truth = exact_ids(data, queries, 10)
@@ -160,7 +161,7 @@ def test_ivf_reaches_target_recall_and_reports_it(built, data, queries):
 def test_hnsw_reaches_target_recall_and_reports_it(built, data, queries):
     index, info = built["hnsw"]
     assert info.kind == "hnsw" and not info.on_gpu
-    assert info.params["efSearch"] in fi.EF_SEARCH_CANDIDATES
+    assert info.params["efSearch"] in fb.EF_SEARCH_CANDIDATES
     assert (info.params["M"], info.params["efConstruction"]) == (32, 80)
     assert info.recall_at_10 is not None and info.recall_at_10 >= 0.95
     _, found = fi.search(index, queries, 10, info)
@@ -170,33 +171,33 @@ def test_hnsw_reaches_target_recall_and_reports_it(built, data, queries):
 
 def test_higher_target_never_picks_a_smaller_nprobe(data):
     sub = data[:2000]
-    _, low = fi.build_index(sub, kind="ivf", target_recall=0.3, use_gpu="never")
-    _, high = fi.build_index(sub, kind="ivf", target_recall=0.999, use_gpu="never")
+    _, low = fb.build_index(sub, kind="ivf", target_recall=0.3, use_gpu="never")
+    _, high = fb.build_index(sub, kind="ivf", target_recall=0.999, use_gpu="never")
     assert low.params["nprobe"] < high.params["nprobe"]
     assert low.recall_at_10 >= 0.3 and high.recall_at_10 >= 0.999
 
 
 def test_unreachable_target_falls_back_to_exhaustive_ivf_with_warning(data, caplog, monkeypatch):
     # Any recall counts as too low: the build must end on nprobe = nlist and warn.
-    monkeypatch.setattr(fi, "_tie_aware_recall", lambda *a: 0.0)
-    with caplog.at_level("WARNING", logger="evoked.features.index"):
-        _, info = fi.build_index(data[:2000], kind="ivf", use_gpu="never")
+    monkeypatch.setattr(fb, "_tie_aware_recall", lambda *a: 0.0)
+    with caplog.at_level("WARNING", logger="evoked.features.index_build"):
+        _, info = fb.build_index(data[:2000], kind="ivf", use_gpu="never")
     assert info.params["nprobe"] == info.params["nlist"]
     assert "never reached" in caplog.text and "exhaustive" in caplog.text
 
 
 def test_auto_picks_flat_up_to_threshold_then_ivf(data):
     sub = data[:2000]
-    _, info = fi.build_index(sub, exact_threshold=2000, use_gpu="never")
+    _, info = fb.build_index(sub, exact_threshold=2000, use_gpu="never")
     assert info.kind == "flat"
-    _, info = fi.build_index(sub, exact_threshold=1999, use_gpu="never")
+    _, info = fb.build_index(sub, exact_threshold=1999, use_gpu="never")
     assert info.kind == "ivf" and "nprobe" in info.params
 
 
 def test_ivf_returns_custom_ids(data):
     sub = data[:2000]
     ids = np.arange(2000, dtype=np.int64)[::-1] * 7 + 1000
-    index, info = fi.build_index(sub, ids=ids, kind="ivf", use_gpu="never")
+    index, info = fb.build_index(sub, ids=ids, kind="ivf", use_gpu="never")
     _, found = fi.search(index, sub[:50], 1, info)
     np.testing.assert_array_equal(found[:, 0], ids[:50])  # each row's nearest neighbour is itself
 
@@ -205,7 +206,7 @@ def test_duplicate_rows_do_not_count_as_misses(data):
     # Each vector three times: exact search may return any copy, so id-based recall would stay low
     # however many lists are probed; the tie-aware recall in info must still see a good index.
     dup = np.repeat(data[:1000], 3, axis=0)
-    _, info = fi.build_index(dup, kind="ivf", use_gpu="never")
+    _, info = fb.build_index(dup, kind="ivf", use_gpu="never")
     assert info.recall_at_10 >= 0.95
     assert info.params["nprobe"] < info.params["nlist"]
 
@@ -213,7 +214,7 @@ def test_duplicate_rows_do_not_count_as_misses(data):
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_tiny_inputs_still_build(kind):
     x = clustered(n=20, d=8, centers=3)
-    index, info = fi.build_index(x, ids=np.arange(20) + 100, kind=kind, use_gpu="never")
+    index, info = fb.build_index(x, ids=np.arange(20) + 100, kind=kind, use_gpu="never")
     assert info.n == 20 and info.recall_at_10 >= 0.95
     _, found = fi.search(index, x, 20, info)
     assert sorted(found[0].tolist()) == list(range(100, 120))
@@ -227,26 +228,27 @@ def test_gpu_branch_with_a_stand_in_gpu(data, monkeypatch):
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, ix: moved.append("to") or ix)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda ix: moved.append("back") or ix)
     sub = data[:2000]
-    index, info = fi.build_index(sub, kind="ivf", use_gpu="always")
-    assert info.on_gpu and moved == ["to", "back"] and index.ntotal == 2000
+    index, info = fb.build_index(sub, kind="ivf", use_gpu="always")
+    # trained on the GPU and brought back, then filled on the GPU and brought back
+    assert info.on_gpu and moved == ["to", "back", "to", "back"] and index.ntotal == 2000
     assert info.recall_at_10 >= 0.95
     for kind in ("flat", "hnsw"):  # no GPU step for these
-        _, info = fi.build_index(sub, kind=kind, use_gpu=True)
+        _, info = fb.build_index(sub, kind=kind, use_gpu=True)
         assert not info.on_gpu
-    assert moved == ["to", "back"]
+    assert moved == ["to", "back", "to", "back"]
 
 
 def test_progress_reports_every_row_in_chunks(data, monkeypatch):
-    monkeypatch.setattr(fi, "ADD_CHUNK", 700)
+    monkeypatch.setattr(fb, "ADD_CHUNK", 700)
     calls: list[int] = []
     for kind in ("flat", "hnsw"):
         calls.clear()
-        fi.build_index(data[:2000], kind=kind, use_gpu="never", on_progress=calls.append)
+        fb.build_index(data[:2000], kind=kind, use_gpu="never", on_progress=calls.append)
         assert calls == [700, 700, 600]
 
 
 def test_search_clips_k_and_accepts_one_vector(data):
-    index, info = fi.build_index(data[:5], kind="flat", use_gpu="never")
+    index, info = fb.build_index(data[:5], kind="flat", use_gpu="never")
     scores, found = fi.search(index, data[0], 10, info)
     assert scores.shape == found.shape == (1, 5)
     assert found[0, 0] == 0 and sorted(found[0].tolist()) == [0, 1, 2, 3, 4]
@@ -262,7 +264,7 @@ def test_search_clips_k_and_accepts_one_vector(data):
     [
         ({"vectors": np.ones(8, dtype=np.float32)}, "2-D"),
         ({"vectors": np.ones((0, 4), dtype=np.float32)}, "at least one row"),
-        ({"kind": "annoy"}, r"annoy.*auto, flat, ivf, hnsw"),
+        ({"kind": "annoy"}, r"annoy.*auto, flat, ivf, hnsw, ivfsq8, ivfpq"),
         ({"ids": np.array([0, 1, 1, 2])}, "unique"),
         ({"ids": np.array([0, 1, 2])}, "one id per vector"),
         ({"ids": np.array([0, 1, -1, 2])}, ">= 0"),
@@ -274,21 +276,21 @@ def test_search_clips_k_and_accepts_one_vector(data):
 def test_bad_inputs_raise_config_error(kwargs, match):
     args = {"vectors": np.eye(4, dtype=np.float32), **kwargs}
     with pytest.raises(ConfigError, match=match):
-        fi.build_index(**args)
+        fb.build_index(**args)
 
 
 @pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="a GPU is present")
 @pytest.mark.parametrize("use_gpu", [True, "always"])
 def test_requiring_a_gpu_without_one_fails(use_gpu):
     with pytest.raises(ConfigError, match="no GPU"):
-        fi.build_index(np.eye(4, dtype=np.float32), use_gpu=use_gpu)
+        fb.build_index(np.eye(4, dtype=np.float32), use_gpu=use_gpu)
 
 
 def test_nan_vectors_fail_before_building():
     x = np.eye(4, dtype=np.float32)
     x[2, 1] = np.nan
     with pytest.raises(ConfigError, match="1 of 4 rows"):
-        fi.build_index(x)
+        fb.build_index(x)
 
 
 # -------------------------------------------------------------------------------------- save, load

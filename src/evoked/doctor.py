@@ -99,10 +99,9 @@ def _clip_weights() -> list[dict]:
 def diagnose() -> dict:
     """Everything `evoked doctor` prints, as a dict."""
     import torch
+    from huggingface_hub import constants
 
     from evoked.extract.weights import offline
-
-    from huggingface_hub import constants
 
     return {
         "evoked": __version__,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from evoked.extract.registry import create_backbone
 from evoked.extract.weights import sha256_of
 from evoked.features import index as faiss_index
 from evoked.features.store import OK, FeatureStore, open_store
+from evoked.features.store_index import build_store_index  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +40,6 @@ class Hit:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def build_store_index(
-    store_path: str | os.PathLike,
-    feature: str,
-    *,
-    kind: str = "auto",
-    use_gpu: bool | str = "auto",
-    out: str | os.PathLike | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> tuple[Path, faiss_index.IndexInfo]:
-    """Index the ``ok`` rows of one feature of a store; row i of the store is FAISS id i."""
-    with open_store(store_path) as store:
-        store.dataset(feature)
-        rows = np.flatnonzero(store.status == OK)
-        if not rows.size:
-            raise ConfigError(f"{store_path} has no finished rows to index; run `evoked extract` first")
-        vectors = store.read(feature, rows=rows)
-        index, info = faiss_index.build_index(vectors, rows, kind, use_gpu=use_gpu, on_progress=on_progress)
-        info.extra = {
-            "feature": feature,
-            "store_uuid": store.attrs.get("store_uuid"),
-            "store": Path(store_path).name,
-        }
-    path = Path(out) if out else faiss_index.index_path_for(store_path, feature)
-    faiss_index.save_index(index, info, path)
-    return path, info
 
 
 def backbone_for(store: FeatureStore, extractor: str) -> Backbone:

@@ -1,17 +1,8 @@
-"""FAISS nearest-neighbour indexes over cached features: build, tune, save, load, search.
+"""FAISS nearest-neighbour indexes over cached features: vectors, exact search, save, load, search.
 
 Similarity is cosine: every vector (stored and query) is L2-normalised and compared by inner product.
 Row ``i`` of a feature store is FAISS id ``i`` unless the caller passes other ids; the index always
-returns the caller's ids, never internal positions.
-
-Three kinds of index:
-
-* ``flat`` -- exact brute force (``IndexFlatIP`` in an ``IndexIDMap2``). Chosen by ``kind="auto"`` up
-  to ``exact_threshold`` vectors.
-* ``ivf`` -- ``IndexIVFFlat``, about ``4 * sqrt(n)`` lists. ``nprobe`` is tuned at build time: the
-  smallest power of two whose recall@10 against exact search reaches ``target_recall``.
-* ``hnsw`` -- ``IndexHNSWFlat`` (M=32, efConstruction=80) in an ``IndexIDMap2``; ``efSearch`` is tuned
-  the same way. Always built on the CPU.
+returns the caller's ids, never internal positions. Building lives in `evoked.features.index_build`.
 
 Each saved index ``x.faiss`` has a sidecar ``x.faiss.json`` (:class:`IndexInfo`) recording how it was
 built, the recall it reached and the search parameters to use. This module knows nothing about HDF5.
@@ -21,13 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +25,8 @@ from evoked.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
-GPU_CHOICES = ("auto", "never", "always", True, False)
-ADD_CHUNK = 65_536  # rows per add() call; also the granularity of on_progress
-RECALL_K = 10
-RECALL_QUERIES = 1000
-NPROBE_CANDIDATES = tuple(2**i for i in range(16))  # 1 .. 32768; capped at nlist
-EF_SEARCH_CANDIDATES = (16, 32, 64, 128, 256, 512)
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-MIN_POINTS_PER_LIST = 39  # faiss k-means warns below this many training points per centroid
-MAX_POINTS_PER_LIST = 256  # and subsamples above this many
-# Two similarities closer than this count as a tie when measuring recall (float32 dot products of
-# the same pair computed by numpy and by faiss differ by ~1e-7).
-TIE_TOLERANCE = 1e-5
 _NORMALIZE_CHUNK_ELEMENTS = 1 << 22  # bounds the float64 temporaries of normalize()
 _QUERY_BLOCK = 1024  # exact_search: 1024 x 16384 float32 scores = 64 MiB per block
-
-ProgressFn = Callable[[int], None]
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -220,263 +191,6 @@ def _sort_rows(s: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(s, order, axis=1), np.take_along_axis(p, order, axis=1)
 
 
-# -------------------------------------------------------------------------------------------- build
-
-
-def build_index(
-    vectors: np.ndarray,
-    ids: np.ndarray | Sequence[int] | None = None,
-    kind: str = "auto",
-    *,
-    exact_threshold: int = 200_000,
-    target_recall: float = 0.95,
-    use_gpu: bool | str = "auto",
-    seed: int = 0,
-    on_progress: ProgressFn | None = None,
-) -> tuple[faiss.Index, IndexInfo]:
-    """Build a cosine-similarity index over ``vectors`` (N, D) that returns ``ids`` (default 0..N-1).
-
-    ``kind``: "flat" (exact), "ivf", "hnsw", or "auto" (flat when N <= ``exact_threshold``, else
-    ivf). For ivf/hnsw the search parameter (nprobe/efSearch) is tuned until recall@10 on up to
-    1000 sampled rows reaches ``target_recall``. ``use_gpu``: "auto" (a GPU if faiss sees one),
-    "never"/False, or "always"/True (ConfigError without a GPU); only ivf training and adding use it.
-    ``on_progress(rows)`` is called with the number of rows just added (an increment, like
-    ``tqdm.update``). The returned index is always a CPU index, ready for :func:`save_index`.
-    """
-    x = np.asarray(vectors)
-    n, d = _check_shape(x)
-    id_arr = _check_ids(ids, n)
-    kind = _resolve_kind(kind, n, exact_threshold)
-    if not 0.0 < target_recall <= 1.0:
-        raise ConfigError(f"target_recall={target_recall} must be in (0, 1]")
-    want_gpu = _resolve_gpu(use_gpu)
-    if want_gpu and kind != "ivf":
-        log.info("%s index is built on the CPU even though a GPU is available", kind)
-    on_gpu = want_gpu and kind == "ivf"
-
-    t0 = time.perf_counter()
-    x = normalize(x)
-    if kind == "flat":
-        index, params, recall = _build_flat(x, id_arr, on_progress), {}, None
-    elif kind == "ivf":
-        index, params, recall = _build_ivf(x, id_arr, target_recall, on_gpu, seed, on_progress)
-    else:
-        index, params, recall = _build_hnsw(x, id_arr, target_recall, seed, on_progress)
-    info = IndexInfo(
-        kind=kind,
-        n=n,
-        dim=d,
-        params=params,
-        recall_at_10=recall,
-        faiss_version=faiss.__version__,
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(time.perf_counter() - t0, 3),
-        on_gpu=on_gpu,
-    )
-    log.info(
-        "built %s index: %d x %d, params %s, recall@10 %s, %.1f s",
-        kind,
-        n,
-        d,
-        params,
-        recall,
-        info.build_seconds,
-    )
-    return index, info
-
-
-def _check_shape(x: np.ndarray) -> tuple[int, int]:
-    if x.ndim != 2:
-        raise ConfigError(f"vectors must be a 2-D array (N, D), got shape {x.shape}")
-    n, d = x.shape
-    if n < 1 or d < 1:
-        raise ConfigError(f"vectors must have at least one row and one column, got shape {x.shape}")
-    return n, d
-
-
-def _check_ids(ids: np.ndarray | Sequence[int] | None, n: int) -> np.ndarray:
-    if ids is None:
-        return np.arange(n, dtype=np.int64)
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ConfigError(f"ids must be a 1-D array with one id per vector ({n}), got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ConfigError(f"ids must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ConfigError(f"ids must be >= 0 (faiss uses -1 for 'no result'), got {int(arr.min())}")
-    uniq, counts = np.unique(arr, return_counts=True)
-    if len(uniq) != n:
-        dups = uniq[counts > 1]
-        raise ConfigError(f"ids must be unique: {len(dups)} ids repeat (e.g. {dups[:5].tolist()})")
-    return arr
-
-
-def _resolve_kind(kind: str, n: int, exact_threshold: int) -> str:
-    if kind not in KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind != "auto":
-        return kind
-    if exact_threshold < 0:
-        raise ConfigError(f"exact_threshold={exact_threshold} must be >= 0")
-    return "flat" if n <= exact_threshold else "ivf"
-
-
-def _resolve_gpu(use_gpu: bool | str) -> bool:
-    # Compare bools by identity: 0/1 would otherwise pass as False/True.
-    if use_gpu is False or use_gpu == "never":
-        return False
-    if not (use_gpu is True or use_gpu in ("auto", "always")):
-        raise ConfigError(f"use_gpu={use_gpu!r} is not one of 'auto', 'never', 'always', True, False")
-    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if use_gpu == "auto":
-        return ngpu > 0
-    if ngpu == 0:
-        raise ConfigError(f"use_gpu={use_gpu!r} but faiss sees no GPU; pass use_gpu='auto' or 'never'")
-    return True
-
-
-def _add_chunks(index: faiss.Index, x: np.ndarray, ids: np.ndarray, on_progress: ProgressFn | None) -> None:
-    for start in range(0, len(x), ADD_CHUNK):
-        stop = min(start + ADD_CHUNK, len(x))
-        index.add_with_ids(x[start:stop], ids[start:stop])
-        if on_progress is not None:
-            on_progress(stop - start)
-
-
-def _build_flat(x: np.ndarray, ids: np.ndarray, on_progress: ProgressFn | None) -> faiss.Index:
-    # Flat stays on the CPU: there is nothing to train and adding is a copy, so a GPU would only
-    # add two transfers before the index comes back to the CPU for saving.
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
-    _add_chunks(index, x, ids, on_progress)
-    return index
-
-
-def _nlist_for(n: int) -> int:
-    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_LIST))
-
-
-def _build_ivf(
-    x: np.ndarray,
-    ids: np.ndarray,
-    target_recall: float,
-    on_gpu: bool,
-    seed: int,
-    on_progress: ProgressFn | None,
-) -> tuple[faiss.Index, dict[str, Any], float]:
-    n, d = x.shape
-    nlist = _nlist_for(n)
-    rng = np.random.default_rng(seed)
-    train_rows = np.sort(rng.choice(n, size=min(n, MAX_POINTS_PER_LIST * nlist), replace=False))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    if on_gpu:
-        index = _train_add_on_gpu(index, x[train_rows], x, ids, seed, on_progress)
-    else:
-        index.train(x[train_rows])
-        _add_chunks(index, x, ids, on_progress)
-
-    def set_nprobe(v: int) -> None:
-        index.nprobe = v
-
-    candidates = [v for v in NPROBE_CANDIDATES if v < nlist] + [nlist]
-    nprobe, recall = _tune(
-        index, set_nprobe, candidates, x, target_recall, seed, "nprobe", "nlist: exhaustive"
-    )
-    return index, {"nlist": nlist, "nprobe": nprobe, **_tuning_params(target_recall, n)}, recall
-
-
-def _train_add_on_gpu(
-    index: faiss.Index,
-    train: np.ndarray,
-    x: np.ndarray,
-    ids: np.ndarray,
-    seed: int,
-    on_progress: ProgressFn | None,
-) -> faiss.Index:
-    """Train and fill an IVF index on GPU 0, then return the CPU copy (tuning happens on the CPU)."""
-    # One GPU is enough here: replicas would train the same centroids on each device.
-    res = faiss.StandardGpuResources()  # must outlive every use of gpu_index
-    gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
-    if hasattr(gpu_index, "cp"):
-        gpu_index.cp.seed = seed
-    gpu_index.train(train)
-    _add_chunks(gpu_index, x, ids, on_progress)
-    cpu_index = faiss.index_gpu_to_cpu(gpu_index)
-    del gpu_index, res
-    return cpu_index
-
-
-def _build_hnsw(
-    x: np.ndarray, ids: np.ndarray, target_recall: float, seed: int, on_progress: ProgressFn | None
-) -> tuple[faiss.Index, dict[str, Any], float]:
-    hnsw = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index = faiss.IndexIDMap2(hnsw)
-    _add_chunks(index, x, ids, on_progress)
-
-    def set_ef(v: int) -> None:
-        hnsw.hnsw.efSearch = v
-
-    ef, recall = _tune(
-        index, set_ef, EF_SEARCH_CANDIDATES, x, target_recall, seed, "efSearch", "the largest tried"
-    )
-    params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": ef}
-    return index, {**params, **_tuning_params(target_recall, len(x))}, recall
-
-
-def _tuning_params(target_recall: float, n: int) -> dict[str, Any]:
-    return {"target_recall": float(target_recall), "recall_queries": min(RECALL_QUERIES, n)}
-
-
-def _tune(
-    index: faiss.Index,
-    set_param: Callable[[int], None],
-    candidates: Sequence[int],
-    x: np.ndarray,
-    target: float,
-    seed: int,
-    name: str,
-    fallback: str,
-) -> tuple[int, float]:
-    """Set the smallest candidate whose recall@10 reaches ``target``; else the largest, with a warning."""
-    # A separate stream from the training sample so the two choices do not depend on each other.
-    rng = np.random.default_rng([seed, 1])
-    rows = np.sort(rng.choice(len(x), size=min(RECALL_QUERIES, len(x)), replace=False))
-    queries = x[rows]
-    k = min(RECALL_K, len(x))
-    truth_scores, _ = exact_search(x, queries, k)
-    recall = 0.0
-    for value in candidates:
-        set_param(value)
-        scores, found = index.search(queries, k)
-        recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
-        log.debug("%s=%d: recall@%d %.4f", name, value, k, recall)
-        if recall >= target:
-            return value, recall
-    log.warning(
-        "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
-        k,
-        target,
-        name,
-        candidates[-1],
-        fallback,
-        recall,
-    )
-    return candidates[-1], recall
-
-
-def _tie_aware_recall(scores: np.ndarray, found: np.ndarray, kth_truth: np.ndarray) -> float:
-    """Recall@k that counts a result as a hit when it scores at least the exact k-th best.
-
-    This equals id-based recall except on ties: with duplicate images in a store, an exact search
-    may return any of the duplicates, so id-based recall would punish correct answers.
-    """
-    hits = (found >= 0) & (scores >= kth_truth[:, None] - TIE_TOLERANCE)
-    return float(hits.sum(axis=1).mean() / found.shape[1])
-
-
 # --------------------------------------------------------------------------------------- save, load
 
 
@@ -540,7 +254,7 @@ def _inner(index: faiss.Index) -> faiss.Index:
 
 def _apply_params(index: faiss.Index, info: IndexInfo) -> None:
     inner = _inner(index)
-    if info.kind == "ivf" and "nprobe" in info.params and hasattr(inner, "nprobe"):
+    if info.kind.startswith("ivf") and "nprobe" in info.params and hasattr(inner, "nprobe"):
         inner.nprobe = int(info.params["nprobe"])
     elif info.kind == "hnsw" and "efSearch" in info.params and hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = int(info.params["efSearch"])
@@ -583,7 +297,7 @@ def search(
 def _search_params(info: IndexInfo | None) -> faiss.SearchParameters | None:
     if info is None:
         return None
-    if info.kind == "ivf" and "nprobe" in info.params:
+    if info.kind.startswith("ivf") and "nprobe" in info.params:
         return faiss.SearchParametersIVF(nprobe=int(info.params["nprobe"]))
     if info.kind == "hnsw" and "efSearch" in info.params:
         return faiss.SearchParametersHNSW(efSearch=int(info.params["efSearch"]))

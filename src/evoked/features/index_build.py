@@ -1,0 +1,350 @@
+"""Building FAISS indexes: the kind chosen by size and a memory budget, IVF trained on a sample,
+vectors added chunk by chunk, and the search parameter tuned against an exact search.
+
+`build_index_streaming` takes its vectors through `chunks`, a function that returns a fresh
+iterable of ``(ids, vectors)`` each time it is called (for a feature store,
+`FeatureStore.iter_chunks`): peak memory is the index itself, the training sample and one chunk,
+never the whole matrix, so stores larger than memory can be indexed. `build_index` is the same for
+an array already in memory.
+
+Kinds, cheapest in memory last (bytes per vector for dimension d):
+
+- ``flat``: exact, ``4d``;
+- ``ivf``: IVF with full vectors, ``4d``; exact within the probed lists;
+- ``hnsw``: HNSW graph with full vectors, ``4d + 8M``; fastest queries, slow to build on few cores;
+- ``ivffp16``: IVF with vectors stored as float16, ``2d``; recall as ``ivf`` in practice;
+- ``ivfsq8``: IVF with 8-bit scalar-quantised vectors, ``d``; quantisation costs some recall;
+- ``ivfpq``: IVF with product quantisation, ``m`` bytes; the most compact, lowest recall.
+
+``auto`` takes ``flat`` up to `exact_threshold` vectors when it fits, else the first of
+``ivf``, ``ivffp16``, ``ivfsq8``, ``ivfpq`` whose index fits in 60% of `memory_budget`. The recall
+reached is always measured and reported, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import faiss
+import numpy as np
+
+from evoked.errors import ConfigError
+from evoked.features.index import IndexInfo, _merge_topk, normalize
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivffp16", "ivfsq8", "ivfpq")
+DEFAULT_BUDGET = 2 * 2**30
+ADD_CHUNK = 65_536  # rows per add() call of an in-memory array; also the granularity of on_progress
+RECALL_K = 10
+TUNE_QUERIES = 1000
+NPROBE_CANDIDATES = tuple(2**i for i in range(16))  # 1 .. 32768; capped at nlist
+EF_SEARCH_CANDIDATES = (16, 32, 64, 128, 256, 512)
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+MIN_PER_LIST = 39  # faiss k-means warns below this many training points per centroid
+TRAIN_PER_LIST = 64  # k-means points per list: enough for good lists, cheap on few cores
+INDEX_SHARE, TRAIN_SHARE = 0.6, 0.2  # of the memory budget
+# Two similarities closer than this count as a tie when measuring recall (float32 dot products of
+# the same pair computed by numpy and by faiss differ by ~1e-7).
+TIE_TOLERANCE = 1e-5
+
+Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+ProgressFn = Callable[[int], None]
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"2GB"``, ``"512M"``, ``1073741824`` -> bytes (powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        return int(float(t[:-1]) * scale[t[-1]]) if t and t[-1] in scale else int(float(t))
+    except (ValueError, IndexError):
+        raise ConfigError(f"--memory-budget {text!r}: expected a size such as 2GB or 512MB") from None
+
+
+def bytes_per_vector(kind: str, d: int, pq_m: int = 0) -> int:
+    return {"flat": 4 * d, "ivf": 4 * d + 8, "hnsw": 4 * d + 8 * HNSW_M + 8, "ivffp16": 2 * d + 8, "ivfsq8": d + 8,
+            "ivfpq": pq_m + 8}[kind]
+
+
+def _pq_m(d: int, max_bytes: int) -> int:
+    """Sub-quantisers for PQ: a divisor of d (faiss needs one) of at most `max_bytes`, up to 64."""
+    divisors = [m for m in range(1, d + 1) if d % m == 0 and m <= min(64, max(1, max_bytes))]
+    return max(divisors)
+
+
+def plan_index(n: int, d: int, kind: str = "auto", *, memory_budget: int = DEFAULT_BUDGET,
+               exact_threshold: int = 200_000) -> dict[str, Any]:
+    """The kind, list count and size estimate for `n` vectors of dimension `d`."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if exact_threshold < 0:
+        raise ConfigError(f"exact_threshold={exact_threshold} must be >= 0")
+    room = INDEX_SHARE * memory_budget
+    pq_m = _pq_m(d, int(room / max(n, 1)) - 8)
+    if kind == "auto":
+        order = (["flat"] if n <= exact_threshold else []) + ["ivf", "ivffp16", "ivfsq8", "ivfpq"]
+        kind = next((k for k in order if n * bytes_per_vector(k, d, pq_m) <= room), "ivfpq")
+    nlist = 0
+    if kind.startswith("ivf"):
+        # 4 sqrt(n) lists, each with enough points to train, and a training sample within budget
+        nlist = max(1, min(round(4 * math.sqrt(n)), 16384, n // MIN_PER_LIST or 1))
+        max_train = int(TRAIN_SHARE * memory_budget / (4 * d))
+        nlist = max(1, min(nlist, max_train // MIN_PER_LIST or 1))
+    need = n * bytes_per_vector(kind, d, pq_m)
+    if need > memory_budget:
+        log.warning("a %s index of %d x %d needs about %.1f GiB, above the %.1f GiB budget",
+                    kind, n, d, need / 2**30, memory_budget / 2**30)
+    return {"kind": kind, "nlist": nlist, "pq_m": pq_m if kind == "ivfpq" else 0, "index_bytes": need}
+
+
+def _sample_rows(chunks: Chunks, n: int, rows: np.ndarray) -> np.ndarray:
+    """Normalised vectors at the given positions (in iteration order), in one pass."""
+    want = np.sort(rows)
+    out, at, pos = [], 0, 0
+    for _, x in chunks():
+        stop = at + len(x)
+        hi = np.searchsorted(want, stop)
+        if hi > pos:
+            out.append(normalize(x[want[pos:hi] - at]))
+            pos = hi
+        at = stop
+    if at != n:
+        raise ConfigError(f"the chunks held {at} vectors but {n} were announced")
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def exact_search_streaming(chunks: Chunks, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over all chunks: (scores, ids), in bounded memory."""
+    q = normalize(queries)
+    best_s = np.empty((len(q), 0), dtype=np.float32)
+    best_i = np.empty((len(q), 0), dtype=np.int64)
+    for ids, x in chunks():
+        x, ids = normalize(x), np.asarray(ids)
+        for start in range(0, len(x), 4096):  # bounds the (queries x rows) score block
+            s = q @ x[start : start + 4096].T
+            kk = min(k, s.shape[1])
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            found = ids[start : start + 4096][part]
+            best_s, best_i = _merge_topk(best_s, best_i, np.take_along_axis(s, part, 1), found, k)
+    return best_s, best_i
+
+
+def _new_index(kind: str, d: int, nlist: int, pq_m: int) -> faiss.Index:
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+    if kind == "hnsw":
+        h = faiss.IndexHNSWFlat(d, HNSW_M, ip)
+        h.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return faiss.IndexIDMap2(h)
+    quantizer = faiss.IndexFlatIP(d)
+    if kind == "ivf":
+        return faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+    if kind in ("ivffp16", "ivfsq8"):
+        qtype = faiss.ScalarQuantizer.QT_fp16 if kind == "ivffp16" else faiss.ScalarQuantizer.QT_8bit
+        return faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qtype, ip)
+    return faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
+
+
+def _train_on_gpu(index: faiss.Index, train: np.ndarray) -> faiss.Index:
+    """Train an IVF index on GPU 0 and return the trained CPU index."""
+    res = faiss.StandardGpuResources()
+    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu.train(train)
+    trained = faiss.index_gpu_to_cpu(gpu)
+    del gpu, res
+    return trained
+
+
+def _gpus_for_adding(trained: faiss.Index):
+    """The trained index on every GPU faiss sees: one copy on one GPU, else sharded (each GPU
+    holds part of the vectors; the shared, already-trained quantizer keeps the lists compatible).
+    Returns (gpu_index, resources to keep alive while it is used)."""
+    n_gpu = faiss.get_num_gpus()
+    if n_gpu <= 1:
+        res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(res, 0, trained), [res]
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    options.common_ivf_quantizer = True
+    return faiss.index_cpu_to_all_gpus(trained, co=options, ngpu=n_gpu), []
+
+
+def build_index_streaming(
+    chunks: Chunks,
+    n: int,
+    d: int,
+    kind: str = "auto",
+    *,
+    memory_budget: int = DEFAULT_BUDGET,
+    exact_threshold: int = 200_000,
+    target_recall: float = 0.95,
+    use_gpu: bool | str = "auto",
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[faiss.Index, IndexInfo]:
+    """Build a cosine index over `n` vectors delivered by `chunks`, in bounded memory.
+
+    IVF kinds are trained on a random sample (about 50 vectors per list, within 20% of the
+    budget), filled chunk by chunk (on the GPU when faiss sees one: sharded over several), and
+    their nprobe (efSearch for HNSW) is the smallest whose recall@10 on 500 sampled queries,
+    against an exact search that streams over all vectors, reaches `target_recall`.
+    """
+    if n < 1 or d < 1:
+        raise ConfigError(f"vectors must have at least one row and one column, got {n} x {d}")
+    if not 0.0 < target_recall <= 1.0:
+        raise ConfigError(f"target_recall={target_recall} must be in (0, 1]")
+    plan = plan_index(n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold)
+    kind, nlist, pq_m = plan["kind"], plan["nlist"], plan["pq_m"]
+    on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    index = _new_index(kind, d, nlist, pq_m)
+    keep: list = []
+    if kind.startswith("ivf"):
+        n_train = min(n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d))))
+        train = _sample_rows(chunks, n, rng.choice(n, size=n_train, replace=False))
+        index.cp.seed = seed
+        if on_gpu:
+            index = _train_on_gpu(index, train)
+            index, keep = _gpus_for_adding(index)
+        else:
+            index.train(train)
+        del train
+    for ids, x in chunks():
+        index.add_with_ids(normalize(x), np.asarray(ids, dtype=np.int64))
+        if on_progress:
+            on_progress(len(x))
+    if on_gpu:
+        index = faiss.index_gpu_to_cpu(index)  # sharded IVF lists are merged back into one index
+        del keep
+    params: dict[str, Any] = {"nlist": nlist} if nlist else {}
+    if pq_m:
+        params["pq_m"] = pq_m
+    recall = None
+    if kind != "flat":
+        rows = rng.choice(n, size=min(TUNE_QUERIES, n), replace=False)
+        queries = _sample_rows(chunks, n, rows)
+        k = min(RECALL_K, n)
+        truth_scores, _ = exact_search_streaming(chunks, queries, k)
+        name, candidates, setter = _tuning_knob(index, kind, nlist)
+        for value in candidates:
+            setter(value)
+            scores, found = index.search(queries, k)
+            recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
+            if recall >= target_recall:
+                break
+        else:
+            fallback = "nlist: exhaustive" if name == "nprobe" else "the largest tried"
+            log.warning("recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
+                        k, target_recall, name, value, fallback, recall)
+        if kind == "hnsw":
+            params.update({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
+        params[name] = value
+        params.update({"target_recall": float(target_recall), "recall_queries": len(rows)})
+    info = IndexInfo(
+        kind=kind, n=n, dim=d, params=params, recall_at_10=recall, faiss_version=faiss.__version__,
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(time.perf_counter() - t0, 3), on_gpu=on_gpu,
+        extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},
+    )
+    log.info("built %s index of %d x %d (%s), recall@10 %s in %.1f s", kind, n, d, params, recall,
+             info.build_seconds)
+    return index, info
+
+
+def _tuning_knob(index: faiss.Index, kind: str, nlist: int):
+    if kind == "hnsw":
+        inner = faiss.downcast_index(index.index)
+
+        def set_ef(v: int) -> None:
+            inner.hnsw.efSearch = v
+
+        return "efSearch", EF_SEARCH_CANDIDATES, set_ef
+
+    def set_nprobe(v: int) -> None:
+        index.nprobe = v
+
+    return "nprobe", [v for v in NPROBE_CANDIDATES if v < nlist] + [nlist], set_nprobe
+
+
+def _tie_aware_recall(scores: np.ndarray, found: np.ndarray, kth_truth: np.ndarray) -> float:
+    """Recall@k that counts a result as a hit when it scores at least the exact k-th best.
+
+    This equals id-based recall except on ties: with duplicate images in a store, an exact search
+    may return any of the duplicates, so id-based recall would punish correct answers.
+    """
+    hits = (found >= 0) & (scores >= kth_truth[:, None] - TIE_TOLERANCE)
+    return float(hits.sum(axis=1).mean() / found.shape[1])
+
+
+def _resolve_gpu(use_gpu: bool | str) -> bool:
+    # Compare bools by identity: 0/1 would otherwise pass as False/True.
+    if use_gpu is False or use_gpu == "never":
+        return False
+    if not (use_gpu is True or use_gpu in ("auto", "always")):
+        raise ConfigError(f"use_gpu={use_gpu!r} is not one of 'auto', 'never', 'always', True, False")
+    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu == "auto":
+        return ngpu > 0
+    if ngpu == 0:
+        raise ConfigError(f"use_gpu={use_gpu!r} but faiss sees no GPU; pass use_gpu='auto' or 'never'")
+    return True
+
+
+def _check_ids(ids: np.ndarray | Sequence[int] | None, n: int) -> np.ndarray:
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ConfigError(f"ids must be a 1-D array with one id per vector ({n}), got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ConfigError(f"ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ConfigError(f"ids must be >= 0 (faiss uses -1 for 'no result'), got {int(arr.min())}")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if len(uniq) != n:
+        dups = uniq[counts > 1]
+        raise ConfigError(f"ids must be unique: {len(dups)} ids repeat (e.g. {dups[:5].tolist()})")
+    return arr
+
+
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray | Sequence[int] | None = None,
+    kind: str = "auto",
+    *,
+    exact_threshold: int = 200_000,
+    target_recall: float = 0.95,
+    use_gpu: bool | str = "auto",
+    seed: int = 0,
+    memory_budget: int = DEFAULT_BUDGET,
+    on_progress: ProgressFn | None = None,
+) -> tuple[faiss.Index, IndexInfo]:
+    """Build a cosine-similarity index over an in-memory array `vectors` (N, D) returning `ids`
+    (default 0..N-1); see `build_index_streaming` for the kinds and how they are tuned."""
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ConfigError(f"vectors must be a 2-D array (N, D), got shape {x.shape}")
+    n, d = x.shape
+    if n < 1 or d < 1:
+        raise ConfigError(f"vectors must have at least one row and one column, got shape {x.shape}")
+    id_arr = _check_ids(ids, n)
+    x = normalize(x)  # also fails early, naming the rows, on NaN or inf
+
+    def chunks():
+        for start in range(0, n, ADD_CHUNK):
+            yield id_arr[start : start + ADD_CHUNK], x[start : start + ADD_CHUNK]
+
+    return build_index_streaming(chunks, n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold,
+                                 target_recall=target_recall, use_gpu=use_gpu, seed=seed, on_progress=on_progress)
