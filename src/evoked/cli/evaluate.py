@@ -1,0 +1,117 @@
+"""`evoked evaluate RUN [RUN ...]`: one comparison report for every model of every run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evoked.cli._common import COMMON, print_json, progress
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[COMMON],
+        help="compare runs: ranked table with bootstrap CIs, paired tests, plots",
+        description="Compare every model (system RUN/MODEL) of the given run directories on the same items. "
+        "Writes OUT/report.md, report.json, report.csv and PNG plots, and prints the ranked table. "
+        "Runs evaluated on different items or folds/splits are refused.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report"),
+        help="report directory (default report/); report files already there are overwritten",
+    )
+    p.add_argument(
+        "--lexicon",
+        default="nrc",
+        help="category -> VA table for category accuracy: nrc (default), warriner, PATH",
+    )
+    p.add_argument(
+        "--nearest",
+        choices=("cosine", "euclidean"),
+        default="cosine",
+        help="VA -> category mapping: cosine of the 1..9 vectors (the two-stage paper's choice) or euclidean",
+    )
+    p.add_argument(
+        "--categories",
+        type=_csv_list,
+        default=None,
+        metavar="A,B,...",
+        help="categories to choose from (default: the distinct true categories)",
+    )
+    p.add_argument(
+        "--category-map",
+        action="append",
+        default=[],
+        metavar="LABEL=WORD",
+        help="map a dataset label to a lexicon word, e.g. happy=joy (repeat the flag for more)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="B",
+        help="bootstrap resamples for the 95%% CIs and paired tests (default 1000; 0 for none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="RUN/MODEL",
+        help="system to test the others against (default: the best)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON instead of the table")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from evoked.data.lexicon import parse_category_map
+    from evoked.evaluate.report import console_table, evaluate
+
+    category_map = parse_category_map(args.category_map)
+    with progress(args, args.bootstrap or None, "bootstrap", "resample") as bar:
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        report = evaluate(
+            args.runs,
+            out=args.out,
+            lexicon=args.lexicon,
+            nearest=args.nearest,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            reference=args.reference,
+            categories=args.categories,
+            category_map=category_map,
+            plots=not args.no_plots,
+            on_progress=on_progress,
+        )
+    if args.json:
+        print_json(report)
+        return 0
+    b = report["bootstrap"]
+    print(
+        f"{len(report['systems'])} systems on {report['items']['n']} items, ranked by {report['ranking']}; "
+        + (
+            f"95% CIs from {b['resamples']} bootstrap resamples, p vs {report['reference']}"
+            if b["resamples"]
+            else "no bootstrap"
+        )
+    )
+    print(console_table(report))
+    c = report["category"]
+    if c.get("categories"):
+        print(f"accuracy: VA -> {c['nearest']}-nearest category in lexicon {c['lexicon']['name']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0

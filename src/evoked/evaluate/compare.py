@@ -1,0 +1,348 @@
+"""Metrics, bootstrap CIs and paired tests for aligned systems (the numbers behind a report).
+
+Every system is scored on exactly the same items: a row with an unknown truth, or without a prediction
+from some system, is left out of that dimension for all systems (and counted in the notes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from evoked.data.lexicon import Lexicon, normalize_word
+from evoked.errors import ConfigError, LabelError
+from evoked.evaluate import bootstrap as bs
+from evoked.evaluate.category import category_accuracy, category_correct, category_word
+from evoked.evaluate.distribution import DISTRIBUTION_METRICS, EPS, distribution_values
+from evoked.evaluate.metrics import DIMENSIONS, regression_metrics
+from evoked.evaluate.runs import Items, System
+
+log = logging.getLogger(__name__)
+
+#: Metrics compared by the paired test against the reference, as (dimension or group, metric).
+PAIRED = (
+    ("valence", "r"),
+    ("arousal", "r"),
+    ("valence", "ccc"),
+    ("arousal", "ccc"),
+    ("valence", "mse"),
+    ("arousal", "mse"),
+    ("category", "accuracy"),
+)
+
+
+def category_setup(
+    items: Items, lexicon: Lexicon, categories: Sequence[str] | None, notes: list[str]
+) -> list[str] | None:
+    """The category vocabulary for accuracy, or None (with a note saying why) when it cannot be scored."""
+    known = sorted({c for c in items.category if c})
+    if categories:
+        cats = [normalize_word(c) for c in categories]
+        lexicon.check(cats)  # the user named them: an unknown word is an error, not a skip
+    else:
+        if not known:
+            notes.append("category accuracy skipped: no item has a category_true label")
+            return None
+        try:
+            lexicon.check(known)
+        except LabelError:
+            missing = [c for c in known if c not in lexicon]
+            notes.append(
+                f"category accuracy skipped: the categories {', '.join(missing)} are not words of lexicon "
+                f"{lexicon.name!r}; map them with --category-map LABEL=WORD or pass --lexicon PATH"
+            )
+            return None
+        cats = known
+    if len(cats) < 2:
+        notes.append(f"category accuracy skipped: only one category ({', '.join(cats)})")
+        return None
+    return cats
+
+
+def _ranking(results: Sequence[dict]) -> tuple[str, Callable[[dict], tuple]]:
+    """Rank by valence r; on a set without VA ratings (a categorical set) by category accuracy."""
+
+    def value(x) -> float:
+        return -np.inf if x is None or np.isnan(x) else float(x)
+
+    if any(np.isfinite(e["valence"]["r"]) for e in results) or not any(e["category"] for e in results):
+        return "valence Pearson r, highest first (ties: arousal r)", lambda e: (
+            -value(e["valence"]["r"]),
+            -value(e["arousal"]["r"]),
+            e["system"],
+        )
+    return "category accuracy, highest first (no item has a valence rating)", lambda e: (
+        -value((e["category"] or {}).get("accuracy")),
+        e["system"],
+    )
+
+
+def resolve_reference(reference: str | None, names: Sequence[str], runs: dict[str, list[str]]) -> str | None:
+    """A system name from ``RUN/MODEL`` (or ``RUN`` when that run has one model); None keeps the best."""
+    if reference is None:
+        return None
+    if reference in names:
+        return reference
+    if reference in runs and len(runs[reference]) == 1:
+        return runs[reference][0]
+    raise ConfigError(
+        f"--reference {reference!r} is not one of the systems: {', '.join(names)}; name a system as RUN/MODEL"
+    )
+
+
+def _scored_rows(items: Items, systems: Sequence[System], notes: list[str]) -> tuple[dict, dict, np.ndarray]:
+    """Per dimension, the rows every system is scored on; what was dropped; which systems predict it.
+
+    A row counts when its truth is known and every system has a prediction for it. A system that
+    predicts nothing at all for a dimension is left out of that dimension instead (with a note).
+    """
+    preds = np.stack([s.pred for s in systems])  # (S, n, 2)
+    active = np.isfinite(preds).any(axis=1)  # (S, 2)
+    masks, dropped = {}, {}
+    for k, dim in enumerate(DIMENSIONS):
+        notes += [
+            f"{s.name} predicts no {dim} at all; it is not scored on {dim}"
+            for s, on in zip(systems, active[:, k])
+            if not on
+        ]
+        known = ~np.isnan(items.true[:, k])
+        no_pred = np.isnan(preds[:, :, k]) & known[None, :] & active[:, k, None]
+        masks[dim] = known & ~no_pred.any(axis=0)
+        dropped[dim] = {
+            "unknown_truth": int((~known).sum()),
+            "missing_prediction": int(no_pred.any(axis=0).sum()),
+        }
+        if dropped[dim]["unknown_truth"]:
+            notes.append(
+                f"{dropped[dim]['unknown_truth']} item(s) without a true {dim} are left out of its metrics"
+            )
+        for s, row in zip(systems, no_pred):
+            if row.any():
+                notes.append(
+                    f"{s.name} has no {dim} prediction for {int(row.sum())} item(s); those items are left out of "
+                    f"{dim} metrics for every system, to keep the comparison on the same items"
+                )
+    return masks, dropped, active
+
+
+def _category_rows(
+    items: Items,
+    systems: Sequence[System],
+    active: np.ndarray,
+    cats: list[str],
+    lexicon: Lexicon,
+    nearest: str,
+    notes: list[str],
+) -> tuple[np.ndarray, dict]:
+    """Rows scored for accuracy (a category in `cats`, a VA prediction from every system) and context."""
+    keys = {category_word(lexicon, c) for c in cats}
+    in_set = np.array([bool(c) and category_word(lexicon, c) in keys for c in items.category], dtype=bool)
+    outside = int(((items.category != "") & ~in_set).sum())
+    if outside:
+        notes.append(f"{outside} item(s) whose category is not in --categories are left out of accuracy")
+    preds = np.stack([s.pred for s, on in zip(systems, active.all(axis=1)) if on])
+    mask = in_set & ~np.isnan(preds).any(axis=(0, 2))
+    oracle = category_accuracy(items.category[mask], items.true[mask], lexicon, cats, nearest)
+    labels, counts = np.unique(items.category[mask].astype(str), return_counts=True)
+    info = {
+        "n": int(mask.sum()),
+        "true_va_accuracy": oracle["accuracy"],
+        "majority_accuracy": float(counts.max() / counts.sum()) if counts.size else float("nan"),
+        "counts": {str(c): int(k) for c, k in zip(labels, counts)},
+    }
+    return mask, info
+
+
+def _distribution_rows(
+    items: Items, systems: Sequence[System], notes: list[str]
+) -> tuple[dict, np.ndarray | None, dict | None]:
+    """Predicted distributions aligned with the true categories ({system index: (n, K)}), rows, context."""
+    if items.p_true is None:
+        if any(s.p_pred is not None for s in systems):
+            notes.append(
+                "predicted distributions found but no true_p_<category> columns: distribution metrics skipped"
+            )
+        return {}, None, None
+    aligned = {}
+    for i, s in enumerate(systems):
+        if s.p_pred is None:
+            continue
+        if set(s.pred_categories) != set(items.true_categories):
+            notes.append(
+                f"{s.name}: predicted distribution over {', '.join(s.pred_categories)} does not match the "
+                f"true one over {', '.join(items.true_categories)}; distribution metrics skipped for it"
+            )
+            continue
+        aligned[i] = s.p_pred[:, [s.pred_categories.index(c) for c in items.true_categories]]
+    mask = ~np.isnan(items.p_true).any(axis=1)
+    for p in aligned.values():
+        mask &= ~np.isnan(p).any(axis=1)
+    info = {
+        "categories": list(items.true_categories),
+        "eps": EPS,
+        "systems": len(aligned),
+        "n": int(mask.sum()),
+    }
+    return aligned, mask, info
+
+
+def _paired_tests(results: list[dict], boot: list[dict], ref: int, level: float) -> None:
+    """Fill each result's ``vs_reference`` with the paired bootstrap test against result `ref`."""
+    for i, entry in enumerate(results):
+        if i == ref:
+            continue
+        tests = {}
+        for group, metric in PAIRED:
+            if group in boot[i] and group in boot[ref]:
+                tests[f"{group}_{metric}"] = bs.paired_difference(
+                    boot[i][group][metric],
+                    boot[ref][group][metric],
+                    entry[group][metric],
+                    results[ref][group][metric],
+                    level,
+                )
+        entry["vs_reference"] = tests
+
+
+def compare_systems(
+    items: Items,
+    systems: Sequence[System],
+    *,
+    lexicon: Lexicon,
+    nearest: str = "cosine",
+    categories: Sequence[str] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    reference: str | None = None,
+    level: float = 0.95,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Score every system; return the ranked per-system results and what the report says about them.
+
+    `reference` is an already resolved system name (see `resolve_reference`); without it the best
+    system (highest valence r) is the reference of the paired tests.
+    """
+    notes: list[str] = []
+    n = len(items)
+    masks, dropped, active = _scored_rows(items, systems, notes)
+    cats = category_setup(items, lexicon, categories, notes)
+    category_info: dict = {"lexicon": lexicon.describe(), "nearest": nearest, "categories": cats}
+    cat_mask = None
+    if cats is not None:
+        cat_mask, info = _category_rows(items, systems, active, cats, lexicon, nearest, notes)
+        category_info.update(info)
+    dist_pred, dmask, dist_info = _distribution_rows(items, systems, notes)
+
+    # point estimates, and the columns whose resampled sums give every CI in one matrix product
+    blocks: list[np.ndarray] = []
+    slices: list[dict[str, slice]] = []
+
+    def add(x: np.ndarray) -> slice:
+        start = sum(b.shape[1] for b in blocks)
+        blocks.append(x)
+        return slice(start, start + x.shape[1])
+
+    results = []
+    for i, s in enumerate(systems):
+        entry: dict = {
+            "system": s.name,
+            "run": s.run,
+            "model": s.model,
+            "category": None,
+            "distribution": None,
+        }
+        sl: dict[str, slice] = {}
+        for k, dim in enumerate(DIMENSIONS):
+            m = masks[dim] & active[i, k]
+            entry[dim] = regression_metrics(items.true[m, k], s.pred[m, k])
+            sl[dim] = add(bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
+        if cat_mask is not None and active[i].all():
+            entry["category"] = category_accuracy(
+                items.category[cat_mask], s.pred[cat_mask], lexicon, cats, nearest
+            )
+            correct = np.zeros(n)
+            correct[cat_mask], _ = category_correct(
+                items.category[cat_mask], s.pred[cat_mask], lexicon, cats, nearest
+            )
+            sl["category"] = add(bs.mean_columns(correct, cat_mask))
+        if i in dist_pred:
+            values = distribution_values(
+                np.where(dmask[:, None], items.p_true, 1.0), np.where(dmask[:, None], dist_pred[i], 1.0)
+            )
+            entry["distribution"] = {"n": int(dmask.sum())}
+            for name, v in values.items():
+                entry["distribution"][name] = float(v[dmask].mean()) if dmask.any() else float("nan")
+                sl[f"distribution.{name}"] = add(bs.mean_columns(v, dmask))
+        results.append(entry)
+        slices.append(sl)
+
+    t0 = time.perf_counter()
+    boot: list[dict] = []
+    if bootstrap > 0:
+        progress = (lambda done: on_progress(done, bootstrap)) if on_progress else None
+        sums = bs.resampled_sums(np.concatenate(blocks, axis=1), bootstrap, seed, on_progress=progress)
+        for entry, sl in zip(results, slices):
+            b = {dim: bs.va_from_sums(sums[:, sl[dim]]) for dim in DIMENSIONS}
+            if "category" in sl:
+                b["category"] = {"accuracy": bs.mean_from_sums(sums[:, sl["category"]])}
+            dist = {
+                k[len("distribution.") :]: bs.mean_from_sums(sums[:, v])
+                for k, v in sl.items()
+                if k.startswith("distribution.")
+            }
+            if dist:
+                b["distribution"] = dist
+            for group, stats in b.items():
+                entry[group]["ci"] = {name: list(bs.percentile_ci(v, level)) for name, v in stats.items()}
+            boot.append(b)
+    elapsed = time.perf_counter() - t0
+    log.info("bootstrap: %d resamples x %d systems x %d items in %.2f s", bootstrap, len(systems), n, elapsed)
+
+    # rank, then test every system against the reference on the same resamples
+    ranking, rank_key = _ranking(results)
+    order = sorted(range(len(results)), key=lambda i: rank_key(results[i]))
+    ref_index = order[0] if reference is None else [s.name for s in systems].index(reference)
+    for entry in results:
+        entry["vs_reference"] = None
+    if boot:
+        _paired_tests(results, boot, ref_index, level)
+    ranked = [{"rank": rank, **results[i]} for rank, i in enumerate(order, 1)]
+
+    return {
+        "systems": ranked,
+        "reference": systems[ref_index].name,
+        "reference_is": "best" if reference is None else "given",
+        "ranking": ranking,
+        "bootstrap": {
+            "resamples": int(bootstrap),
+            "seed": int(seed),
+            "level": level,
+            "interval": "percentile",
+            "resampling": "items with replacement; the same resamples for every system (paired)",
+            "p_value": "two-sided, 2 * min(#(d <= 0) + 1, #(d >= 0) + 1) / (B + 1) over bootstrap differences d",
+            "seconds": round(elapsed, 3),
+        },
+        "scored": {
+            "valence": int(masks["valence"].sum()),
+            "arousal": int(masks["arousal"].sum()),
+            "category": int(cat_mask.sum()) if cat_mask is not None else 0,
+            "dropped": dropped,
+        },
+        "category": category_info,
+        "distribution": dist_info,
+        "higher_is_better": {
+            "mse": False,
+            "rmse": False,
+            "mae": False,
+            "r": True,
+            "spearman": True,
+            "ccc": True,
+            "r2": True,
+            "accuracy": True,
+            **DISTRIBUTION_METRICS,
+        },
+        "notes": notes,
+    }

@@ -1,0 +1,268 @@
+"""PNG plots of a report: predicted vs true per dimension, the VA plane, the low-resource curve.
+
+Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot state, no GUI backend,
+nothing changed for a caller that uses pyplot itself.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+SCALE = (1.0, 9.0)
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _limits(*arrays: np.ndarray) -> tuple[float, float]:
+    """The 1..9 scale, widened when a value falls outside it, with a small margin."""
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays])
+    values = values[np.isfinite(values)]
+    lo = min(SCALE[0], values.min()) if values.size else SCALE[0]
+    hi = max(SCALE[1], values.max()) if values.size else SCALE[1]
+    return lo - 0.25, hi + 0.25
+
+
+def _alpha(n: int) -> float:
+    return float(np.clip(400 / max(n, 1), 0.12, 0.8))
+
+
+def _title(name: str, width: int = 34) -> str:
+    return "\n".join(textwrap.wrap(name, width, break_on_hyphens=False) or [name])
+
+
+def _grid(k: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(max_cols, k)
+    return math.ceil(k / cols), cols
+
+
+def scatter_plot(
+    path: Path,
+    dimension: str,
+    truth: np.ndarray,
+    systems: Sequence[tuple[str, np.ndarray, float]],
+) -> Path:
+    """Predicted vs true `dimension`: one panel per (name, predictions, r), identity line dashed."""
+    rows, cols = _grid(len(systems))
+    fig = _figure(3.3 * cols, 3.55 * rows + 0.5)
+    lim = _limits(truth, *[p for _, p, _ in systems])
+    keep = np.isfinite(truth)
+    for k, (name, pred, r) in enumerate(systems):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ok = keep & np.isfinite(pred)
+        ax.plot(lim, lim, ls="--", color="0.45", lw=1, zorder=1)
+        ax.scatter(truth[ok], pred[ok], s=7, alpha=_alpha(int(ok.sum())), color=_COLORS[0], lw=0, zorder=2)
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(1, 10, 2))
+        ax.set_yticks(range(1, 10, 2))
+        ax.grid(alpha=0.25)
+        rtxt = "r = -" if r is None or np.isnan(r) else f"r = {r:.3f}"
+        ax.set_title(f"{_title(name)}\n{rtxt} (n = {int(ok.sum())})", fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel(f"predicted {dimension}")
+        if k >= len(systems) - cols:
+            ax.set_xlabel(f"true {dimension}")
+    fig.suptitle(f"Predicted vs true {dimension}", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def va_plane_plot(
+    path: Path,
+    truth: np.ndarray,
+    systems: Sequence[tuple[str, np.ndarray]],
+    labels: np.ndarray | None = None,
+    anchors: dict[str, tuple[float, float]] | None = None,
+    anchor_source: str = "",
+) -> Path:
+    """True and predicted points on the valence x arousal plane, one panel each, coloured by category.
+
+    `anchors` (category -> VA from the lexicon) are drawn as labelled stars: the points that VA ->
+    nearest-category accuracy compares predictions with.
+    """
+    has_truth = bool(np.isfinite(truth).all(axis=1).any())
+    panels = [("true VA", truth)] * has_truth + list(systems)
+    rows, cols = _grid(len(panels))
+    cats = sorted({str(c) for c in labels if c}) if labels is not None else []
+    width = max(3.5 * cols, 6.0)
+    # legend entries are about 1.15 inch wide; its rows of 0.22 inch sit below the panels
+    legend_cols = max(1, min(len(cats) + 1, int(width / 1.15)))
+    legend_h = (0.35 + 0.22 * math.ceil((len(cats) + 1) / legend_cols)) if cats else 0.0
+    height = 3.6 * rows + 0.5 + legend_h
+    fig = _figure(width, height)
+    lim = _limits(*[p for _, p in panels])
+    color_of = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(cats)}
+    handles = {}
+    for k, (name, va) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ok = np.isfinite(va).all(axis=1)
+        alpha = _alpha(int(ok.sum()))
+        if cats:
+            for c in cats + [""]:
+                m = ok & (labels == c) if c else ok & (labels == "")
+                if m.any():
+                    color = color_of.get(c, "0.6")
+                    h = ax.scatter(va[m, 0], va[m, 1], s=6, alpha=alpha, color=color, lw=0)
+                    handles.setdefault(c or "no category", h)
+        else:
+            ax.scatter(va[ok, 0], va[ok, 1], s=6, alpha=alpha, color=_COLORS[0], lw=0)
+        for (word, (v, a)), offset in zip((anchors or {}).items(), _label_offsets(anchors)):
+            ax.scatter(
+                [v], [a], marker="*", s=130, color=color_of.get(word, "k"), edgecolor="k", lw=0.8, zorder=5
+            )
+            ax.annotate(
+                word,
+                (v, a),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=7,
+                ha="left" if offset[0] >= 0 else "right",
+                va="bottom" if offset[1] >= 0 else "top",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+                zorder=6,
+            )
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(1, 10, 2))
+        ax.set_yticks(range(1, 10, 2))
+        ax.grid(alpha=0.25)
+        ax.set_title(_title(name), fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel("arousal")
+        if k >= len(panels) - cols:
+            ax.set_xlabel("valence")
+    title = "Valence-arousal plane: " + ("truth and predictions" if has_truth else "predictions")
+    if anchors:
+        title += f"\n(stars: category VA from {anchor_source})"
+    fig.suptitle(title, fontsize=11)
+    if handles:
+        legend = fig.legend(
+            [_solid(h) for h in handles.values()],
+            list(handles),
+            loc="lower center",
+            ncol=min(len(handles), legend_cols),
+            fontsize=8,
+            title="true category",
+            title_fontsize=8,
+            frameon=False,
+        )
+        fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+        legend.set_bbox_to_anchor((0.5, 0.0), transform=fig.transFigure)
+    else:
+        fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _label_offsets(anchors: dict[str, tuple[float, float]] | None) -> list[tuple[float, float]]:
+    """Text offsets (points) pushing each anchor's label away from its nearest neighbour and the edges."""
+    if not anchors:
+        return []
+    pts = np.array(list(anchors.values()), dtype=float)
+    out = []
+    for i, (v, a) in enumerate(pts):
+        d = pts - pts[i]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        dist[i] = np.inf
+        j = int(np.argmin(dist))
+        away = (
+            -d[j] / dist[j] if np.isfinite(dist[j]) and dist[j] < 1.5 else np.array([1.0, 1.0]) / np.sqrt(2)
+        )
+        if v > 7.5:
+            away[0] = -abs(away[0]) - 0.3
+        elif v < 2.5:
+            away[0] = abs(away[0]) + 0.3
+        if a > 8.0:
+            away[1] = -abs(away[1]) - 0.3
+        elif a < 2.0:
+            away[1] = abs(away[1]) + 0.3
+        away = away / np.linalg.norm(away)
+        out.append((float(7 * away[0]), float(7 * away[1])))
+    return out
+
+
+def _solid(handle):
+    """A legend marker without the plot's transparency."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="", marker="o", ms=6, color=handle.get_facecolor()[0][:3])
+
+
+def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
+    """Metric mean +- std over seeds vs the number of VA-labelled training items.
+
+    `summary` rows: system, setting, n_labels, and ``<metric>_mean`` / ``<metric>_std`` for
+    r_valence, r_arousal, mse_valence, mse_arousal. Colour = system, line style = setting.
+    """
+    metrics = [m for m in ("r_valence", "r_arousal", "mse_valence", "mse_arousal") if _has(summary, m)]
+    rows, cols = _grid(len(metrics), 2)
+    fig = _figure(5.2 * cols, 3.6 * rows + 0.8)
+    systems = list(dict.fromkeys(r["system"] for r in summary))
+    settings = list(dict.fromkeys(r["setting"] for r in summary))
+    # two_stage solid, stage2_only dashed (any other setting: the next style in turn)
+    order = sorted(settings, key=lambda s: (s != "two_stage", s != "stage2_only", s))
+    styles = {s: ("-", "--", ":", "-.")[k % 4] for k, s in enumerate(order)}
+    markers = {s: ("o", "s", "^", "D", "v")[k % 5] for k, s in enumerate(order)}
+    xs = sorted({r["n_labels"] for r in summary})
+    lines = {}
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for si, system in enumerate(systems):
+            for setting in settings:
+                pts = sorted(
+                    (r for r in summary if r["system"] == system and r["setting"] == setting),
+                    key=lambda r: r["n_labels"],
+                )
+                pts = [r for r in pts if np.isfinite(r[f"{metric}_mean"])]
+                if not pts:
+                    continue
+                x = np.array([r["n_labels"] for r in pts], dtype=float)
+                y = np.array([r[f"{metric}_mean"] for r in pts])
+                e = np.array([np.nan_to_num(r[f"{metric}_std"]) for r in pts])
+                color = _COLORS[si % len(_COLORS)]
+                (ln,) = ax.plot(x, y, ls=styles[setting], marker=markers[setting], ms=4, color=color, lw=1.5)
+                ax.fill_between(x, y - e, y + e, color=color, alpha=0.12, lw=0)
+                lines.setdefault(f"{system}: {setting}", ln)
+        if len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(x) for x in xs], fontsize=8)
+        ax.minorticks_off()
+        ax.grid(alpha=0.25)
+        what, dim = metric.split("_", 1)
+        ax.set_title(f"{'Pearson r' if what == 'r' else 'MSE'} of {dim}", fontsize=10)
+        ax.set_ylabel(f"{'r' if what == 'r' else 'MSE'} ({dim})")
+        ax.set_xlabel("VA-labelled training items")
+    fig.suptitle("Low-resource curve: mean \u00b1 std over seeds", fontsize=11)
+    fig.legend(
+        list(lines.values()),
+        list(lines),
+        loc="lower center",
+        ncol=min(3, max(1, len(lines))),
+        fontsize=8,
+        frameon=False,
+    )
+    legend_rows = math.ceil(len(lines) / min(3, max(1, len(lines))))
+    fig.tight_layout(rect=(0, min(0.4, 0.035 * legend_rows + 0.03) * (2 / (rows + 1)), 1, 1))
+    fig.savefig(path)
+    return path
+
+
+def _has(summary: Sequence[dict], metric: str) -> bool:
+    return any(np.isfinite(r.get(f"{metric}_mean", np.nan)) for r in summary)

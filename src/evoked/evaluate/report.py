@@ -1,0 +1,292 @@
+"""`evaluate`: one comparison report for the systems (RUN/MODEL) of several run directories.
+
+The public API behind ``evoked evaluate``. It reads the runs, refuses runs made on different items,
+scores every system with bootstrap CIs and paired tests against a reference, and (given `out`) writes
+report.md, report.json, report.csv and PNG plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from evoked import __version__
+from evoked.data.lexicon import load_lexicon
+from evoked.errors import ConfigError
+from evoked.evaluate import tables
+from evoked.evaluate.compare import compare_systems, resolve_reference
+from evoked.evaluate.markdown import markdown_report, protocol_text
+from evoked.evaluate.metrics import DIMENSIONS
+from evoked.evaluate.runs import CURVE_METRICS, Items, Run, System, align_systems, items_fingerprint, read_run
+
+log = logging.getLogger(__name__)
+
+NEAREST = ("cosine", "euclidean")
+#: Every file a report may write; the ones a new report does not write are removed from `out`.
+REPORT_FILES = (
+    "report.md",
+    "report.json",
+    "report.csv",
+    "scatter_valence.png",
+    "scatter_arousal.png",
+    "va_plane.png",
+    "curve.png",
+)
+MAX_SCATTER_PANELS = 12
+MAX_PLANE_SYSTEMS = 3
+
+
+def evaluate(
+    run_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    lexicon: str = "nrc",
+    nearest: str = "cosine",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    reference: str | None = None,
+    *,
+    categories: Sequence[str] | None = None,
+    category_map: Mapping[str, str] | None = None,
+    plots: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Compare every model of every run directory on the same items; return the report as a dict.
+
+    Systems are ranked by valence Pearson r. CIs are 95% percentile bootstrap intervals over
+    `bootstrap` resamples of the items (0 turns CIs and tests off); every system is tested against
+    `reference` (``RUN/MODEL``; default: the best one). Category accuracy maps each predicted VA point
+    to the nearest of `categories` (default: the distinct true labels) in `lexicon` by `nearest`
+    distance. With `out`, the report files are written there (existing report files are replaced).
+    """
+    if not run_dirs:
+        raise ConfigError("no run directories given; pass one or more runs/NAME directories")
+    if nearest not in NEAREST:
+        raise ConfigError(f"--nearest {nearest!r} is not one of {', '.join(NEAREST)}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ConfigError(
+            f"--bootstrap {bootstrap!r} must be a whole number >= 0 (1000 is usual; 0 turns CIs off)"
+        )
+    paths = [Path(p) for p in run_dirs]
+    seen = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p, r in zip(paths, seen) if seen.count(r) > 1})
+    if twice:
+        raise ConfigError(f"run director{'ies' if len(twice) > 1 else 'y'} {', '.join(twice)} given twice")
+    lex = load_lexicon(lexicon)
+    if category_map:
+        lex = lex.with_aliases(category_map)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
+
+    runs = [read_run(p) for p in paths]
+    items, systems, notes = align_systems(runs)
+    ref = resolve_reference(
+        reference, [s.name for s in systems], {r.name: [f"{r.name}/{m}" for m in r.predictions] for r in runs}
+    )
+    result = compare_systems(
+        items,
+        systems,
+        lexicon=lex,
+        nearest=nearest,
+        categories=categories,
+        bootstrap=int(bootstrap),
+        seed=seed,
+        reference=ref,
+        on_progress=on_progress,
+    )
+    report = {
+        "evoked_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: v for k, v in result.items() if k not in ("notes", "scored")},
+        "items": _items_summary(items, result),
+        "runs": [_run_summary(r) for r in runs],
+        "curves": curve_summary(runs),
+        "notes": notes + result["notes"] + _protocol_notes(runs),
+    }
+    if out_dir is not None:
+        report["files"] = write_report(report, out_dir, items, systems, lex, plots=plots)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+def _items_summary(items: Items, result: dict) -> dict:
+    splits, split_counts = np.unique(items.split.astype(str), return_counts=True)
+    folds, fold_counts = np.unique(items.fold, return_counts=True)
+    return {
+        "n": len(items),
+        "fingerprint": items_fingerprint(items.ids, items.fold, items.split),
+        "splits": {str(s) or "(none)": int(c) for s, c in zip(splits, split_counts)},
+        "folds": {str(int(f)): int(c) for f, c in zip(folds, fold_counts)},
+        "with_valence": int(np.isfinite(items.true[:, 0]).sum()),
+        "with_arousal": int(np.isfinite(items.true[:, 1]).sum()),
+        "with_category": int((items.category != "").sum()),
+        "with_distribution": int((~np.isnan(items.p_true).any(axis=1)).sum())
+        if items.p_true is not None
+        else 0,
+        "scored": result["scored"],
+    }
+
+
+def _run_summary(run: Run) -> dict:
+    m = run.meta
+    keys = (
+        "kind",
+        "dataset",
+        "protocol",
+        "target",
+        "features",
+        "store",
+        "created",
+        "items_sha256",
+        "versions",
+    )
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        **{k: m.get(k) for k in keys},
+        "models": list(run.predictions),
+    }
+
+
+def _protocol_notes(runs: Sequence[Run]) -> list[str]:
+    texts = {protocol_text(r.meta.get("protocol")) for r in runs}
+    datasets = {str(r.meta.get("dataset")) for r in runs}
+    notes = []
+    if len(texts) > 1:
+        notes.append(
+            "the runs record different protocols (" + "; ".join(sorted(texts)) + ") on the same items"
+        )
+    if len(datasets) > 1:
+        notes.append(
+            "the runs name different datasets (" + ", ".join(sorted(datasets)) + ") for the same items"
+        )
+    return notes
+
+
+def curve_summary(runs: Sequence[Run]) -> list[dict]:
+    """Low-resource curves: mean and sample std over seeds per (series, setting, n_labels).
+
+    A series is ``RUN/MODEL`` when one run holds the whole curve (regress --n-labels). When a model's
+    curve is spread over several runs that each hold one n_labels (one fine-tuning run per n_labels
+    and seed), those runs are pooled into one series named after the model, ``MODEL (K runs)``.
+    """
+    rows_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for run in runs:
+        for row in run.curve:
+            rows_of.setdefault((row["model"], row["setting"]), []).append((run.name, row))
+    out = []
+    for (model, setting), rows in rows_of.items():
+        per_run: dict[str, set] = {}
+        for name, row in rows:
+            per_run.setdefault(name, set()).add(row["n_labels"])
+        pooled = len(per_run) > 1 and all(len(v) == 1 for v in per_run.values())
+        groups: dict[tuple[str, int], list[dict]] = {}
+        for name, row in rows:
+            series = f"{model} ({len(per_run)} runs)" if pooled else f"{name}/{model}"
+            groups.setdefault((series, row["n_labels"]), []).append(row)
+        for (series, n_labels), group in groups.items():
+            entry = {"system": series, "setting": setting, "n_labels": n_labels, "seeds": len(group)}
+            for m in CURVE_METRICS:
+                v = np.array([r[m] for r in group], dtype=float)
+                v = v[np.isfinite(v)]
+                entry[f"{m}_mean"] = float(v.mean()) if v.size else float("nan")
+                entry[f"{m}_std"] = float(v.std(ddof=1)) if v.size > 1 else 0.0 if v.size else float("nan")
+            out.append(entry)
+    return sorted(out, key=lambda e: (e["system"], e["setting"], e["n_labels"]))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _clean(o):
+    """JSON-safe copy: NaN/inf -> null, numpy scalars -> Python."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def write_report(
+    report: dict, out: Path, items: Items, systems: Sequence[System], lexicon, plots: bool = True
+) -> dict[str, str]:
+    """Write report.md/json/csv and the plots into `out`; remove report files this report does not make."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if plots:
+        files.update(_write_plots(report, out, items, systems, lexicon))
+    files.update({"markdown": "report.md", "json": "report.json", "csv": "report.csv"})
+    headers, rows = tables.csv_rows(report)
+    with (out / "report.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(headers)
+        w.writerows([["" if isinstance(c, float) and math.isnan(c) else c for c in r] for r in rows])
+    report["files"] = files
+    (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    for name in REPORT_FILES:
+        if name not in files.values() and (out / name).is_file():
+            (out / name).unlink()  # a stale plot from an earlier report would contradict this one
+    log.info("report written to %s", out)
+    return files
+
+
+def _write_plots(report: dict, out: Path, items: Items, systems: Sequence[System], lexicon) -> dict[str, str]:
+    from evoked.evaluate import plots
+
+    by_name = {s.name: s for s in systems}
+    ranked = report["systems"]
+    shown = ranked[:MAX_SCATTER_PANELS]
+    if len(ranked) > MAX_SCATTER_PANELS:
+        report["notes"].append(
+            f"the scatter plots show the {MAX_SCATTER_PANELS} best of {len(ranked)} systems"
+        )
+    files = {}
+    for k, dim in enumerate(DIMENSIONS):
+        if not report["items"]["scored"][dim]:
+            report["notes"].append(f"no scatter plot of {dim}: no item has a true {dim} and predictions")
+            continue
+        scored = np.full(len(items), np.nan)
+        keep = np.isfinite(items.true[:, k])
+        scored[keep] = items.true[keep, k]
+        panels = [(s["system"], by_name[s["system"]].pred[:, k], s[dim]["r"]) for s in shown]
+        plots.scatter_plot(out / f"scatter_{dim}.png", dim, scored, panels)
+        files[f"scatter_{dim}"] = f"scatter_{dim}.png"
+    names = [s["system"] for s in ranked[:MAX_PLANE_SYSTEMS]]
+    if report["reference"] not in names:
+        names = names[: MAX_PLANE_SYSTEMS - 1] + [report["reference"]]
+    cats = report["category"].get("categories")
+    anchors = {c: tuple(lexicon.va(c)) for c in cats} if cats else None
+    labels = items.category.astype(str) if (items.category != "").any() else None
+    plots.va_plane_plot(
+        out / "va_plane.png",
+        items.true,
+        [(n, by_name[n].pred) for n in names],
+        labels=labels,
+        anchors=anchors,
+        anchor_source=f"lexicon {lexicon.name}",
+    )
+    files["va_plane"] = "va_plane.png"
+    if report["curves"]:
+        plots.curve_plot(out / "curve.png", report["curves"])
+        files["curve"] = "curve.png"
+    return files
+
+
+def console_table(report: dict) -> str:
+    """The ranked table for a terminal (two decimals, fewer columns than report.md)."""
+    headers, rows = tables.ranked_rows(report, digits=2, compact=True)
+    return tables.plain(headers, rows)
