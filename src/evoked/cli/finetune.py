@@ -1,0 +1,242 @@
+"""`evoked finetune`: train the two-stage paper's network end to end and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evoked.cli._common import COMMON, print_json, progress
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: epochs separated by commas, e.g. 10,20,30") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        parents=[COMMON],
+        help="train the end-to-end network (one_stage / two_stage x single / multi)",
+        description="Train a backbone end to end as in the two-stage paper. one_stage learns category-derived "
+        "VA from a categorical dataset; two_stage loads a one_stage checkpoint, freezes the early blocks and "
+        "fine-tunes on the VA-rated training split. Both keep the epoch with the best validation valence r and "
+        "write predictions for the dimensional test split in the format of `evoked regress`.",
+        epilog="examples:\n"
+        "  evoked finetune --categorical csv:split.csv --dimensional csv:split.csv --mode one_stage \\\n"
+        "      --task single --backbone resnet101 --out runs/one\n"
+        "  evoked finetune --dimensional csv:split.csv --mode two_stage --task single --from runs/one \\\n"
+        "      --n-labels 100 --out runs/two\n"
+        "  evoked finetune ... --backbone tv:mobilenet_v2 --weights mobilenet_v2_imagenet_tflite.pth \\\n"
+        "      --preprocess mean=0.5,std=0.5,rotate=180 --size 224",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--categorical", metavar="DATASET", help="category-labelled dataset (KIND:PATH)")
+    g.add_argument(
+        "--dimensional", metavar="DATASET", required=True, help="VA-rated dataset with train/val/test splits"
+    )
+    g.add_argument("--lexicon", default="nrc", help="category -> VA table: nrc (default), warriner or PATH")
+    g.add_argument(
+        "--category-map",
+        action="append",
+        default=[],
+        metavar="LABEL=WORD",
+        help="map a label to a lexicon word",
+    )
+    g.add_argument(
+        "--soft", action="store_true", help="use label distributions (category-derived VA, BCE labels)"
+    )
+    g.add_argument(
+        "--n-labels", type=int, default=None, help="two_stage: fine-tune on N VA-rated train items"
+    )
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave unreadable images out (counted) instead of failing",
+    )
+
+    g = p.add_argument_group("network")
+    g.add_argument("--mode", choices=("one_stage", "two_stage"), required=True)
+    g.add_argument("--task", choices=("single", "multi"), required=True)
+    g.add_argument(
+        "--backbone", help="one_stage: resnet18..152 (the paper: resnet101), tv:NAME, clip:ARCH[:TAG]"
+    )
+    g.add_argument("--weights", default="default", help="one_stage: default (pretrained), random or PATH")
+    g.add_argument(
+        "--preprocess", default=None, metavar="KEY=VAL,...", help="override mean, std, rotate, ..."
+    )
+    g.add_argument(
+        "--plugin", action="append", default=[], help="a module or .py file that registers backbones"
+    )
+    g.add_argument(
+        "--checkpoint", type=Path, help="two_stage: the one_stage network (runs/ONE/models/best.pt)"
+    )
+    g.add_argument("--from", dest="from_run", type=Path, help="two_stage: a one_stage run directory")
+    g.add_argument(
+        "--freeze-until",
+        default=None,
+        metavar="MODULE",
+        help="freeze the backbone before MODULE (e.g. layer4); none, all, auto "
+        "(default: auto for two_stage = layer4 on ResNets, none for one_stage)",
+    )
+    g.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep every batch-norm layer in eval mode (small batches; weights with folded batch norm)",
+    )
+    g.add_argument("--size", type=int, default=None, help="input side in pixels (default 448; CLIP: its own)")
+
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)",
+    )
+    g.add_argument("--cls-loss", choices=("auto", "ce", "bce"), default="auto", help="auto: bce with --soft")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--batch-size", type=int, default=10)
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument(
+        "--milestones", type=_milestones, default=(10, 20, 30, 40, 50), help="epochs, e.g. 10,20,30"
+    )
+    g.add_argument("--gamma", type=float, default=0.5, help="learning-rate factor at each milestone")
+    g.add_argument(
+        "--patience", type=int, default=5, help="epochs without a better val valence r (0: never stop)"
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="auto: bf16 on CUDA"
+    )
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    g.add_argument("--eval-batch-size", type=int, default=32)
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True, help="the run directory to write (runs/NAME)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/models/last.pt")
+    g.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run")
+    g.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_run)
+
+
+class _Bars:
+    """One progress bar at a time (checking images, each epoch, predicting), opened when first used."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.key = None
+        self.cm = None
+        self.bar = None
+
+    def get(self, key: str, desc: str, unit: str):
+        if key != self.key:
+            self.close()
+            self.key, self.cm = key, progress(self.args, None, desc, unit)
+            self.bar = self.cm.__enter__()
+        return self.bar
+
+    def close(self) -> None:
+        if self.cm is not None:
+            self.cm.__exit__(None, None, None)
+        self.key = self.cm = self.bar = None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from evoked.finetune import finetune
+
+    bars = _Bars(args)
+
+    def on_check(done: int, total: int) -> None:
+        bar = bars.get("check", "checking images", "img")
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def on_batch(epoch: int, batch: int, n_batches: int, loss: float) -> None:
+        bar = bars.get(f"epoch{epoch}", f"epoch {epoch}/{args.epochs}", "batch")
+        bar.total = n_batches
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def on_epoch(rec: dict) -> None:
+        bar = bars.get(f"epoch{rec['epoch']}", f"epoch {rec['epoch']}/{args.epochs}", "batch")
+        bar.set_postfix(
+            loss=f"{rec['train_loss']:.3f}",
+            val_r_v=f"{rec['val_r_valence']:.3f}",
+            val_r_a=f"{rec['val_r_arousal']:.3f}",
+        )
+        bars.close()
+
+    def on_predict(done: int, total: int) -> None:
+        bar = bars.get("test", "predicting test", "img")
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = finetune(
+            categorical=args.categorical,
+            dimensional=args.dimensional,
+            out=args.out,
+            mode=args.mode,
+            task=args.task,
+            backbone=args.backbone,
+            weights=args.weights,
+            preprocess=args.preprocess,
+            plugins=args.plugin,
+            checkpoint=args.checkpoint,
+            from_run=args.from_run,
+            freeze_until=args.freeze_until,
+            freeze_bn=args.freeze_bn,
+            size=args.size,
+            lexicon=args.lexicon,
+            category_map=args.category_map,
+            soft=args.soft,
+            cls_loss=args.cls_loss,
+            alpha=args.alpha,
+            n_labels=args.n_labels,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            milestones=args.milestones,
+            gamma=args.gamma,
+            patience=args.patience,
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+            workers=args.workers,
+            eval_batch_size=args.eval_batch_size,
+            skip_bad_images=args.skip_bad_images,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_check=on_check,
+            on_batch=on_batch,
+            on_epoch=on_epoch,
+            on_predict=on_predict,
+        )
+    finally:
+        bars.close()
+    if args.json:
+        print_json({result.model: result.metrics})
+        return 0
+    m, o = result.metrics, result.outcome
+    print(
+        f"{result.model}: {o.epochs_run} epoch(s), best epoch {o.best_epoch} (val valence r {o.best_score:.3f})"
+        + (", stopped early" if o.stopped_early else "")
+    )
+    print(
+        f"test ({m['valence']['n']} items): valence r {m['valence']['r']:.3f} mse {m['valence']['mse']:.3f}, "
+        f"arousal r {m['arousal']['r']:.3f} mse {m['arousal']['mse']:.3f}"
+    )
+    cat = m.get("category", {})
+    if "accuracy" in cat:
+        print(f"category accuracy (VA -> nearest of {len(cat['categories'])}, cosine): {cat['accuracy']:.3f}")
+    left_out = {k: v for k, v in result.excluded.items() if v}
+    if left_out:
+        print("left out: " + ", ".join(f"{k} {v}" for k, v in left_out.items()))
+    print(f"wrote {result.out} (compare with: evoked evaluate {result.out} ...)")
+    return 0

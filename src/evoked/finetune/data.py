@@ -1,0 +1,457 @@
+"""What the network trains and is evaluated on: items with masked targets, built from two manifests.
+
+- The *categorical* set gives category-derived VA (through a lexicon) and category targets. It
+  contributes its training items (split ``train``, or every item when it has no split); an id that is
+  also in the dimensional set's val/test splits is removed, so nothing leaks into the evaluation.
+- The *dimensional* set (VA ratings, split train/val/test) gives the fine-tuning items of two_stage
+  (``n_labels`` of its train items), the validation items of early stopping, and the test items.
+
+Each item carries a VA target with a mask and a category target with a mask, so one loader serves
+every framework (two_stage/multi mixes category-only and VA-only items).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from evoked.data.decode import load_rgb
+from evoked.data.lexicon import Lexicon
+from evoked.data.manifest import Manifest
+from evoked.errors import ConfigError, DatasetError, DecodeError, LabelError
+from evoked.extract.backbone import Preprocess
+from evoked.finetune.losses import multi_hot_top
+
+log = logging.getLogger(__name__)
+
+MODES = ("one_stage", "two_stage")
+TASKS = ("single", "multi")
+
+
+@dataclass
+class Part:
+    """Items of one role (train, val or test) with masked targets."""
+
+    ids: np.ndarray  # (n,) str
+    paths: np.ndarray  # (n,) absolute paths
+    va: np.ndarray  # (n, 2) float32 VA target, NaN where unsupervised
+    va_mask: np.ndarray  # (n,) bool
+    cls: np.ndarray  # (n, K) float32 category target (one-hot, multi-hot or a distribution)
+    cls_mask: np.ndarray  # (n,) bool
+    category: np.ndarray  # (n,) str hard category, "" unknown (the truth for accuracy)
+    source: np.ndarray  # (n,) "categorical" or "dimensional"
+    distribution: np.ndarray | None = None  # (n, K') true label distribution (evaluation parts)
+    categories: tuple[str, ...] = ()  # the K' names of `distribution`
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: np.ndarray) -> Part:
+        rows = np.asarray(rows)
+        return Part(
+            ids=self.ids[rows],
+            paths=self.paths[rows],
+            va=self.va[rows],
+            va_mask=self.va_mask[rows],
+            cls=self.cls[rows],
+            cls_mask=self.cls_mask[rows],
+            category=self.category[rows],
+            source=self.source[rows],
+            distribution=None if self.distribution is None else self.distribution[rows],
+            categories=self.categories,
+        )
+
+    @staticmethod
+    def concat(a: Part, b: Part) -> Part:
+        return Part(
+            ids=np.concatenate([a.ids, b.ids]),
+            paths=np.concatenate([a.paths, b.paths]),
+            va=np.concatenate([a.va, b.va]),
+            va_mask=np.concatenate([a.va_mask, b.va_mask]),
+            cls=np.concatenate([a.cls, b.cls]),
+            cls_mask=np.concatenate([a.cls_mask, b.cls_mask]),
+            category=np.concatenate([a.category, b.category]),
+            source=np.concatenate([a.source, b.source]),
+        )
+
+
+@dataclass
+class FinetuneData:
+    train: Part
+    val: Part
+    test: Part
+    classes: tuple[str, ...]  # the category head's outputs (multi task), else ()
+    cls_loss: str | None  # "ce" or "bce" (multi task), else None
+    counts: dict[str, int] = field(default_factory=dict)  # items per part
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> items left out
+    bad_images: list[dict] = field(default_factory=list)  # {id, path, reason} left out by skip_bad
+
+    @property
+    def parts(self) -> dict[str, Part]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def _part(
+    m: Manifest,
+    rows: np.ndarray,
+    *,
+    va: np.ndarray | None,
+    cls: np.ndarray | None,
+    n_classes: int,
+    source: str,
+    keep_distribution: bool = False,
+) -> Part:
+    n = len(rows)
+    va_arr = np.full((n, 2), np.nan, dtype=np.float32) if va is None else va.astype(np.float32)
+    cls_arr = np.zeros((n, n_classes), dtype=np.float32) if cls is None else cls.astype(np.float32)
+    dist = None
+    if keep_distribution and m.distribution is not None:
+        dist = m.distribution[rows]
+    return Part(
+        ids=m.ids[rows].astype(object),
+        paths=np.array([str(m.abspath(i)) for i in rows], dtype=object),
+        va=va_arr,
+        va_mask=np.zeros(n, dtype=bool) if va is None else ~np.isnan(va_arr).any(axis=1),
+        cls=cls_arr,
+        cls_mask=np.zeros(n, dtype=bool) if cls is None else np.ones(n, dtype=bool),
+        category=m.category[rows].astype(object),
+        source=np.full(n, source, dtype=object),
+        distribution=dist,
+        categories=tuple(m.categories) if dist is not None else (),
+    )
+
+
+def resolve_cls_loss(task: str, soft: bool, cls_loss: str) -> str | None:
+    """``auto``: BCE on multi-hot labels for label-distribution sets (``soft``), else CE."""
+    if task == "single":
+        return None
+    if cls_loss == "auto":
+        return "bce" if soft else "ce"
+    if cls_loss not in ("ce", "bce"):
+        raise ConfigError(f"--cls-loss {cls_loss!r}: use auto, ce or bce")
+    return cls_loss
+
+
+def _dimensional_rows(dim: Manifest, mode: str, excluded: dict[str, int]) -> dict[str, np.ndarray]:
+    splits = set(dim.split.tolist()) - {""}
+    if not splits:
+        raise ConfigError(
+            f"the dimensional dataset {dim.name!r} has no train/val/test split; write one with "
+            f"`evoked data split DATASET --out split.csv` and pass --dimensional csv:split.csv"
+        )
+    need = ("train", "val", "test") if mode == "two_stage" else ("val", "test")
+    has_va = dim.has_va
+    rows = {}
+    for s in ("train", "val", "test"):
+        in_split = dim.split == s
+        no_va = int((in_split & ~has_va).sum())
+        if no_va:
+            excluded[f"dimensional_{s}_no_va"] = no_va
+            log.info("%d %s items of %s have no VA rating and are left out", no_va, s, dim.name)
+        rows[s] = np.flatnonzero(in_split & has_va)
+    for s in need:
+        if not len(rows[s]):
+            raise ConfigError(
+                f"the dimensional dataset {dim.name!r} has no VA-rated {s!r} items (splits: "
+                f"{dim.split_counts()}); {_split_fix(s)}"
+            )
+    return rows
+
+
+def _split_fix(split: str) -> str:
+    if split == "val":
+        return (
+            "validation picks the best epoch: redo the split with a val fraction, e.g. --ratios 0.6,0.1,0.3"
+        )
+    return "redo the split with `evoked data split DATASET --out split.csv --ratios 0.6,0.1,0.3`"
+
+
+def _categorical_rows(cat: Manifest, dim_eval_ids: set[str], excluded: dict[str, int]) -> np.ndarray:
+    has_split = bool(any(cat.split))
+    rows = np.flatnonzero(cat.split == "train") if has_split else np.arange(len(cat))
+    if has_split and not len(rows):
+        raise ConfigError(
+            f"the categorical dataset {cat.name!r} has a split but no 'train' items ({cat.split_counts()}); "
+            "only its train items are trained on: give it train items, or leave its split empty to use them all"
+        )
+    leak = np.array([i in dim_eval_ids for i in cat.ids[rows]], dtype=bool)
+    # recorded even when 0: the run says that the check was made
+    excluded["categorical_in_dimensional_eval"] = int(leak.sum())
+    log.info(
+        "%d categorical training items are in the dimensional val/test splits and are left out (no leakage)",
+        int(leak.sum()),
+    )
+    return rows[~leak]
+
+
+def prepare_data(
+    *,
+    categorical: Manifest | None,
+    dimensional: Manifest,
+    mode: str,
+    task: str,
+    lexicon: Lexicon,
+    soft: bool = False,
+    cls_loss: str = "auto",
+    n_labels: int | None = None,
+    seed: int = 0,
+) -> FinetuneData:
+    """Parts and targets of one framework. Raises ConfigError / LabelError for an impossible setup."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: use one_stage or two_stage")
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: use single or multi")
+    loss_kind = resolve_cls_loss(task, soft, cls_loss)
+    needs_categorical = mode == "one_stage" or task == "multi"
+    if needs_categorical and categorical is None:
+        raise ConfigError(f"{mode}/{task} trains on a categorical dataset: pass --categorical DATASET")
+    if n_labels is not None and mode != "two_stage":
+        raise ConfigError(
+            "--n-labels sets the size of the two_stage fine-tuning set; use it with --mode two_stage"
+        )
+
+    excluded: dict[str, int] = {}
+    drows = _dimensional_rows(dimensional, mode, excluded)
+    # every id of the val/test splits, rated or not, stays out of the categorical training items
+    eval_ids = set(dimensional.ids[np.isin(dimensional.split, ("val", "test"))].tolist())
+
+    classes: tuple[str, ...] = ()
+    parts: list[Part] = []
+    if needs_categorical:
+        cat = categorical
+        crows = _categorical_rows(cat, eval_ids, excluded)
+        if soft:
+            if cat.distribution is None:
+                raise LabelError(
+                    f"--soft uses label distributions, and the categorical dataset {cat.name!r} has none "
+                    "(p_<category> columns); leave out --soft to use its category labels"
+                )
+            has = cat.has_distribution[crows]
+            if (~has).any():
+                excluded["categorical_no_distribution"] = int((~has).sum())
+            crows = crows[has]
+        else:
+            has = cat.category[crows] != ""
+            if (~has).any():
+                excluded["categorical_no_category"] = int((~has).sum())
+            crows = crows[has]
+        if not len(crows):
+            what = "label distributions" if soft else "category labels"
+            raise LabelError(
+                f"the categorical dataset {cat.name!r} has no training items with {what}; "
+                + (
+                    "a label-distribution set needs --soft"
+                    if not soft and cat.distribution is not None
+                    else "give it a category column (or folders per category)"
+                )
+            )
+        if task == "multi":
+            classes = tuple(cat.categories) if soft else tuple(cat.label_categories)
+            if len(classes) < 2:
+                raise LabelError(
+                    f"the multi task needs at least two categories; {cat.name!r} has {list(classes)}"
+                )
+        cat_va = None
+        if mode == "one_stage":
+            # category-derived VA: every label must be a lexicon word (LabelError lists the others)
+            if soft:
+                cat_va = lexicon.soft(cat.distribution[crows], cat.categories)
+            else:
+                cat_va = lexicon.hard(cat.category[crows].tolist())
+        cls = None
+        if task == "multi":
+            if soft:
+                d = np.nan_to_num(cat.distribution[crows])
+                cls = (
+                    multi_hot_top(d) if loss_kind == "bce" else d / np.maximum(d.sum(1, keepdims=True), 1e-12)
+                )
+            else:
+                index = {c: k for k, c in enumerate(classes)}
+                cls = np.zeros((len(crows), len(classes)), dtype=np.float32)
+                cls[np.arange(len(crows)), [index[c] for c in cat.category[crows]]] = 1.0
+        parts.append(_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
+
+    if mode == "two_stage":
+        train_rows = drows["train"]
+        if n_labels is not None:
+            if n_labels < 1 or n_labels > len(train_rows):
+                raise ConfigError(
+                    f"--n-labels {n_labels}: the dimensional train split has {len(train_rows)} VA-rated items; "
+                    f"use 1..{len(train_rows)}"
+                )
+            rng = np.random.default_rng(seed)
+            train_rows = np.sort(rng.choice(train_rows, size=n_labels, replace=False))
+            excluded["dimensional_train_beyond_n_labels"] = len(drows["train"]) - n_labels
+        va = np.stack([dimensional.valence[train_rows], dimensional.arousal[train_rows]], axis=1)
+        parts.append(
+            _part(dimensional, train_rows, va=va, cls=None, n_classes=len(classes), source="dimensional")
+        )
+
+    train = parts[0] if len(parts) == 1 else Part.concat(parts[0], parts[1])
+    evals = {}
+    for s in ("val", "test"):
+        r = drows[s]
+        va = np.stack([dimensional.valence[r], dimensional.arousal[r]], axis=1)
+        evals[s] = _part(
+            dimensional,
+            r,
+            va=va,
+            cls=None,
+            n_classes=len(classes),
+            source="dimensional",
+            keep_distribution=True,
+        )
+    data = FinetuneData(
+        train=train,
+        val=evals["val"],
+        test=evals["test"],
+        classes=classes,
+        cls_loss=loss_kind,
+        excluded=excluded,
+    )
+    data.counts = count_items(data)
+    return data
+
+
+def count_items(data: FinetuneData) -> dict[str, int]:
+    src = data.train.source
+    return {
+        "train": len(data.train),
+        "train_categorical": int((src == "categorical").sum()),
+        "train_dimensional": int((src == "dimensional").sum()),
+        "val": len(data.val),
+        "test": len(data.test),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _try_decode(path: str) -> str | None:
+    try:
+        load_rgb(path)
+    except DecodeError as e:
+        return e.reason
+    return None
+
+
+def check_images(
+    data: FinetuneData,
+    *,
+    skip_bad: bool = False,
+    workers: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+) -> FinetuneData:
+    """Decode every image once before training. A bad image is a DatasetError listing them all,
+    or, with `skip_bad`, left out of its part and counted (``excluded["bad_image_<part>"]``)."""
+    paths = sorted({p for part in data.parts.values() for p in part.paths.tolist()})
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, reason in zip(paths, pool.map(_try_decode, paths)):
+            if reason is not None:
+                bad[path] = reason
+            if on_progress is not None:
+                on_progress(1)
+    if not bad:
+        return data
+    listed = []
+    for name, part in data.parts.items():
+        for i, p in zip(part.ids.tolist(), part.paths.tolist()):
+            if p in bad:
+                listed.append({"part": name, "id": i, "path": p, "reason": bad[p]})
+    if not skip_bad:
+        shown = "; ".join(f"{b['id']} ({b['path']}): {b['reason']}" for b in listed[:10])
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        raise DatasetError(
+            f"{len(bad)} image(s) cannot be read: {shown}{more}. Fix or remove them, or pass "
+            "--skip-bad-images to leave them out (they are counted in run.json)"
+        )
+    log.warning("%d image(s) cannot be read and are left out: %s", len(bad), ", ".join(list(bad)[:5]))
+    for name in ("train", "val", "test"):
+        part = getattr(data, name)
+        keep = np.array([p not in bad for p in part.paths.tolist()], dtype=bool)
+        if (~keep).any():
+            data.excluded[f"bad_image_{name}"] = int((~keep).sum())
+            setattr(data, name, part.subset(np.flatnonzero(keep)))
+        if not len(getattr(data, name)):
+            raise DatasetError(f"no readable images left in the {name} part; see the failures listed above")
+    data.bad_images = listed
+    data.counts = count_items(data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+
+class Rotate180(torch.nn.Module):
+    """The offline MobileNetV2 weights expect the normalised image rotated by 180 degrees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-2, -1)
+
+
+def make_transform(pre: Preprocess, size: int, *, train: bool):
+    """Train: RandomResizedCrop(size) + horizontal flip. Eval: Resize(size) + CenterCrop(size)
+    (a square resize for backbones whose preprocessing squashes). Then the backbone's mean/std
+    (and rotation), on uint8 CHW tensors."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    interp = InterpolationMode(pre.interpolation)
+    if train:
+        ops = [v2.RandomResizedCrop(size, interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
+    elif pre.mode == "squash":
+        ops = [v2.Resize((size, size), interpolation=interp, antialias=True)]
+    else:
+        ops = [v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if pre.rotate180:
+        ops.append(Rotate180())
+    return v2.Compose(ops)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one item in one epoch: the same on resume and in any worker."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ImageDataset(Dataset):
+    """Decodes an item's image and applies the transform; training items are augmented with a seed
+    drawn from (seed, epoch, index), so augmentation does not depend on workers or resumption."""
+
+    def __init__(self, part: Part, transform, *, augment: bool, seed: int = 0):
+        self.part = part
+        self.transform = transform
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        img = torch.from_numpy(np.ascontiguousarray(load_rgb(Path(self.part.paths[i])))).permute(2, 0, 1)
+        if self.augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+                x = self.transform(img)
+        else:
+            x = self.transform(img)
+        p = self.part
+        return {
+            "image": x,
+            "va": torch.from_numpy(p.va[i]),
+            "va_mask": torch.tensor(bool(p.va_mask[i])),
+            "cls": torch.from_numpy(p.cls[i]),
+            "cls_mask": torch.tensor(bool(p.cls_mask[i])),
+            "index": torch.tensor(i),
+        }

@@ -1,0 +1,701 @@
+"""`finetune`: one framework of the two-stage paper, from manifests to a run directory.
+
+Everything that can be checked is checked before training starts: the output folder, the options,
+the checkpoint of two_stage, the labels each task needs, the backbone at the chosen input size, and
+every image. Then the network trains (``models/last.pt`` every epoch, ``models/best.pt`` at the best
+validation valence r), and the best epoch predicts the dimensional test split: ``predictions.csv``,
+``metrics.json`` and ``run.json`` in the format of docs/runs.md, so `evoked evaluate` compares it
+with `evoked regress` runs directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoked import __version__
+from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
+from evoked.data.lexicon import parse_category_map
+from evoked.errors import ConfigError
+from evoked.extract.backbone import Preprocess, WeightsInfo, parse_preprocess_overrides
+from evoked.finetune.data import MODES, TASKS, FinetuneData, Part, check_images, make_transform, prepare_data
+from evoked.finetune.model import (
+    FREEZE_AUTO,
+    FREEZE_NONE,
+    Encoder,
+    VANet,
+    build_encoder,
+    feature_dim,
+    freeze_before,
+    native_size,
+    resolve_freeze_point,
+)
+from evoked.finetune.train import (
+    Outcome,
+    TrainConfig,
+    load_checkpoint,
+    predict,
+    resolve_device,
+    resolve_precision,
+    train_network,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = 448  # the paper's input size for CNNs
+DEFAULT_ALPHA = {"one_stage": 0.5, "two_stage": 0.9}
+OUTPUTS = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "models/last.pt", "models/best.pt")
+# settings that may change when a run is resumed; everything else must match
+_RESUMABLE = ("epochs", "workers", "eval_batch_size", "device", "precision")
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    model: str  # the model name in predictions.csv, e.g. "finetune:two_stage/single"
+    metrics: dict
+    outcome: Outcome
+    counts: dict[str, int]
+    excluded: dict[str, int]
+    meta: dict = field(default_factory=dict)
+
+
+def model_name(mode: str, task: str) -> str:
+    return f"finetune:{mode}/{task}"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
+    last = out / "models" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: {last} does not exist; start the run without --resume")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a run directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"--out {str(out)!r} already exists; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
+
+
+def _clear_outputs(out: Path) -> None:
+    """--overwrite, once every check has passed: remove what a run writes (never a whole folder)."""
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+
+
+def _resolve_checkpoint(mode: str, checkpoint: str | Path | None, from_run: str | Path | None) -> Path | None:
+    if mode == "one_stage":
+        if checkpoint or from_run:
+            raise ConfigError(
+                "--checkpoint/--from give the one_stage model that two_stage fine-tunes; "
+                "with --mode one_stage the network starts from --weights"
+            )
+        return None
+    if checkpoint and from_run:
+        raise ConfigError("pass either --checkpoint FILE or --from RUN_DIR, not both")
+    if from_run:
+        path = Path(from_run) / "models" / "best.pt"
+        if not path.is_file():
+            raise ConfigError(
+                f"--from {str(from_run)!r}: {path} does not exist; give the run directory of a finished one_stage run"
+            )
+        return path
+    if not checkpoint:
+        raise ConfigError(
+            "two_stage fine-tunes a one_stage network: pass --checkpoint runs/ONE/models/best.pt "
+            "(or --from runs/ONE)"
+        )
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint {str(checkpoint)!r}: no such file")
+    return path
+
+
+def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
+    if spec is None or isinstance(spec, Manifest):
+        return spec
+    return load_dataset(str(spec))
+
+
+def _lexicon(spec: str | Lexicon, category_map: Mapping[str, str] | Sequence[str] | None) -> Lexicon:
+    lex = load_lexicon(spec)
+    if category_map:
+        mapping = (
+            dict(category_map) if isinstance(category_map, Mapping) else parse_category_map(category_map)
+        )
+        lex = lex.with_aliases(mapping)
+    return lex
+
+
+def _preprocess_overrides(preprocess: str | Mapping | None) -> dict:
+    if not preprocess:
+        return {}
+    if isinstance(preprocess, Mapping):
+        return dict(preprocess)
+    return parse_preprocess_overrides(preprocess)
+
+
+def _ids_sha256(part: Part) -> str:
+    return hashlib.sha256("\n".join(sorted(map(str, part.ids))).encode("utf-8")).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    v = {
+        "evoked": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import open_clip
+
+        v["open_clip"] = open_clip.__version__
+    except ImportError:  # optional at run time
+        pass
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+
+def _encoder(
+    *, backbone: str | None, weights: str, overrides: dict, ckpt: dict | None
+) -> tuple[Encoder, dict]:
+    """The backbone to train and where its weights come from (--weights, or the checkpoint)."""
+    if ckpt is None:
+        if not backbone:
+            raise ConfigError(
+                "one_stage needs --backbone (e.g. resnet101, tv:mobilenet_v2, clip:ViT-B-32:openai)"
+            )
+        encoder = build_encoder(backbone, weights, overrides)
+        return encoder, {"from": "weights", "weights": encoder.weights.to_dict()}
+    m = ckpt["meta"]
+    if backbone and backbone != m["backbone"]:
+        raise ConfigError(
+            f"--backbone {backbone!r} differs from the checkpoint's {m['backbone']!r}; two_stage fine-tunes "
+            "the checkpoint's network (leave out --backbone)"
+        )
+    if weights != "default":
+        raise ConfigError("two_stage takes its weights from --checkpoint; leave out --weights")
+    encoder = build_encoder(m["backbone"], "random")  # every weight comes from the checkpoint
+    encoder.preprocess = Preprocess.from_dict(m["preprocess"]).with_overrides(overrides)
+    encoder.weights = WeightsInfo(**m["weights"])
+    init = {
+        "from": "checkpoint",
+        "stage1_mode": m.get("mode"),
+        "stage1_task": m.get("task"),
+        "stage1_epoch": m.get("epoch"),
+        "weights": m["weights"],
+    }
+    return encoder, init
+
+
+def _assemble(
+    encoder: Encoder,
+    *,
+    task: str,
+    classes: tuple[str, ...],
+    size: int,
+    ckpt: dict | None,
+    init: dict,
+    seed: int,
+) -> VANet:
+    """Encoder + heads (seeded by --seed); two_stage loads the checkpoint into them."""
+    dim = feature_dim(encoder.module, size)  # a ConfigError now when the backbone cannot take `size`
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = VANet(encoder.module, dim, n_classes=len(classes), relu=encoder.relu)
+    if ckpt is None:
+        return net
+    state = dict(ckpt["model"])
+    head = "none"
+    if task == "multi":
+        head = "loaded" if tuple(ckpt["meta"].get("classes") or ()) == classes else "new"
+        if head == "new":
+            log.info("the checkpoint has no category head over %s; a new one is trained", list(classes))
+    if head != "loaded":
+        dropped = [k for k in state if k.startswith("cls_head.")]
+        for k in dropped:
+            del state[k]
+        if dropped and task == "single":
+            head = "dropped"
+    result = net.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("cls_head.")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"the checkpoint does not fit the network of {ckpt['meta']['backbone']!r}: missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    init["category_head"] = head
+    return net
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def _category_metrics(part: Part, va_pred: np.ndarray, lexicon: Lexicon) -> dict:
+    """Accuracy of VA -> nearest category (cosine), over the test items with a lexicon-word label."""
+    from evoked.evaluate.category import category_accuracy
+
+    known = sorted({c for c in part.category.tolist() if c})
+    if not known:
+        return {"skipped": "no test item has a category label"}
+    missing = [c for c in known if c not in lexicon]
+    if missing:
+        return {
+            "skipped": f"the categories {', '.join(missing)} are not words of lexicon {lexicon.name!r} "
+            "(map them with --category-map LABEL=WORD)"
+        }
+    if len(known) < 2:
+        return {"skipped": f"only one category ({known[0]})"}
+    acc = category_accuracy(part.category, va_pred, lexicon, known, "cosine")
+    return {"categories": known, "metric": "cosine", "chance": 1.0 / len(known), **acc}
+
+
+def _head_accuracy(part: Part, logits: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Top-1 accuracy of the category head, over the test items whose label is one of its classes."""
+    index = {c: k for k, c in enumerate(classes)}
+    keep = np.array([c in index for c in part.category.tolist()], dtype=bool)
+    if not keep.any():
+        return {"skipped": "no test item has a label among the head's classes"}
+    true = np.array([index[c] for c in part.category[keep]])
+    return {"n": int(keep.sum()), "accuracy": float((logits[keep].argmax(1) == true).mean())}
+
+
+def _probabilities(logits: np.ndarray, cls_loss: str) -> np.ndarray:
+    t = torch.from_numpy(logits)
+    if cls_loss == "bce":  # independent sigmoids, normalised into a distribution
+        p = torch.sigmoid(t)
+        return (p / p.sum(1, keepdim=True).clamp_min(1e-12)).numpy()
+    return torch.softmax(t, dim=1).numpy()
+
+
+def _prediction_columns(part: Part, va_pred: np.ndarray, probs: np.ndarray | None, classes) -> dict:
+    n = len(part)
+    cols = {
+        "id": part.ids.tolist(),
+        "fold": [-1] * n,
+        "split": ["test"] * n,
+        "valence_true": part.va[:, 0].astype(float).tolist(),
+        "arousal_true": part.va[:, 1].astype(float).tolist(),
+        "valence_pred": va_pred[:, 0].tolist(),
+        "arousal_pred": va_pred[:, 1].tolist(),
+        "category_true": part.category.tolist(),
+    }
+    if probs is not None:
+        for k, c in enumerate(classes):
+            cols[f"pred_p_{c}"] = probs[:, k].tolist()
+    if part.distribution is not None:
+        for k, c in enumerate(part.categories):
+            cols[f"true_p_{c}"] = part.distribution[:, k].tolist()
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+
+
+def finetune(
+    *,
+    dimensional: str | Manifest,
+    out: str | Path,
+    mode: str = "one_stage",
+    task: str = "single",
+    categorical: str | Manifest | None = None,
+    backbone: str | None = None,
+    weights: str = "default",
+    preprocess: str | Mapping | None = None,
+    plugins: Sequence[str] = (),
+    checkpoint: str | Path | None = None,
+    from_run: str | Path | None = None,
+    freeze_until: str | None = None,
+    freeze_bn: bool = False,
+    size: int | None = None,
+    lexicon: str | Lexicon = "nrc",
+    category_map: Mapping[str, str] | Sequence[str] | None = None,
+    soft: bool = False,
+    cls_loss: str = "auto",
+    alpha: float | None = None,
+    n_labels: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 10,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-5,
+    milestones: Sequence[int] = (10, 20, 30, 40, 50),
+    gamma: float = 0.5,
+    patience: int = 5,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int = 0,
+    eval_batch_size: int = 32,
+    check_workers: int = 4,
+    skip_bad_images: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_check: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, int, int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_predict: Callable[[int, int], None] | None = None,
+) -> FinetuneResult:
+    """Train one framework (`mode` one_stage|two_stage x `task` single|multi) and write ``out``.
+
+    one_stage trains `backbone` (with `weights`) on the `categorical` set's category-derived VA
+    (and categories for multi); two_stage loads `checkpoint` (or ``from_run/models/best.pt``), freezes
+    the encoder before `freeze_until` (``auto``: layer4 for ResNets) and fine-tunes on `n_labels` of
+    the `dimensional` set's VA-rated train items (plus the categorical items, category loss only, for
+    multi). Both stop early on the validation valence r and predict the dimensional test split.
+    Callbacks: ``on_check(done, total)`` images checked, ``on_batch(epoch, batch, n_batches, loss)``,
+    ``on_epoch(record)``, ``on_predict(done, total)`` test images predicted.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    # ---- options (cheap checks first)
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+    _check_out(out, resume, overwrite)
+    alpha = DEFAULT_ALPHA[mode] if alpha is None else float(alpha)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        milestones=tuple(milestones),
+        gamma=gamma,
+        patience=patience,
+        freeze_bn=freeze_bn,
+        alpha=alpha,
+        seed=seed,
+        eval_batch_size=eval_batch_size,
+        workers=workers,
+    )
+    cfg.check()
+    if size is not None and size < 8:
+        raise ConfigError(f"--size {size}: the input side in pixels, at least 8 (the paper: 448)")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    overrides = _preprocess_overrides(preprocess)
+    if plugins:
+        from evoked.extract.registry import load_plugin
+
+        for p in plugins:
+            load_plugin(p)
+    ckpt_path = _resolve_checkpoint(mode, checkpoint, from_run)
+    ckpt = load_checkpoint(ckpt_path, "--checkpoint") if ckpt_path else None
+    lex = _lexicon(lexicon, category_map)
+
+    # ---- labels
+    cat_m = _load_manifest(categorical)
+    dim_m = _load_manifest(dimensional)
+    if mode == "two_stage" and task == "single" and cat_m is not None:
+        log.warning("two_stage/single fine-tunes on the dimensional set only; --categorical is not used")
+        cat_m = None
+    data: FinetuneData = prepare_data(
+        categorical=cat_m,
+        dimensional=dim_m,
+        mode=mode,
+        task=task,
+        lexicon=lex,
+        soft=soft,
+        cls_loss=cls_loss,
+        n_labels=n_labels,
+        seed=seed,
+    )
+    cfg.cls_loss = data.cls_loss
+
+    # ---- network
+    encoder, init = _encoder(backbone=backbone, weights=weights, overrides=overrides, ckpt=ckpt)
+    if size is None:
+        size = native_size(encoder) or (int(ckpt["meta"]["size"]) if ckpt else DEFAULT_SIZE)
+    net = _assemble(encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed)
+    freeze_default = FREEZE_AUTO if mode == "two_stage" else FREEZE_NONE
+    point = resolve_freeze_point(encoder, freeze_until or freeze_default)
+    params = freeze_before(net, point)
+    log.info(
+        "%s: %s, freeze before %s (%d of %d parameters train), input %d px",
+        model_name(mode, task),
+        encoder.spec,
+        point,
+        params["trainable"],
+        params["total"],
+        size,
+    )
+
+    config = {
+        "mode": mode,
+        "task": task,
+        "backbone": encoder.spec,
+        "weights": init["weights"],
+        "checkpoint_sha256": _sha256_file(ckpt_path) if ckpt_path else None,
+        "preprocess": encoder.preprocess.to_dict(),
+        "size": size,
+        "freeze_until": point,
+        "lexicon": lex.describe(),
+        "soft": soft,
+        "classes": list(data.classes),
+        "n_labels": n_labels,
+        "parts_sha256": {k: _ids_sha256(p) for k, p in data.parts.items()},
+        **cfg.to_dict(),
+        "device": dev.type,
+        "precision": prec,
+    }
+
+    resume_state = None
+    if resume:
+        resume_state = load_checkpoint(out / "models" / "last.pt", "--resume")
+        before = resume_state["meta"].get("config", {})
+        diff = sorted(
+            k for k in set(before) | set(config) if k not in _RESUMABLE and before.get(k) != config.get(k)
+        )
+        if diff:
+            raise ConfigError(
+                f"--resume: the settings {', '.join(diff)} differ from the run in {out}; resume with the same "
+                "settings (only --epochs, --workers, --eval-batch-size, --device, --precision may change), "
+                "or start a new run with --overwrite"
+            )
+        if any(resume_state["meta"]["config"].get(k) != config[k] for k in ("device", "precision")):
+            log.warning("--resume on another device/precision: results will not equal an uninterrupted run")
+
+    # ---- images
+    n_paths = len({p for part in data.parts.values() for p in part.paths.tolist()})
+    done = 0
+
+    def _checked(k: int) -> None:
+        nonlocal done
+        done += k
+        if on_check is not None:
+            on_check(done, n_paths)
+
+    data = check_images(data, skip_bad=skip_bad_images, workers=check_workers, on_progress=_checked)
+    if overwrite:
+        _clear_outputs(out)
+
+    # ---- train
+    meta = {
+        "config": config,
+        "mode": mode,
+        "task": task,
+        "backbone": encoder.spec,
+        "weights": init["weights"],
+        "preprocess": encoder.preprocess.to_dict(),
+        "size": size,
+        "relu": encoder.relu,
+        "classes": list(data.classes),
+        "cls_loss": data.cls_loss,
+        "lexicon": lex.describe(),
+        "evoked_version": __version__,
+    }
+    train_tf = make_transform(encoder.preprocess, size, train=True)
+    eval_tf = make_transform(encoder.preprocess, size, train=False)
+    models_dir = out / "models"
+    outcome = train_network(
+        net,
+        data.train,
+        data.val,
+        train_transform=train_tf,
+        eval_transform=eval_tf,
+        cfg=cfg,
+        device=dev,
+        precision=prec,
+        models_dir=models_dir,
+        meta=meta,
+        resume_from=resume_state,
+        on_batch=on_batch,
+        on_epoch=on_epoch,
+    )
+
+    # ---- predict the test split with the best epoch
+    best = load_checkpoint(models_dir / "best.pt", "best checkpoint")
+    net.load_state_dict(best["model"])
+    n_test = len(data.test)
+    seen = 0
+
+    def _predicted(k: int) -> None:
+        nonlocal seen
+        seen += k
+        if on_predict is not None:
+            on_predict(seen, n_test)
+
+    va_pred, logits = predict(
+        net,
+        data.test,
+        eval_tf,
+        device=dev,
+        precision=prec,
+        batch_size=eval_batch_size,
+        workers=workers,
+        on_progress=_predicted,
+    )
+    result = _write_outputs(
+        out=out,
+        mode=mode,
+        task=task,
+        data=data,
+        va_pred=va_pred,
+        logits=logits,
+        lex=lex,
+        outcome=outcome,
+        config=config,
+        init=init,
+        params=params,
+        cat_m=cat_m,
+        dim_m=dim_m,
+        ckpt_path=ckpt_path,
+        seed=seed,
+        seconds=time.perf_counter() - t_start,
+    )
+    return result
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_outputs(
+    *,
+    out,
+    mode,
+    task,
+    data,
+    va_pred,
+    logits,
+    lex,
+    outcome,
+    config,
+    init,
+    params,
+    cat_m,
+    dim_m,
+    ckpt_path,
+    seed,
+    seconds,
+) -> FinetuneResult:
+    from evoked.evaluate.metrics import va_metrics
+    from evoked.evaluate.runs import write_run
+
+    name = model_name(mode, task)
+    probs = _probabilities(logits, data.cls_loss) if logits is not None else None
+    metrics = {**va_metrics(data.test.va, va_pred), "category": _category_metrics(data.test, va_pred, lex)}
+    if logits is not None:
+        metrics["category_head"] = _head_accuracy(data.test, logits, data.classes)
+    target = (
+        {"kind": "category-va", "lexicon": lex.describe(), "soft": bool(config["soft"])}
+        if mode == "one_stage"
+        else {"kind": "va", "stage1": "category-va", "lexicon": lex.describe()}
+    )
+    meta = {
+        "kind": "finetune",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evoked_version": __version__,
+        "dataset": dim_m.name,
+        "categorical_dataset": cat_m.name if cat_m is not None else None,
+        "store": None,
+        "features": None,
+        "target": target,
+        "protocol": {"kind": "split", "train": ["train"], "val": "val", "eval": "test", "seed": seed},
+        "mode": mode,
+        "task": task,
+        "backbone": config["backbone"],
+        "weights": config["weights"],
+        "init": init,
+        "checkpoint": {"path": str(Path(ckpt_path).resolve()), "sha256": config["checkpoint_sha256"]}
+        if ckpt_path
+        else None,
+        "preprocess": config["preprocess"],
+        "size": config["size"],
+        "freeze_until": config["freeze_until"],
+        "freeze_bn": config["freeze_bn"],
+        "parameters": params,
+        "lexicon": lex.describe(),
+        "soft": config["soft"],
+        "alpha": config["alpha"] if task == "multi" else None,
+        "loss": "mse" if task == "single" else f"alpha*mse + (1-alpha)*{data.cls_loss}",
+        "classes": list(data.classes),
+        "schedule": {
+            "optimizer": "adam",
+            "lr": config["lr"],
+            "weight_decay": config["weight_decay"],
+            "scheduler": "multistep (per epoch)",
+            "milestones": config["milestones"],
+            "gamma": config["gamma"],
+            "epochs": config["epochs"],
+            "batch_size": config["batch_size"],
+            "patience": config["patience"],
+            "early_stopping": "validation valence Pearson r",
+        },
+        "epochs_run": outcome.epochs_run,
+        "best_epoch": outcome.best_epoch,
+        "best_val_r_valence": outcome.best_score,
+        "stopped_early": outcome.stopped_early,
+        "history": outcome.history,
+        "n_items": data.counts,
+        "n_labels": config["n_labels"],
+        "excluded": data.excluded,
+        "bad_images": data.bad_images,
+        "seed": seed,
+        "device": config["device"],
+        "precision": config["precision"],
+        "seconds": seconds,
+        "versions": _versions(),
+    }
+    cols = _prediction_columns(data.test, va_pred, probs, data.classes)
+    curve = None
+    if config["n_labels"] is not None:
+        curve = [
+            {
+                "model": name,
+                "setting": mode,
+                "n_labels": config["n_labels"],
+                "seed": seed,
+                "r_valence": metrics["valence"]["r"],
+                "r_arousal": metrics["arousal"]["r"],
+                "mse_valence": metrics["valence"]["mse"],
+                "mse_arousal": metrics["arousal"]["mse"],
+            }
+        ]
+    write_run(out, meta, {name: cols}, curve=curve)
+    (out / "metrics.json").write_text(
+        json.dumps({name: metrics}, indent=2, default=_json_default) + "\n", "utf-8"
+    )
+    return FinetuneResult(
+        out=out,
+        model=name,
+        metrics=metrics,
+        outcome=outcome,
+        counts=data.counts,
+        excluded=data.excluded,
+        meta=json.loads((out / "run.json").read_text("utf-8")),
+    )
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
