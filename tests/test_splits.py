@@ -68,3 +68,9 @@ def test_bad_ratios_and_folds():
         split_manifest(m, folds=1)
     with pytest.raises(ConfigError, match="cannot make 20 folds"):
         assign_folds(None, 20, 0, n=9)
+
+
+def test_tiny_datasets_fall_back_to_unstratified_parts():
+    m = _manifest(n_per=6, cats=tuple("abcdefgh"))  # 48 items, 8 classes: too few for a stratified val part
+    s = split_manifest(m, ratios="0.6,0.15,0.25", seed=0)
+    assert sum(s.split_counts().values()) == 48 and s.split_counts()["val"] >= 1

@@ -6,6 +6,7 @@ store, so every later stage (regressors, fine-tuning, evaluation) uses the same 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Literal
 
@@ -14,6 +15,8 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from evoked.data.manifest import Manifest
 from evoked.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Stratify = Literal["auto", "category", "valence", "none"]
 
@@ -107,8 +110,17 @@ def _split(
     idx: np.ndarray, labels: np.ndarray | None, frac: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     strat = labels
-    if strat is not None and np.unique(strat, return_counts=True)[1].min() < 2:
-        strat = None  # a class with one item cannot be stratified
+    if strat is not None:
+        classes, counts = np.unique(strat, return_counts=True)
+        n_b = int(np.ceil(frac * len(idx)))
+        # stratifying needs two items per class and room for every class on both sides
+        if counts.min() < 2 or min(n_b, len(idx) - n_b) < len(classes):
+            log.warning(
+                "too few items (%d) for a split stratified over %d classes; drawing this part unstratified",
+                len(idx),
+                len(classes),
+            )
+            strat = None
     a, b = train_test_split(idx, test_size=frac, random_state=seed, shuffle=True, stratify=strat)
     return np.sort(a), np.sort(b)
 

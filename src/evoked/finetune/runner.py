@@ -219,13 +219,22 @@ def _assemble(
     ckpt: dict | None,
     init: dict,
     seed: int,
+    va_mean: np.ndarray | None = None,
 ) -> VANet:
-    """Encoder + heads (seeded by --seed); two_stage loads the checkpoint into them."""
+    """Encoder + heads (seeded by --seed); two_stage loads the checkpoint into them.
+
+    A new VA head starts with its bias at the mean training target, so the first epochs are not
+    spent learning that VA lives around 5 on a 1-9 scale (the paper's code starts from zero).
+    """
     dim = feature_dim(encoder.module, size)  # a ConfigError now when the backbone cannot take `size`
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = VANet(encoder.module, dim, n_classes=len(classes), relu=encoder.relu)
     if ckpt is None:
+        if va_mean is not None and np.isfinite(va_mean).all():
+            with torch.no_grad():
+                net.va_head.bias.copy_(torch.as_tensor(va_mean, dtype=net.va_head.bias.dtype))
+            init["va_head_bias"] = [round(float(v), 4) for v in va_mean]
         return net
     state = dict(ckpt["model"])
     head = "none"
@@ -428,7 +437,10 @@ def finetune(
     encoder, init = _encoder(backbone=backbone, weights=weights, overrides=overrides, ckpt=ckpt)
     if size is None:
         size = native_size(encoder) or (int(ckpt["meta"]["size"]) if ckpt else DEFAULT_SIZE)
-    net = _assemble(encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed)
+    supervised = data.train.va[data.train.va_mask]
+    va_mean = supervised.mean(axis=0) if len(supervised) else None
+    net = _assemble(encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed,
+                    va_mean=va_mean)
     freeze_default = FREEZE_AUTO if mode == "two_stage" else FREEZE_NONE
     point = resolve_freeze_point(encoder, freeze_until or freeze_default)
     params = freeze_before(net, point)
