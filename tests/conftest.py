@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Before any test module imports torch: see the note in evoked/__init__.py (spinning OpenMP threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import io
 from pathlib import Path
 

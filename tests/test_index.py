@@ -264,7 +264,7 @@ def test_search_clips_k_and_accepts_one_vector(data):
     [
         ({"vectors": np.ones(8, dtype=np.float32)}, "2-D"),
         ({"vectors": np.ones((0, 4), dtype=np.float32)}, "at least one row"),
-        ({"kind": "annoy"}, r"annoy.*auto, flat, ivf, hnsw, ivfsq8, ivfpq"),
+        ({"kind": "annoy"}, r"annoy.*auto, flat, ivf, hnsw, ivffp16, ivfsq8, ivfpq"),
         ({"ids": np.array([0, 1, 1, 2])}, "unique"),
         ({"ids": np.array([0, 1, 2])}, "one id per vector"),
         ({"ids": np.array([0, 1, -1, 2])}, ">= 0"),

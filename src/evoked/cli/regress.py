@@ -1,0 +1,225 @@
+"""`evoked regress` (fit and compare VA regressors on cached features) and `evoked predict`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from evoked.cli._common import COMMON, print_json, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "regress",
+        parents=[COMMON],
+        help="fit and compare VA regressors on features of a store (CV, split, two-stage, curve)",
+        description="Fit each --model ([log of probabilities] -> StandardScaler -> [PCA] -> model) on the --feature outputs of a "
+        "feature store, evaluate it against the VA ratings (5-fold CV by default, the store's folds when it "
+        "has them), and write a run folder (run.json, predictions.csv, metrics.json, models/). "
+        "See docs/regress.md.",
+        epilog="examples:\n"
+        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --model ridge,svr --out runs/e6-ridge\n"
+        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --target category-va --lexicon nrc \\\n"
+        "      --out runs/e6-keywords\n"
+        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --stage1 same --lexicon nrc \\\n"
+        "      --n-labels 0,25,50,100,all --seeds 5 --out runs/e6-curve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", type=Path, help="the HDF5 feature store (from `evoked extract`)")
+    p.add_argument(
+        "--feature",
+        action="append",
+        required=True,
+        metavar="GROUP/OUTPUT",
+        help="repeatable or comma-separated; concatenated in order (GROUP alone = all its outputs)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the run folder to write, e.g. runs/NAME")
+    p.add_argument(
+        "--model",
+        default="ridge",
+        help="comma-separated: linear, ridge, svr, lgbm, mlp, mlp-kim, knn, ensemble (default ridge)",
+    )
+    p.add_argument(
+        "--target", default="va", choices=("va", "category-va"), help="training target (default va)"
+    )
+    p.add_argument("--lexicon", default=None, help="category-va table: nrc (default), warriner or a file")
+    p.add_argument("--soft", action="store_true", help="category-va from label distributions (expected VA)")
+    p.add_argument(
+        "--category-map",
+        action="append",
+        default=[],
+        metavar="LABEL=WORD",
+        help="alias a label to a lexicon word",
+    )
+    proto = p.add_mutually_exclusive_group()
+    proto.add_argument(
+        "--cv", type=int, default=None, help="K-fold cross-validation (default 5; 0 = fit only)"
+    )
+    proto.add_argument(
+        "--split",
+        default=None,
+        choices=("test", "val"),
+        help="evaluate on this split of the store (train on the ones before)",
+    )
+    p.add_argument(
+        "--pca", default=None, help="PCA after scaling: components (256) or variance fraction (0.95)"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="MODEL.NAME=VALUE",
+        help="model parameter, e.g. svr.C=3",
+    )
+    p.add_argument("--seed", type=int, default=0, help="folds, model seeds and curve seeds start here")
+    p.add_argument("--stage1", default=None, metavar="same|OTHER.h5", help="add two-stage models (see docs)")
+    p.add_argument("--stage1-target", default="category-va", choices=("category-va",))
+    p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"))
+    p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
+    p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
+    p.add_argument(
+        "--no-log-probs",
+        dest="log_probs",
+        action="store_false",
+        help="feed probability outputs (*/probs, */scene) as they are, not as log(p + 1e-4)",
+    )
+    p.add_argument(
+        "--aux",
+        default=None,
+        choices=("distribution", "category"),
+        help="multi-task: mlp models also learn the label distribution (or one-hot category)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
+    p.set_defaults(func=_regress)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[COMMON],
+        help="predict VA of images with a model saved by `evoked regress`",
+        description="Extract the run's features exactly as its store recorded them, and print "
+        "`path valence arousal` per image. Unreadable images are reported with their reason.",
+    )
+    p.add_argument("images", nargs="+", help="image files, folders, or a dataset spec KIND:PATH")
+    p.add_argument("--run", type=Path, required=True, help="a run folder of `evoked regress`")
+    p.add_argument("--model", default=None, help="a model of the run (default: its best by mean r)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_predict)
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _regress(args: argparse.Namespace) -> int:
+    from evoked.regress.runner import run_regress
+
+    with progress(args, None, "fitting", "fit") as bar:
+
+        def on_progress(done: int, total: int, what: str) -> None:
+            if bar.total != total:
+                bar.reset(total=total)
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(done - bar.n)
+
+        result = run_regress(
+            args.store,
+            features=args.feature,
+            out=args.out,
+            models=args.model,
+            target=args.target,
+            lexicon=args.lexicon,
+            soft=args.soft,
+            category_map=args.category_map,
+            cv=args.cv,
+            split=args.split,
+            pca=args.pca,
+            params=args.param,
+            seed=args.seed,
+            stage1=args.stage1,
+            stage1_target=args.stage1_target,
+            two_stage_method=args.two_stage_method,
+            n_labels=args.n_labels,
+            seeds=args.seeds,
+            log_probs=args.log_probs,
+            aux=args.aux,
+            overwrite=args.overwrite,
+            on_progress=on_progress,
+        )
+    if args.json:
+        print_json(
+            {
+                "run": str(result.out),
+                "metrics": result.metrics(),
+                "counts": result.counts,
+                "curve": result.curve,
+            }
+        )
+        return 0
+    run = result.run
+    proto = run["protocol"]
+    how = {
+        "cv": lambda: f"{proto['folds']}-fold CV ({proto['folds_source']} folds)",
+        "split": lambda: f"train {'+'.join(proto['train'])}, evaluate {proto['eval']}",
+        "fit-only": lambda: "fit only (no evaluation)",
+    }[proto["kind"]]()
+    print(
+        f"wrote {result.out}: {', '.join(run['features'])} -> {run['target']['kind']}, {how}, {result.seconds:.1f} s"
+    )
+    width = max(len(m.name) for m in result.models)
+    print(f"  {'model':<{width}}  r_val  r_aro  mse_val  mse_aro   fit_s  n_train  n_eval")
+    for m in result.models:
+        v, a = m.metrics.get("valence", {}), m.metrics.get("arousal", {})
+        print(
+            f"  {m.name:<{width}}  {_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  "
+            f"{_fmt(a.get('mse')):>7}  {m.fit_seconds:6.1f}  {m.n_train:7.0f}  {m.n_eval:6d}"
+        )
+    left_out = {k: v for k, v in result.counts.items() if k not in ("items", "evaluated") and v}
+    print(
+        f"  items {result.counts['items']}, evaluated {result.counts.get('evaluated', 0)}; left out: "
+        + (", ".join(f"{k} {v}" for k, v in left_out.items()) or "none")
+    )
+    if result.curve:
+        print("  low-resource curve (mean ± std over seeds):")
+        print(f"  {'model':<{width}}  {'setting':<11}  {'n':>5}  {'r_val':>13}  {'r_aro':>13}")
+        for c in result.curve:
+            print(
+                f"  {c['model']:<{width}}  {c['setting']:<11}  {c['n_labels']:>5}  "
+                f"{_fmt(c['r_valence'])} ± {_fmt(c['r_valence_std'])}  {_fmt(c['r_arousal'])} ± {_fmt(c['r_arousal_std'])}"
+            )
+    print(f"  default model for `evoked predict`: {run['default_model']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from evoked.regress.predict import predict_images
+
+    with progress(args, None, "predicting", "img") as bar:
+        result = predict_images(
+            args.images,
+            args.run,
+            model=args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            on_progress=bar.update,
+        )
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        for path, (v, a) in zip(result.paths, result.va):
+            print(f"{path}\t{v:.3f}\t{a:.3f}")
+        for note in result.notes:
+            print(f"evoked: note: {note}", file=sys.stderr)
+        for path, reason in result.failures.items():
+            print(f"evoked: cannot read {path}: {reason}", file=sys.stderr)
+        if result.failures:
+            print(
+                f"evoked: {len(result.paths)} images predicted with {result.model}, {len(result.failures)} failed",
+                file=sys.stderr,
+            )
+    return 1 if args.strict and result.failures else 0

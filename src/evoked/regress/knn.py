@@ -1,0 +1,147 @@
+"""k-nearest-neighbour VA regression with FAISS: cosine neighbours, similarity-weighted mean VA.
+
+Vectors are L2-normalised (`evoked.features.index.normalize`) and searched exactly with an
+``IndexFlatIP``. FAISS finds the neighbours; their similarities are then recomputed in float64 so
+that a prediction does not depend on how queries were batched. The index is not pickled: it is
+rebuilt from the stored training vectors on first use after loading.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from evoked.regress.registry import register_regressor
+
+#: Neighbour counts tried by leave-one-out when ``n_neighbors="auto"``.
+K_CANDIDATES = (5, 10, 20, 40, 80)
+#: Leave-one-out uses at most this many training items as queries (bounded cost on large sets).
+LOO_QUERIES = 2000
+_EPS = 1e-6
+_BATCH = 4096
+
+
+class FaissKNNRegressor(RegressorMixin, BaseEstimator):
+    """Predict the weighted mean VA of the `n_neighbors` most cosine-similar training items.
+
+    weights ``"distance"`` weighs a neighbour by 1 / (1 - cosine similarity) (an identical vector
+    dominates), ``"uniform"`` weighs them equally. ``n_neighbors="auto"`` picks k from
+    `K_CANDIDATES` by leave-one-out error on (at most `LOO_QUERIES`) training items: training data
+    only, never the evaluation fold.
+    """
+
+    def __init__(self, n_neighbors: int | str = "auto", weights: str = "distance", random_state: int = 0):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, X, y):
+        from evoked.features.index import normalize
+
+        if self.weights not in ("distance", "uniform"):
+            raise ValueError(f"weights={self.weights!r}: use 'distance' or 'uniform'")
+        if self.n_neighbors != "auto" and (
+            not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 1
+        ):
+            raise ValueError(f"n_neighbors={self.n_neighbors!r}: use a positive integer or 'auto'")
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
+        self._single_output = y.ndim == 1
+        self.train_vectors_ = normalize(X)
+        self.train_targets_ = y.reshape(len(y), -1).astype(np.float64)
+        self._index = None
+        if self.n_neighbors == "auto":
+            self.n_neighbors_, self.loo_errors_ = self._choose_k()
+        else:
+            self.n_neighbors_ = int(self.n_neighbors)
+        return self
+
+    def _choose_k(self) -> tuple[int, dict[int, float]]:
+        n = len(self.train_vectors_)
+        cands = sorted({min(k, n - 1) for k in K_CANDIDATES if n > 1})
+        if n < 3 or not cands:
+            return min(K_CANDIDATES[0], n), {}
+        rng = np.random.default_rng(self.random_state)
+        queries = np.sort(rng.choice(n, size=min(n, LOO_QUERIES), replace=False))
+        ids, sims = self._neighbours(self.train_vectors_[queries], max(cands) + 1)
+        # Leave the query out: drop its own row, or the last hit if duplicates pushed it out.
+        own = ids == queries[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), ids.shape[1] - 1)
+        keep = np.ones_like(own)
+        keep[np.arange(len(queries)), drop] = False
+        ids = ids[keep].reshape(len(queries), -1)
+        sims = sims[keep].reshape(len(queries), -1)
+        truth = self.train_targets_[queries]
+        scale = self.train_targets_.std(axis=0)
+        scale[scale == 0] = 1.0
+        errors = {}
+        for k in cands:
+            pred = self._combine(ids[:, :k], sims[:, :k])
+            errors[int(k)] = float((((pred - truth) / scale) ** 2).mean())
+        best = min(errors, key=lambda k: (errors[k], k))
+        return best, errors
+
+    # -- searching -----------------------------------------------------------------------------
+    def _get_index(self):
+        if getattr(self, "_index", None) is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.train_vectors_.shape[1])
+            index.add(self.train_vectors_)
+            self._index = index
+        return self._index
+
+    def _neighbours(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (q, k) of the k most similar training rows, with float64 similarities."""
+        k = min(k, len(self.train_vectors_))
+        index = self._get_index()
+        ids = np.empty((len(q), k), dtype=np.int64)
+        sims = np.empty((len(q), k), dtype=np.float64)
+        # Bounded memory: the gathered neighbour vectors of one batch stay under ~128 MB.
+        batch = max(1, min(_BATCH, (1 << 24) // max(1, k * q.shape[1])))
+        for start in range(0, len(q), batch):
+            qb = q[start : start + batch]
+            _, found = index.search(qb, k)
+            gathered = self.train_vectors_[found].astype(np.float64)
+            ids[start : start + len(qb)] = found
+            sims[start : start + len(qb)] = np.einsum("qd,qkd->qk", qb.astype(np.float64), gathered)
+        # Order by the exact similarity, ties by row, so batching can never reorder neighbours.
+        order = np.lexsort((ids, -sims), axis=1)
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
+
+    def _combine(self, ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        if self.weights == "uniform":
+            w = np.ones_like(sims)
+        else:
+            w = 1.0 / np.maximum(1.0 - sims, _EPS)
+        w /= w.sum(axis=1, keepdims=True)
+        return np.einsum("qk,qkt->qt", w, self.train_targets_[ids])
+
+    def predict(self, X):
+        from evoked.features.index import normalize
+
+        check_is_fitted(self, "train_vectors_")
+        X = validate_data(self, X, reset=False)
+        if len(X) == 0:
+            out = np.zeros((0, self.train_targets_.shape[1]))
+        else:
+            ids, sims = self._neighbours(normalize(X), self.n_neighbors_)
+            out = self._combine(ids, sims)
+        return out[:, 0] if self._single_output else out
+
+    # -- pickling ------------------------------------------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_index"] = None  # a faiss index does not pickle; it is rebuilt from train_vectors_
+        return state
+
+
+@register_regressor("knn", help="FAISS cosine k-NN, similarity-weighted mean VA (k by leave-one-out)")
+def knn(seed: int = 0, **params) -> FaissKNNRegressor:
+    return FaissKNNRegressor(random_state=seed, **params)

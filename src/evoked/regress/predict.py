@@ -1,0 +1,176 @@
+"""`predict_images`: VA of new images with a model saved by `evoked regress`.
+
+The features are extracted exactly as the run's store recorded them: each feature group's
+backbone is rebuilt by `evoked.retrieve.backbone_for` from the store (or, when the store has moved,
+from the configuration copied into the model's metadata), and the outputs are concatenated in the
+order the model was trained on. Images are decoded with `evoked.data.decode.load_rgb`; an image
+that cannot be read is reported with its reason, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evoked.data.datasets import IMAGE_EXTENSIONS, list_images, load_dataset
+from evoked.errors import ConfigError, DatasetError, DecodeError
+from evoked.regress.rundir import load_run_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Predicted VA of the images that could be read, and why the others could not."""
+
+    model: str
+    paths: list[str]
+    va: np.ndarray  # (n, 2): valence, arousal
+    failures: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "predictions": [
+                {"path": p, "valence": float(v), "arousal": float(a)}
+                for p, (v, a) in zip(self.paths, self.va)
+            ],
+            "failures": self.failures,
+            "notes": self.notes,
+        }
+
+
+def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Image files from files, folders (recursively) and dataset specs (``KIND:PATH``)."""
+    paths: list[Path] = []
+    notes: list[str] = []
+    for item in images:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            paths.append(p)
+        elif p.is_dir():
+            found, others = list_images(p)
+            if others:
+                notes.append(f"{p}: {len(others)} files that are not images were left out")
+            paths += found
+        elif p.is_file():
+            paths.append(p)  # any other file: decoding says whether it is an image
+        else:
+            try:
+                paths += load_dataset(str(item)).abspaths()
+            except DatasetError as e:
+                raise ConfigError(
+                    f"{item}: not an image file, a folder or a dataset spec (KIND:PATH) ({e})"
+                ) from e
+    if not paths:
+        raise ConfigError(f"no images found in {', '.join(map(str, images))}")
+    return paths, notes
+
+
+class _RecordedConfigs:
+    """What `backbone_for` reads from a store, from the configurations saved with a model."""
+
+    def __init__(self, configs: dict, name: str):
+        self.extractors = {g: {"config": c} for g, c in configs.items()}
+        self.path = Path(name)
+
+
+def _backbones(meta: dict):
+    from evoked.features.store import open_store
+    from evoked.retrieve import backbone_for
+
+    groups: dict[str, list[str]] = {}
+    for f in meta["features"]:
+        g, o = f.split("/")
+        groups.setdefault(g, []).append(o)
+    store_path = Path(meta.get("store", ""))
+    built = []
+    if store_path.is_file():
+        with open_store(store_path) as st:
+            same = st.attrs.get("store_uuid") == meta.get("store_uuid")
+            source = st if same else None
+            if source is not None:
+                built = [backbone_for(source, g) for g in groups]
+    if not built:
+        configs = meta.get("extractor_configs") or {}
+        missing = [g for g in groups if g not in configs]
+        if missing:
+            raise ConfigError(
+                f"the store {store_path} is gone and the model does not record how {', '.join(missing)} was "
+                "extracted; put the store back"
+            )
+        log.info("store %s not found (or changed): using the configuration saved with the model", store_path)
+        shim = _RecordedConfigs(configs, store_path.name or "model")
+        built = [backbone_for(shim, g) for g in groups]
+    for bb in built:
+        bb.selected = tuple(groups[bb.name])
+    return built
+
+
+def predict_images(
+    images: Sequence[str | os.PathLike],
+    run: str | os.PathLike,
+    *,
+    model: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    on_progress: Callable[[int], None] | None = None,
+) -> Prediction:
+    """Predict VA for `images` (files, folders or a dataset spec) with `model` of `run`."""
+    import torch
+
+    from evoked.data.decode import load_rgb
+    from evoked.extract.runner import run_backbones
+    from evoked.regress.mlp import resolve_device
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    estimator, meta = load_run_model(run, model)
+    paths, notes = collect_images(images)
+    dev = torch.device(resolve_device(device))
+    backbones = _backbones(meta)
+    for bb in backbones:
+        bb.module.to(dev)
+    features = meta["features"]
+    dims = meta.get("feature_dims", {})
+    done_paths: list[str] = []
+    preds: list[np.ndarray] = []
+    failures: dict[str, str] = {}
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start : start + batch_size]
+        tensors, names = [], []
+        for p in batch:
+            try:
+                img = load_rgb(p)
+            except DecodeError as e:
+                failures[str(p)] = e.reason
+                continue
+            tensors.append(torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev))
+            names.append(str(p))
+        if tensors:
+            with torch.inference_mode():
+                out = run_backbones(tensors, backbones, dev, None)
+            for f in features:
+                if f in dims and out[f].shape[1] != dims[f]:
+                    raise ConfigError(
+                        f"{f}: the rebuilt backbone gives {out[f].shape[1]} values, the model was trained on "
+                        f"{dims[f]}; the extractor changed since the run"
+                    )
+            X = np.concatenate([out[f] for f in features], axis=1)
+            finite = np.isfinite(X).all(axis=1)
+            for name, good in zip(names, finite):
+                if not good:
+                    failures[name] = "the features of this image are not finite (NaN or inf)"
+            if finite.any():
+                preds.append(np.asarray(estimator.predict(X[finite]), dtype=np.float64).reshape(-1, 2))
+                done_paths += [n for n, good in zip(names, finite) if good]
+        if on_progress is not None:
+            on_progress(len(batch))
+    va = np.concatenate(preds) if preds else np.zeros((0, 2))
+    return Prediction(meta["name"], done_paths, va, failures, notes)

@@ -1,0 +1,179 @@
+"""Which rows train and which are evaluated: cross-validation, a named split, or fit only.
+
+Evaluation is always against the VA ratings of the evaluated items, whatever the training target.
+Rows are left out for a reason, and every reason is counted (`Plan.counts`):
+
+- ``failed features``: the image failed (or is pending) in the store;
+- ``non-finite features``: the row is ok but has NaN/inf values;
+- ``no training label``: the target has no value for the row (no rating, no category, ...);
+- ``not evaluable (no VA rating)``: cannot be scored (may still train with a category target);
+- ``outside the store's folds`` / ``outside the splits``: the store's assignment leaves them out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evoked.data.splits import assign_folds
+from evoked.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fold:
+    """One fit: rows to train on and rows to predict (indices into the store)."""
+
+    index: int
+    train: np.ndarray
+    eval: np.ndarray
+
+
+@dataclass
+class Plan:
+    folds: list[Fold]
+    final_train: np.ndarray  # rows of the model that is saved (and used by `evoked predict`)
+    eval_fold: dict[int, int]  # evaluated row -> its fold (-1 under a split)
+    eval_split: str  # "" under CV
+    protocol: dict  # as recorded in run.json
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def eval_rows(self) -> np.ndarray:
+        return np.array(sorted(self.eval_fold), dtype=np.int64)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        """Every row that trains in some fold (the stage-1 pool of ``--stage1 same``)."""
+        rows = [f.train for f in self.folds] + [self.final_train]
+        return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
+def usable_rows(ok: np.ndarray, finite: np.ndarray, has_target: np.ndarray, has_va: np.ndarray) -> dict:
+    """Masks of rows that can train (features + label) and be evaluated (features + VA)."""
+    feat = ok & finite
+    return {"features": feat, "train": feat & has_target, "eval": feat & has_va}
+
+
+def _counts(ok, finite, has_target, has_va) -> dict[str, int]:
+    """Rows left out, by reason (a row with failed features is counted there only)."""
+    feat = ok & finite
+    counts = {"items": int(len(ok)), "failed features": int((~ok).sum())}
+    if (ok & ~finite).any():
+        counts["non-finite features"] = int((ok & ~finite).sum())
+    counts["no training label"] = int((feat & ~has_target).sum())
+    counts["not evaluable (no VA rating)"] = int((feat & ~has_va).sum())
+    return counts
+
+
+def plan_cv(
+    k: int,
+    *,
+    ok: np.ndarray,
+    finite: np.ndarray,
+    has_target: np.ndarray,
+    has_va: np.ndarray,
+    store_fold: np.ndarray,
+    category: np.ndarray,
+    seed: int = 0,
+) -> Plan:
+    """K-fold CV over the evaluable rows; the store's own folds when it has exactly K of them.
+
+    Rows with a training label but no VA rating (a category target) train in every fold.
+    """
+    m = usable_rows(ok, finite, has_target, has_va)
+    counts = _counts(ok, finite, has_target, has_va)
+    evaluable = m["eval"]
+    present = sorted(set(store_fold[store_fold >= 0].tolist()))
+    if present == list(range(k)):
+        folds = store_fold.copy()
+        outside = evaluable & (folds < 0)
+        if outside.any():
+            counts["outside the store's folds"] = int(outside.sum())
+        evaluable = evaluable & (folds >= 0)
+        source = "store"
+    else:
+        if present:
+            log.warning(
+                "the store has %d folds, not %d: assigning %d new folds (seed %d); other systems using the "
+                "store's folds will not see the same ones",
+                len(present),
+                k,
+                k,
+                seed,
+            )
+        rows = np.flatnonzero(evaluable)
+        if len(rows) < k:
+            raise ConfigError(
+                f"--cv {k}: only {len(rows)} items have features and VA ratings; use fewer folds or more data"
+            )
+        cats = category[rows].astype(str)
+        labels = cats if all(cats) else None
+        folds = np.full(len(ok), -1, dtype=np.int64)
+        folds[rows] = assign_folds(labels, k, seed, len(rows))
+        source = "assigned"
+    extra = m["train"] & ~has_va  # category-labelled rows without ratings: training only
+    eval_rows = np.flatnonzero(evaluable)
+    plan_folds = []
+    for f in range(k):
+        train = np.flatnonzero((evaluable & m["train"] & (folds != f)) | extra)
+        plan_folds.append(Fold(f, train, eval_rows[folds[eval_rows] == f]))
+    final = np.flatnonzero((evaluable & m["train"]) | extra)
+    protocol = {"kind": "cv", "folds": int(k), "seed": int(seed), "folds_source": source}
+    if extra.any():
+        counts["training only (no VA rating)"] = int(extra.sum())
+    counts["evaluated"] = int(len(eval_rows))
+    return Plan(plan_folds, final, {int(r): int(folds[r]) for r in eval_rows}, "", protocol, counts)
+
+
+def plan_split(
+    name: str,
+    *,
+    ok: np.ndarray,
+    finite: np.ndarray,
+    has_target: np.ndarray,
+    has_va: np.ndarray,
+    split: np.ndarray,
+) -> Plan:
+    """Train on the splits before `name` (train, and val when evaluating on test); evaluate on `name`."""
+    if name not in ("test", "val"):
+        raise ConfigError(
+            f"--split {name!r}: evaluate on 'test' (train on train+val) or 'val' (train on train)"
+        )
+    split = np.asarray(split, dtype=object).astype(str)
+    if not any(split):
+        raise ConfigError(
+            "--split: this store has no train/val/test split. Run `evoked data split DATASET --out M.csv`, "
+            "extract from that manifest, or use --cv K"
+        )
+    train_splits = ["train", "val"] if name == "test" else ["train"]
+    m = usable_rows(ok, finite, has_target, has_va)
+    counts = _counts(ok, finite, has_target, has_va)
+    unassigned = m["features"] & (split == "")
+    if unassigned.any():
+        counts["outside the splits"] = int(unassigned.sum())
+    train = np.flatnonzero(m["train"] & np.isin(split, train_splits))
+    eval_rows = np.flatnonzero(m["eval"] & (split == name))
+    if not len(eval_rows):
+        raise ConfigError(f"--split {name}: no {name} item has features and VA ratings to evaluate")
+    if not len(train):
+        raise ConfigError(
+            f"--split {name}: no {'/'.join(train_splits)} item has features and a training label"
+        )
+    counts["evaluated"] = int(len(eval_rows))
+    protocol = {"kind": "split", "train": train_splits, "eval": name}
+    return Plan([Fold(0, train, eval_rows)], train, {int(r): -1 for r in eval_rows}, name, protocol, counts)
+
+
+def plan_fit_only(*, ok: np.ndarray, finite: np.ndarray, has_target: np.ndarray, has_va: np.ndarray) -> Plan:
+    """No evaluation (``--cv 0``): one model on every row with features and a training label."""
+    m = usable_rows(ok, finite, has_target, has_va)
+    counts = _counts(ok, finite, has_target, has_va)
+    train = np.flatnonzero(m["train"])
+    if not len(train):
+        raise ConfigError("no item has both features and a training label; check --target and the store")
+    counts["evaluated"] = 0
+    return Plan([], train, {}, "", {"kind": "fit-only"}, counts)
