@@ -28,8 +28,10 @@ def store(tmp_path_factory) -> Path:
     for k in range(12):
         make_image(root / "img" / f"warm{k:02d}.jpg", size=(48, 40), color=(230, 140, 30), seed=k)
         make_image(root / "img" / f"cold{k:02d}.jpg", size=(48, 40), color=(30, 70, 210), seed=50 + k)
-        rows += [f"img/warm{k:02d}.jpg,amusement,{7 + k / 12:.3f},{5 + k / 12:.3f}",
-                 f"img/cold{k:02d}.jpg,sadness,{2 + k / 12:.3f},{3 + k / 12:.3f}"]
+        rows += [
+            f"img/warm{k:02d}.jpg,amusement,{7 + k / 12:.3f},{5 + k / 12:.3f}",
+            f"img/cold{k:02d}.jpg,sadness,{2 + k / 12:.3f},{3 + k / 12:.3f}",
+        ]
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     out = root / "s.h5"
     extract(f"csv:{root / 'm.csv'}", out, ["color"], device="cpu", workers=0)
@@ -94,10 +96,14 @@ def test_bad_uploads_get_4xx(client, files, status, message):
 
 
 def test_bad_parameters_get_4xx(client):
-    for url, params in [("/api/search/va", {"v": "x", "a": 1}), ("/api/search/va", {"a": 1}),
-                        ("/api/search/item", {"id": "img/warm00.jpg", "k": 0}),
-                        ("/api/search/item", {"id": "img/warm00.jpg", "k": "many"}),
-                        ("/api/search/text", {"q": "sunset"}), ("/api/search/item", {})]:
+    for url, params in [
+        ("/api/search/va", {"v": "x", "a": 1}),
+        ("/api/search/va", {"a": 1}),
+        ("/api/search/item", {"id": "img/warm00.jpg", "k": 0}),
+        ("/api/search/item", {"id": "img/warm00.jpg", "k": "many"}),
+        ("/api/search/text", {"q": "sunset"}),
+        ("/api/search/item", {}),
+    ]:
         r = client.get(url, params=params)
         assert r.status_code == 400 and r.json()["error"], (url, params)
     assert client.get("/api/image/abc").status_code == 400
@@ -132,7 +138,10 @@ def test_unexpected_errors_are_500_without_traceback(store, monkeypatch):
     c = TestClient(create_app(ServeConfig(str(store), FEATURE)), raise_server_exceptions=False)
     monkeypatch.setattr(c.app.state.evoked.retriever, "by_id", lambda *a, **k: 1 / 0)
     r = c.get("/api/search/item", params={"id": "img/warm00.jpg"})
-    assert r.status_code == 500 and r.json() == {"error": "internal error (see the server log)", "status": 500}
+    assert r.status_code == 500 and r.json() == {
+        "error": "internal error (see the server log)",
+        "status": 500,
+    }
     assert "Traceback" not in r.text and "ZeroDivision" not in r.text
 
 
@@ -142,8 +151,14 @@ def test_text_search_with_clip(tmp_path):
     cfg = write_model_config(tmp_path / "tiny.json")
     for k in range(4):
         make_image(tmp_path / "imgs" / "a" / f"{k}.jpg", seed=k)
-    extract(f"folder:{tmp_path / 'imgs'}", tmp_path / "c.h5", [f"clip:{cfg}"], weights=["random"], device="cpu",
-            workers=0)
+    extract(
+        f"folder:{tmp_path / 'imgs'}",
+        tmp_path / "c.h5",
+        [f"clip:{cfg}"],
+        weights=["random"],
+        device="cpu",
+        workers=0,
+    )
     c = TestClient(create_app(ServeConfig(str(tmp_path / "c.h5"), "clip-tiny/embed")))
     assert c.get("/api/info").json()["text_search"] is True
     r = c.get("/api/search/text", params={"q": "a calm lake", "k": 3})
@@ -155,17 +170,28 @@ def _browser_or_skip():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("headless Chromium or chromedriver is not installed (Debian: apt-get install chromium "
-                    "chromium-driver; .ci/run installs them)")
+        pytest.skip(
+            "headless Chromium or chromedriver is not installed (Debian: apt-get install chromium "
+            "chromium-driver; .ci/run installs them)"
+        )
     try:
         from selenium import webdriver
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     service = webdriver.ChromeService(executable_path=driver)
     return webdriver.Chrome(options=opts, service=service)
@@ -185,8 +211,14 @@ def test_page_in_headless_chromium(store, tmp_path):
 
     browser = _browser_or_skip()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(str(store), FEATURE), warm=True),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ServeConfig(str(store), FEATURE), warm=True),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -211,9 +243,13 @@ def test_page_in_headless_chromium(store, tmp_path):
         pad = 36 * w / 436
         x = pad + (7.5 - 1) / 8 * (w - 2 * pad)
         y = h - pad - (5.5 - 1) / 8 * (h - 2 * pad)
-        ActionChains(browser).move_to_element_with_offset(plane, int(x - w / 2), int(y - h / 2)).click().perform()
+        ActionChains(browser).move_to_element_with_offset(
+            plane, int(x - w / 2), int(y - h / 2)
+        ).click().perform()
         wait.until(lambda b: "nearest to valence" in b.find_element(By.ID, "status").text)
-        ids = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=result]")]
+        ids = [
+            c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=result]")
+        ]
         assert len(ids) == 12 and all(i.startswith("img/warm") for i in ids)
         status = browser.find_element(By.ID, "status").text
         assert "valence 7.4" in status or "valence 7.5" in status or "valence 7.6" in status
@@ -224,3 +260,20 @@ def test_page_in_headless_chromium(store, tmp_path):
         browser.quit()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_predictions_from_a_regression_run(store, tmp_path):
+    from evoked.regress.runner import run_regress
+    from evoked.serve.predictions import run_predictions
+
+    run_regress(store, features=["color"], out=tmp_path / "run", models=("ridge",), cv=0)
+    pred, label = run_predictions(tmp_path / "run", store)
+    assert pred.shape == (24, 2) and np.isfinite(pred).all() and label == "run/ridge"
+    c = TestClient(create_app(ServeConfig(str(store), FEATURE, predictions=pred, run_name=label)))
+    assert c.get("/api/info").json()["predictions"] is True
+    pts = c.get("/api/points").json()
+    assert len(pts["pred_valence"]) == 24
+    hits = c.get("/api/search/va", params={"v": 8, "a": 6, "k": 3, "source": "predictions"}).json()["hits"]
+    assert all(h["id"].startswith("img/warm") and "pred_valence" in h for h in hits)
+    order = np.argsort(np.hypot(pred[:, 0] - 8, pred[:, 1] - 6), kind="stable")[:3]
+    assert [h["row"] for h in hits] == order.tolist()

@@ -58,7 +58,9 @@ class _State:
         self.ok_rows = np.flatnonzero(store.status == OK)
         self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items)
         extractor = store.extractors[self.retriever.extractor]
-        self.text_search = cfg.feature.endswith("/embed") and str(extractor.get("spec", "")).startswith("clip:")
+        self.text_search = cfg.feature.endswith("/embed") and str(extractor.get("spec", "")).startswith(
+            "clip:"
+        )
         n = len(store)
         if cfg.predictions is not None and cfg.predictions.shape != (n, 2):
             raise EvokedError(f"predictions have shape {cfg.predictions.shape}, the store has {n} rows")
@@ -121,17 +123,19 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
     async def info(request: Request) -> Response:
         store = state.retriever.store
         a = store.attrs
-        return JSONResponse({
-            "dataset": a.get("dataset"),
-            "items": len(store),
-            "ok": int(state.ok_rows.size),
-            "feature": cfg.feature,
-            "index": state.retriever.kind,
-            "text_search": state.text_search,
-            "predictions": cfg.predictions is not None,
-            "run": cfg.run_name,
-            "max_upload_bytes": cfg.max_upload_bytes,
-        })
+        return JSONResponse(
+            {
+                "dataset": a.get("dataset"),
+                "items": len(store),
+                "ok": int(state.ok_rows.size),
+                "feature": cfg.feature,
+                "index": state.retriever.kind,
+                "text_search": state.text_search,
+                "predictions": cfg.predictions is not None,
+                "run": cfg.run_name,
+                "max_upload_bytes": cfg.max_upload_bytes,
+            }
+        )
 
     async def points(request: Request) -> Response:
         r = state.retriever
