@@ -47,7 +47,11 @@ def make_store(
         group, out = key.split("/")
         groups.setdefault(group, []).append(OutputSpec(out, arr.shape[1]))
     specs = [
-        ExtractorSpec(g, tuple(outs), {"config": {"spec": g, "weights": {"tag": "random"}, "preprocess": {}, "outputs": {}}})
+        ExtractorSpec(
+            g,
+            tuple(outs),
+            {"config": {"spec": g, "weights": {"tag": "random"}, "preprocess": {}, "outputs": {}}},
+        )
         for g, outs in groups.items()
     ]
     store = FeatureStore.create(path, manifest, specs, block_size=max(1, min(256, n)))

@@ -18,7 +18,9 @@ def _chunks(n: int, d: int, rows: int, seed: int = 0, centers: int = 20):
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             rng = np.random.default_rng([seed, start])
-            x = c[rng.integers(0, centers, stop - start)] + 0.35 * rng.normal(size=(stop - start, d)).astype(np.float32)
+            x = c[rng.integers(0, centers, stop - start)] + 0.35 * rng.normal(size=(stop - start, d)).astype(
+                np.float32
+            )
             yield np.arange(start, stop), x
 
     return gen
@@ -74,8 +76,9 @@ def test_quantised_kinds_report_what_they_reached(kind):
 def _peak(n: int, d: int) -> int:
     tracemalloc.start()
     try:
-        fb.build_index_streaming(_chunks(n, d, 2000), n, d, "ivfsq8", use_gpu="never", memory_budget=8 * 2**20,
-                                 target_recall=0.5)
+        fb.build_index_streaming(
+            _chunks(n, d, 2000), n, d, "ivfsq8", use_gpu="never", memory_budget=8 * 2**20, target_recall=0.5
+        )
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

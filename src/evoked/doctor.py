@@ -9,11 +9,25 @@ from pathlib import Path
 
 from evoked import __version__
 
-_PACKAGES = ("torch", "torchvision", "open_clip_torch", "faiss-gpu", "faiss-cpu", "scikit-learn", "lightgbm",
-             "h5py", "numpy", "pillow")
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "faiss-gpu",
+    "faiss-cpu",
+    "scikit-learn",
+    "lightgbm",
+    "h5py",
+    "numpy",
+    "pillow",
+)
 #: pretrained CLIP weights worth looking for in the local caches
-_CLIP_CANDIDATES = (("ViT-B-32", "openai"), ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-16", "openai"),
-                    ("ViT-L-14", "openai"))
+_CLIP_CANDIDATES = (
+    ("ViT-B-32", "openai"),
+    ("ViT-B-32", "laion2b_s34b_b79k"),
+    ("ViT-B-16", "openai"),
+    ("ViT-L-14", "openai"),
+)
 
 
 def _version(name: str) -> str | None:
@@ -26,13 +40,24 @@ def _version(name: str) -> str | None:
 def _torch_info() -> dict:
     import torch
 
-    info = {"cuda_available": torch.cuda.is_available(), "cuda_build": torch.version.cuda,
-            "threads": torch.get_num_threads(), "devices": []}
+    info = {
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_build": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "devices": [],
+    }
     if info["cuda_available"]:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            info["devices"].append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                                    "capability": f"{p.major}.{p.minor}", "bf16": torch.cuda.is_bf16_supported()})
+            info["devices"].append(
+                {
+                    "index": i,
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "capability": f"{p.major}.{p.minor}",
+                    "bf16": torch.cuda.is_bf16_supported(),
+                }
+            )
     return info
 
 
@@ -92,7 +117,9 @@ def _clip_weights() -> list[dict]:
     for arch, tag in _CLIP_CANDIDATES:
         cfg = open_clip.get_pretrained_cfg(arch, tag)
         hit = _cached_pretrained(cfg) if cfg else None
-        out.append({"backbone": f"clip:{arch}:{tag}", "present": hit is not None, "file": str(hit) if hit else None})
+        out.append(
+            {"backbone": f"clip:{arch}:{tag}", "present": hit is not None, "file": str(hit) if hit else None}
+        )
     return out
 
 
@@ -113,8 +140,11 @@ def diagnose() -> dict:
         "gpu_jpeg_decode": _gpu_jpeg(),
         "faiss": _faiss_info(),
         "offline": offline(),
-        "caches": {"torch_hub": torch.hub.get_dir(), "huggingface_hub": constants.HF_HUB_CACHE,
-                   "open_clip_url_downloads": str(Path.home() / ".cache" / "clip")},
+        "caches": {
+            "torch_hub": torch.hub.get_dir(),
+            "huggingface_hub": constants.HF_HUB_CACHE,
+            "open_clip_url_downloads": str(Path.home() / ".cache" / "clip"),
+        },
         "weights": {"torchvision": _torchvision_weights(), "open_clip": _clip_weights()},
     }
 
@@ -125,20 +155,34 @@ def format_diagnosis(d: dict) -> str:
         f"evoked {d['evoked']} on Python {d['python']}, {d['platform']}, {d['cpus']} CPUs",
         "packages: " + ", ".join(f"{k} {v}" for k, v in d["packages"].items()),
         f"torch: CUDA {'available' if t['cuda_available'] else 'not available'}"
-        + (f" (built for CUDA {t['cuda_build']})" if t["cuda_build"] else " (CPU build)") + f", {t['threads']} threads",
+        + (f" (built for CUDA {t['cuda_build']})" if t["cuda_build"] else " (CPU build)")
+        + f", {t['threads']} threads",
     ]
     for dev in t["devices"]:
-        lines.append(f"  cuda:{dev['index']} {dev['name']}, {dev['memory_gib']} GiB, sm {dev['capability']}, "
-                     f"bf16 {'yes' if dev['bf16'] else 'no'}")
+        lines.append(
+            f"  cuda:{dev['index']} {dev['name']}, {dev['memory_gib']} GiB, sm {dev['capability']}, "
+            f"bf16 {'yes' if dev['bf16'] else 'no'}"
+        )
     g = d["gpu_jpeg_decode"]
-    lines.append("GPU JPEG decoding: " + ("n/a (no CUDA)" if g is None else "yes" if g else "no (CPU decoding)"))
+    lines.append(
+        "GPU JPEG decoding: " + ("n/a (no CUDA)" if g is None else "yes" if g else "no (CPU decoding)")
+    )
     f = d["faiss"]
-    lines.append(f"faiss: {f.get('version')} with {f.get('gpus')} GPU(s)" if f["available"] else f"faiss: missing ({f['error']})")
+    lines.append(
+        f"faiss: {f.get('version')} with {f.get('gpus')} GPU(s)"
+        if f["available"]
+        else f"faiss: missing ({f['error']})"
+    )
     lines.append(f"offline mode (EVOKED_OFFLINE / HF_HUB_OFFLINE): {'on' if d['offline'] else 'off'}")
     lines.append("caches: " + ", ".join(f"{k} {v}" for k, v in d["caches"].items()))
     lines.append("pretrained weights present locally:")
     for w in d["weights"]["torchvision"] + d["weights"]["open_clip"]:
-        lines.append(f"  {'yes' if w['present'] else 'no ':<3}  {w['backbone']}" + (f"  {w['file']}" if w["present"] else ""))
+        lines.append(
+            f"  {'yes' if w['present'] else 'no ':<3}  {w['backbone']}"
+            + (f"  {w['file']}" if w["present"] else "")
+        )
     if not any(w["present"] for w in d["weights"]["torchvision"] + d["weights"]["open_clip"]):
-        lines.append("  none: extract with --weights PATH (a local file) or --weights random (no pretrained meaning)")
+        lines.append(
+            "  none: extract with --weights PATH (a local file) or --weights random (no pretrained meaning)"
+        )
     return "\n".join(lines)

@@ -90,6 +90,8 @@ class Retriever:
         labels = self.store.labels()
         self.valence, self.arousal, self.category = labels["valence"], labels["arousal"], labels["category"]
         self.ids, self.paths = self.store.ids, self.store.paths
+        self.status = self.store.status
+        self._row_of = {item: i for i, item in enumerate(self.ids.tolist())}  # queries by id are frequent
         self._backbone: Backbone | None = None
         path = Path(index_path) if index_path else faiss_index.index_path_for(store_path, feature)
         self.index = self.info = None
@@ -141,12 +143,12 @@ class Retriever:
         return out
 
     def by_id(self, item_id: str, k: int = 10, include_self: bool = False) -> list[Hit]:
-        row = int(self.store.rows_for_ids([item_id])[0])
-        if self.store.status[row] != OK:
-            raise ConfigError(
-                f"item {item_id!r} has no features (status {self.store.status[row]}); pick another"
-            )
-        q = self.store.read(self.feature, rows=np.array([row]))
+        row = self._row_of.get(item_id)
+        if row is None:
+            raise ConfigError(f"{item_id!r} is not an item of {self.store.path.name}")
+        if self.status[row] != OK:
+            raise ConfigError(f"item {item_id!r} has no features (status {self.status[row]}); pick another")
+        q = self.store.dataset(self.feature)[row : row + 1].astype(np.float32)
         return self.search_vectors(q, k, None if include_self else {row})[0]
 
     def backbone(self) -> Backbone:

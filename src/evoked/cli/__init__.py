@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,18 @@ from evoked import __version__
 from evoked.errors import EvokedError
 
 # Subcommand modules in the order they appear in ``evoked --help``.
-COMMAND_MODULES = ("data", "extract", "features", "retrieval")
+COMMAND_MODULES = (
+    "data",
+    "extract",
+    "features",
+    "retrieval",
+    "regress",
+    "finetune",
+    "evaluate",
+    "serve",
+    "demo",
+    "doctor",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,3 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evoked: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -18,9 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", type=Path)
     p.add_argument("--feature", required=True, help="e.g. resnet50/pool or clip-vit-b-32/embed")
-    p.add_argument("--kind", default="auto", choices=("auto", "flat", "ivf", "hnsw", "ivfsq8", "ivfpq"),
-                   help="auto: exact up to 200,000 rows, then the first of ivf, ivfsq8, ivfpq within the budget")
-    p.add_argument("--memory-budget", default="2GB", help="memory the index may use while building (default 2GB)")
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=("auto", "flat", "ivf", "hnsw", "ivfsq8", "ivfpq"),
+        help="auto: exact up to 200,000 rows, then the first of ivf, ivfsq8, ivfpq within the budget",
+    )
+    p.add_argument(
+        "--memory-budget", default="2GB", help="memory the index may use while building (default 2GB)"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where faiss builds IVF")
     p.add_argument("--out", type=Path, default=None, help="index file (default STORE.<feature>.faiss)")
     p.add_argument("--json", action="store_true")

@@ -18,9 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", type=Path)
     p.add_argument("--feature", required=True, help="the feature to search, e.g. clip-vit-b-32/embed")
-    p.add_argument("--run", type=Path, default=None, help="a regress run whose model predicts VA for every item")
+    p.add_argument(
+        "--run", type=Path, default=None, help="a regress run whose model predicts VA for every item"
+    )
     p.add_argument("--model", default=None, help="with --run: which model (default: the run's best)")
-    p.add_argument("--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)")
+    p.add_argument(
+        "--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0)

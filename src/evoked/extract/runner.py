@@ -6,6 +6,7 @@ the device. Blocks of `batch_size` rows are the unit of work, of writing and of 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -14,8 +15,8 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,10 +210,124 @@ class _Writer(threading.Thread):
                 self.error = e
 
 
+def place_backbones(backbones: Sequence[Backbone], dev: torch.device, *, compile: bool = False) -> None:
+    """Move the models to the device (channels_last on CUDA) and optionally compile them."""
+    for bb in backbones:
+        bb.module.to(dev)
+        if dev.type == "cuda":
+            bb.module.to(memory_format=torch.channels_last)
+        if compile:
+            bb.module = torch.compile(bb.module)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(n_todo: int, block_size: int, dev: torch.device) -> int:
+    """Reader processes when --workers is not given; none for a single block.
+
+    Feeding a GPU takes many: cores - 1, at most 8. On the CPU the models need the cores, and one
+    reader process decodes about 800 Emotion6 photos/s, more than any CPU model: one per 8 cores.
+    """
+    if n_todo <= block_size:
+        return 0
+    if dev.type == "cpu":
+        return max(1, _cores() // 8)
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def cpu_threads(workers: int) -> int:
+    """Intra-op threads for the models on the CPU: torch's own number, but leaving a core to each
+    reader process. An OpenMP team that shares its cores with other busy processes waits at every
+    barrier for its descheduled thread (spinning first): such runs were several times slower, and
+    varied from run to run."""
+    return max(1, min(torch.get_num_threads(), _cores() - workers))
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+
+
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@contextmanager
+def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
+    """How the models run on the CPU, for the duration; yields the intra-op threads (None on CUDA).
+
+    Threads: see `cpu_threads`. Memory: glibc gives the free top of its heap back to the kernel once
+    it exceeds twice the largest block freed so far, so every slice of a batch page-faulted its
+    activations in again (a fifth of the CPU time of MobileNet); freed memory is kept during the run
+    and handed back at the end, leaving malloc where its own adaptive thresholds would settle.
+    """
+    if dev.type != "cpu":
+        yield None
+        return
+    threads, before = cpu_threads(workers), torch.get_num_threads()
+    libc = _glibc()
+    torch.set_num_threads(threads)
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's own upper limit for its adaptive threshold
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+        if libc is not None:
+            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+            libc.malloc_trim(0)
+
+
+def make_loader(
+    paths: Sequence[str],
+    blocks: Sequence[Sequence[int]],
+    dev: torch.device,
+    decoder: str,
+    workers: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DataLoader:
+    """The reader: one batch per block of rows, decoded by `workers` processes (see `ImageFiles`)."""
+    reader = ImageFiles(paths, device_jpeg=decoder == "device", max_pixels=max_pixels)
+    return DataLoader(
+        reader,
+        batch_sampler=[list(b) for b in blocks],
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+
+
+#: On the CPU a batch goes through preprocessing and the models in slices of about this many pixels
+#: (4 images at 224 x 224). A whole batch's activations are blocks of tens to hundreds of MB: glibc
+#: gives such blocks back to the kernel when they are freed and the next layer page-faults them in
+#: again, zero-filled, which cost more system time than the models' own compute. Slices stay in the
+#: heap and in the caches.
+CPU_SLICE_PIXELS = 4 * 224 * 224
+
+
 def run_backbones(
     images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
 ) -> dict[str, np.ndarray]:
     """Every backbone on one batch; backbones with the same geometry share the resized batch."""
+    if device.type != "cpu" or len(images) <= 1:
+        return _run_slice(images, backbones, device, amp_dtype)
+    step = max(1, CPU_SLICE_PIXELS // max(bb.preprocess.size for bb in backbones) ** 2)
+    parts = [
+        _run_slice(images[i : i + step], backbones, device, amp_dtype) for i in range(0, len(images), step)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+
+
+def _run_slice(
+    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
+) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     resized: dict[tuple, torch.Tensor] = {}
     for bb in backbones:
@@ -283,12 +398,7 @@ def extract(
         raise ConfigError(f"{out} exists; pass --resume to complete it, or --overwrite to start over")
     # -- models ----------------------------------------------------------------------------------
     built = build_backbones(backbones, weights, preprocess)
-    for bb in built:
-        bb.module.to(dev)
-        if dev.type == "cuda":
-            bb.module.to(memory_format=torch.channels_last)
-        if compile:
-            bb.module = torch.compile(bb.module)
+    place_backbones(built, dev, compile=compile)
     # -- store -----------------------------------------------------------------------------------
     if out.exists() and resume:
         store = FeatureStore(out, "r+")
@@ -313,26 +423,24 @@ def extract(
         if on_start:
             on_start(len(store), n_todo)
         if workers is None:
-            workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if n_todo > store.block_size else 0
-        run = store.record_run(_run_record(dev, prec, decoder, workers, n_todo))
+            workers = default_workers(n_todo, store.block_size, dev)
+        threads = cpu_threads(workers) if dev.type == "cpu" else None
+        run = store.record_run(_run_record(dev, prec, decoder, workers, threads, n_todo))
         n_items = len(store)
     finally:
         store.close()
-    reader = ImageFiles(
-        [str(p) for p in manifest.abspaths()], device_jpeg=decoder == "device", max_pixels=max_pixels
-    )
-    loader = DataLoader(
-        reader,
-        batch_sampler=[rows.tolist() for _, rows in todo],
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if workers else None,
+    loader = make_loader(
+        [str(p) for p in manifest.abspaths()],
+        [rows.tolist() for _, rows in todo],
+        dev,
+        decoder,
+        workers,
+        max_pixels,
     )
     # Reader processes are forked when the iterator starts. The store must not be open then:
     # a forked child would inherit its file lock and hold it after this process is killed.
     batches = iter(loader)
-    with FeatureStore(out, "r+") as store:
+    with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
         totals, failures = _loop(
             store, batches, todo, manifest, built, dev, AMP_DTYPES[prec], run, max_pixels, on_batch
         )
@@ -369,7 +477,9 @@ def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np
     return todo
 
 
-def _run_record(dev: torch.device, prec: str, decoder: str, workers: int, n_todo: int) -> dict:
+def _run_record(
+    dev: torch.device, prec: str, decoder: str, workers: int, threads: int | None, n_todo: int
+) -> dict:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "evoked_version": __version__,
@@ -378,6 +488,7 @@ def _run_record(dev: torch.device, prec: str, decoder: str, workers: int, n_todo
         "precision": prec,
         "decode": decoder,
         "workers": workers,
+        "threads": threads or torch.get_num_threads(),
         "rows_to_do": n_todo,
         "host": platform.node(),
         "command": " ".join(sys.argv),
@@ -400,7 +511,7 @@ def _loop(store, batches, todo, manifest, backbones, dev, amp_dtype, run, max_pi
         t_wait = time.perf_counter()
         with torch.inference_mode():
             for batch, (block, rows) in zip(batches, todo):
-                images, positions, errors = _gather_images(batch, dev, max_pixels)
+                images, positions, errors = gather_images(batch, dev, max_pixels)
                 read_s = time.perf_counter() - t_wait
                 t0 = time.perf_counter()
                 feats = run_backbones(images, backbones, dev, amp_dtype) if images else empty
@@ -439,7 +550,7 @@ def _loop(store, batches, todo, manifest, backbones, dev, amp_dtype, run, max_pi
     return totals, failures
 
 
-def _gather_images(
+def gather_images(
     batch: dict, dev: torch.device, max_pixels: int
 ) -> tuple[list[torch.Tensor], list[int], dict[int, str]]:
     """Decoded images on the device (in batch order), their positions, and failures by position."""

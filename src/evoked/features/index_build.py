@@ -71,8 +71,14 @@ def parse_bytes(text: str | int) -> int:
 
 
 def bytes_per_vector(kind: str, d: int, pq_m: int = 0) -> int:
-    return {"flat": 4 * d, "ivf": 4 * d + 8, "hnsw": 4 * d + 8 * HNSW_M + 8, "ivffp16": 2 * d + 8, "ivfsq8": d + 8,
-            "ivfpq": pq_m + 8}[kind]
+    return {
+        "flat": 4 * d,
+        "ivf": 4 * d + 8,
+        "hnsw": 4 * d + 8 * HNSW_M + 8,
+        "ivffp16": 2 * d + 8,
+        "ivfsq8": d + 8,
+        "ivfpq": pq_m + 8,
+    }[kind]
 
 
 def _pq_m(d: int, max_bytes: int) -> int:
@@ -81,8 +87,9 @@ def _pq_m(d: int, max_bytes: int) -> int:
     return max(divisors)
 
 
-def plan_index(n: int, d: int, kind: str = "auto", *, memory_budget: int = DEFAULT_BUDGET,
-               exact_threshold: int = 200_000) -> dict[str, Any]:
+def plan_index(
+    n: int, d: int, kind: str = "auto", *, memory_budget: int = DEFAULT_BUDGET, exact_threshold: int = 200_000
+) -> dict[str, Any]:
     """The kind, list count and size estimate for `n` vectors of dimension `d`."""
     if kind not in KINDS:
         raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -101,8 +108,14 @@ def plan_index(n: int, d: int, kind: str = "auto", *, memory_budget: int = DEFAU
         nlist = max(1, min(nlist, max_train // MIN_PER_LIST or 1))
     need = n * bytes_per_vector(kind, d, pq_m)
     if need > memory_budget:
-        log.warning("a %s index of %d x %d needs about %.1f GiB, above the %.1f GiB budget",
-                    kind, n, d, need / 2**30, memory_budget / 2**30)
+        log.warning(
+            "a %s index of %d x %d needs about %.1f GiB, above the %.1f GiB budget",
+            kind,
+            n,
+            d,
+            need / 2**30,
+            memory_budget / 2**30,
+        )
     return {"kind": kind, "nlist": nlist, "pq_m": pq_m if kind == "ivfpq" else 0, "index_bytes": need}
 
 
@@ -211,7 +224,9 @@ def build_index_streaming(
     index = _new_index(kind, d, nlist, pq_m)
     keep: list = []
     if kind.startswith("ivf"):
-        n_train = min(n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d))))
+        n_train = min(
+            n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d)))
+        )
         train = _sample_rows(chunks, n, rng.choice(n, size=n_train, replace=False))
         index.cp.seed = seed
         if on_gpu:
@@ -245,20 +260,40 @@ def build_index_streaming(
                 break
         else:
             fallback = "nlist: exhaustive" if name == "nprobe" else "the largest tried"
-            log.warning("recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
-                        k, target_recall, name, value, fallback, recall)
+            log.warning(
+                "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
+                k,
+                target_recall,
+                name,
+                value,
+                fallback,
+                recall,
+            )
         if kind == "hnsw":
             params.update({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
         params[name] = value
         params.update({"target_recall": float(target_recall), "recall_queries": len(rows)})
     info = IndexInfo(
-        kind=kind, n=n, dim=d, params=params, recall_at_10=recall, faiss_version=faiss.__version__,
+        kind=kind,
+        n=n,
+        dim=d,
+        params=params,
+        recall_at_10=recall,
+        faiss_version=faiss.__version__,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(time.perf_counter() - t0, 3), on_gpu=on_gpu,
+        build_seconds=round(time.perf_counter() - t0, 3),
+        on_gpu=on_gpu,
         extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},
     )
-    log.info("built %s index of %d x %d (%s), recall@10 %s in %.1f s", kind, n, d, params, recall,
-             info.build_seconds)
+    log.info(
+        "built %s index of %d x %d (%s), recall@10 %s in %.1f s",
+        kind,
+        n,
+        d,
+        params,
+        recall,
+        info.build_seconds,
+    )
     return index, info
 
 
@@ -346,5 +381,15 @@ def build_index(
         for start in range(0, n, ADD_CHUNK):
             yield id_arr[start : start + ADD_CHUNK], x[start : start + ADD_CHUNK]
 
-    return build_index_streaming(chunks, n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold,
-                                 target_recall=target_recall, use_gpu=use_gpu, seed=seed, on_progress=on_progress)
+    return build_index_streaming(
+        chunks,
+        n,
+        d,
+        kind,
+        memory_budget=memory_budget,
+        exact_threshold=exact_threshold,
+        target_recall=target_recall,
+        use_gpu=use_gpu,
+        seed=seed,
+        on_progress=on_progress,
+    )

@@ -36,11 +36,12 @@ def build_store_index(
         def chunks():
             return store.iter_chunks(feature, chunk_rows)
 
-        index, info = build_index_streaming(chunks, n, d, kind, memory_budget=memory_budget, use_gpu=use_gpu,
-                                            on_progress=on_progress)
-        info.extra.update({"feature": feature, "store_uuid": store.attrs.get("store_uuid"),
-                           "store": Path(store_path).name})
+        index, info = build_index_streaming(
+            chunks, n, d, kind, memory_budget=memory_budget, use_gpu=use_gpu, on_progress=on_progress
+        )
+        info.extra.update(
+            {"feature": feature, "store_uuid": store.attrs.get("store_uuid"), "store": Path(store_path).name}
+        )
     path = Path(out) if out else index_path_for(store_path, feature)
     save_index(index, info, path)
     return path, info
-

@@ -439,8 +439,9 @@ def finetune(
         size = native_size(encoder) or (int(ckpt["meta"]["size"]) if ckpt else DEFAULT_SIZE)
     supervised = data.train.va[data.train.va_mask]
     va_mean = supervised.mean(axis=0) if len(supervised) else None
-    net = _assemble(encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed,
-                    va_mean=va_mean)
+    net = _assemble(
+        encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed, va_mean=va_mean
+    )
     freeze_default = FREEZE_AUTO if mode == "two_stage" else FREEZE_NONE
     point = resolve_freeze_point(encoder, freeze_until or freeze_default)
     params = freeze_before(net, point)

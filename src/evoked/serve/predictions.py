@@ -11,14 +11,15 @@ from evoked.errors import ConfigError
 from evoked.features.store import open_store
 
 
+def _comparable(config: dict) -> dict:
+    """A backbone config without the weights' local details (path, time): tag and hash decide."""
+    plain = json.loads(json.dumps(config))
+    weights = {k: v for k, v in plain.pop("weights", {}).items() if k in ("tag", "sha256")}
+    return plain | {"weights": weights}
+
+
 def _same(a: dict, b: dict) -> bool:
-    strip = lambda c: (
-        {k: v for k, v in json.loads(json.dumps(c)).items() if k != "weights"}
-        | {  # noqa: E731
-            "weights": {k: v for k, v in c.get("weights", {}).items() if k in ("tag", "sha256")}
-        }
-    )
-    return strip(a) == strip(b)
+    return _comparable(a) == _comparable(b)
 
 
 def run_predictions(
