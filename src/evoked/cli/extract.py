@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
+from contextlib import contextmanager
 from pathlib import Path
 
 from evoked.cli._common import COMMON, print_json, progress
+from evoked.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  evoked extract emotion6:data/emotion6 --out feats/e6.h5 --backbone resnet50 --backbone color\n"
         "  evoked extract folder:imgs --out f.h5 --backbone tv:mobilenet_v2 --weights model.pth \\\n"
         "      --preprocess mean=0.5,std=0.5,rotate=180\n"
-        "  evoked extract folder:imgs --out f.h5 --backbone 'clip:ViT-B-32:openai@embed,scene' --device cuda",
+        "  evoked extract folder:imgs --out f.h5 --backbone 'clip:ViT-B-32:openai@embed,scene' --device cuda\n"
+        "  torchrun --standalone --nproc-per-node 4 -m evoked extract folder:imgs --out f.h5 --backbone resnet50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", help="KIND:PATH or PATH (see `evoked data inspect`)")
@@ -81,15 +88,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (width x height)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA, long runs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--distributed",
+        default="auto",
+        choices=("auto", "off"),
+        help="auto: under torchrun or srun with several processes, each extracts shard RANK/WORLD_SIZE and "
+        "rank 0 merges them into OUT (docs/distributed.md); off: ignore those launchers' variables",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="how long processes that finished wait for the slowest one (default 24)",
+    )
     p.set_defaults(func=_extract)
 
 
-def _extract(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `extract` given on the command line (all but the callbacks)."""
     from evoked.data.decode import DEFAULT_MAX_PIXELS
-    from evoked.extract.runner import extract
 
+    return dict(
+        weights=args.weights,
+        preprocess=args.preprocess,
+        plugins=args.plugin,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        decode=args.decode,
+        shard=args.shard,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        dtype=args.dtype,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        compile=args.compile,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    """This command line without --shard, --resume, --overwrite and output flags: for rerun hints."""
+    parts = ["evoked", "extract", args.dataset, "--out", str(args.out)]
+    for flag, values in (
+        ("--plugin", args.plugin),
+        ("--backbone", args.backbone),
+        ("--weights", args.weights),
+        ("--preprocess", args.preprocess),
+    ):
+        for v in values:
+            parts += [flag, v]
+    for flag, value, default in (
+        ("--device", args.device, "auto"),
+        ("--batch-size", args.batch_size, 64),
+        ("--workers", args.workers, None),
+        ("--precision", args.precision, "auto"),
+        ("--decode", args.decode, "auto"),
+        ("--dtype", args.dtype, "float32"),
+        ("--max-pixels", args.max_pixels, None),
+    ):
+        if value != default:
+            parts += [flag, str(value)]
+    parts += [f for f, on in (("--retry-failed", args.retry_failed), ("--compile", args.compile)) if on]
+    return shlex.join(parts)
+
+
+@contextmanager
+def _progress_callbacks(args: argparse.Namespace, desc: str):
+    """A progress bar fed by extract's on_start/on_batch; yields the two callbacks."""
     failed = [0]
-    with progress(args, None, "extracting", "img") as bar:
+    with progress(args, None, desc, "img") as bar:
 
         def on_start(total: int, todo: int) -> None:
             bar.reset(total=todo)
@@ -102,28 +171,20 @@ def _extract(args: argparse.Namespace) -> int:
                 bar.set_postfix(failed=failed[0], refresh=False)
             bar.update(r.images)
 
-        summary = extract(
-            args.dataset,
-            args.out,
-            args.backbone,
-            weights=args.weights,
-            preprocess=args.preprocess,
-            plugins=args.plugin,
-            device=args.device,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-            decode=args.decode,
-            shard=args.shard,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            retry_failed=args.retry_failed,
-            dtype=args.dtype,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-            compile=args.compile,
-            on_start=on_start,
-            on_batch=on_batch,
-        )
+        yield {"on_start": on_start, "on_batch": on_batch}
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from evoked.extract.runner import extract
+
+    if args.distributed == "auto":
+        from evoked.extract.distributed import detect_launch
+
+        launch = detect_launch()
+        if launch is not None:
+            return _extract_distributed(args, launch)
+    with _progress_callbacks(args, "extracting") as callbacks:
+        summary = extract(args.dataset, args.out, args.backbone, **_options(args), **callbacks)
     s = summary
     if args.json:
         print_json({**{k: v for k, v in vars(s).items()}, "images_per_s": s.images_per_s})
@@ -145,4 +206,51 @@ def _extract(args: argparse.Namespace) -> int:
                 print(f"    {item}: {reason}")
         if s.failed_total > s.failed:
             print(f"  {s.failed_total} failed rows in the store in all (--retry-failed tries them again)")
+    return 1 if args.strict and s.failed_total else 0
+
+
+def _extract_distributed(args: argparse.Namespace, launch) -> int:
+    """One shard per process; rank 0 shows progress, merges and prints the summary."""
+    from datetime import timedelta
+
+    from evoked.extract.distributed import extract_distributed, prefix_logs
+
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist-timeout {args.dist_timeout}: must be a positive number of hours")
+    prefix_logs(launch)
+    bar_args = args if launch.rank == 0 else argparse.Namespace(**{**vars(args), "quiet": True})
+    with _progress_callbacks(bar_args, f"{launch.tag} extracting") as callbacks:
+        s = extract_distributed(
+            args.dataset,
+            args.out,
+            args.backbone,
+            launch=launch,
+            timeout=timedelta(hours=args.dist_timeout),
+            command=_command(args),
+            **_options(args),
+            **callbacks,
+        )
+    if launch.rank != 0:
+        # rank 0 alone speaks on stdout; a non-zero exit here would stop rank 0 under torchrun
+        log.info("%s: %s done: %d rows this run", launch.tag, s.local.path, s.local.processed)
+        return 0
+    if args.json:
+        print_json(s.to_dict())
+    else:
+        done = sum(r.processed for r in s.ranks)
+        print(
+            f"wrote {s.out}: {s.items} items from {launch.world_size} shards "
+            f"({launch.launcher}); this run {done} ({sum(r.ok_rows for r in s.ranks)} ok, "
+            f"{sum(r.failed_rows for r in s.ranks)} failed)"
+        )
+        print(f"  a view over {s.out.stem}.shard-*-of-{launch.world_size}{s.out.suffix}: keep them beside it")
+        for r in s.ranks:
+            print(
+                f"  rank {r.rank} ({r.host}, {r.device}): {r.processed} rows in {r.seconds:.1f} s, "
+                f"{r.images_per_s:.1f} img/s"
+            )
+        if s.failed_total:
+            print(
+                f"  {s.failed_total} failed rows in all: `evoked features info {s.out} --failures` lists them"
+            )
     return 1 if args.strict and s.failed_total else 0
