@@ -47,6 +47,7 @@ EXPECT = {
         "runs/ft-two/run.json",
         "report/report.md",
     ],
+    "api.md": ["splits/emotion6.csv", "runs/api-keywords/metrics.json", "report/api/report.md"],
     "distributed.md": ["feats/my_images.h5", "feats/by_hand.h5"],
     "evaluate.md": [
         "report/report.md",
