@@ -17,6 +17,22 @@ SCALE = (1.0, 9.0)
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
+def _spaced_labels(xs: list, log: bool) -> list[str]:
+    """Tick labels for budgets xs, blank where a label would overprint its neighbour (the largest kept)."""
+    labels = [str(x) for x in xs]
+    kept = None
+    for i, x in enumerate(xs):
+        if kept is None or x <= 0 or xs[kept] <= 0:
+            close = False
+        else:
+            close = x / xs[kept] < 1.4 if log else x - xs[kept] < 0.04 * (xs[-1] - xs[0])
+        if close:
+            labels[kept if i == len(xs) - 1 else i] = ""
+        if not close or i == len(xs) - 1:
+            kept = i
+    return labels
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -239,10 +255,15 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
                 (ln,) = ax.plot(x, y, ls=styles[setting], marker=markers[setting], ms=4, color=color, lw=1.5)
                 ax.fill_between(x, y - e, y + e, color=color, alpha=0.12, lw=0)
                 lines.setdefault(f"{system}: {setting}", ln)
-        if len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 8:
-            ax.set_xscale("log")
+        positive = [x for x in xs if x > 0]
+        if positive and xs[-1] / positive[0] >= 8:
+            # log spacing for budgets like 25..1386; symlog keeps n = 0 (stage 1 alone) on the axis
+            if xs[0] > 0:
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
         ax.set_xticks(xs)
-        ax.set_xticklabels([str(x) for x in xs], fontsize=8)
+        ax.set_xticklabels(_spaced_labels(xs, ax.get_xscale() != "linear"), fontsize=8)
         ax.minorticks_off()
         ax.grid(alpha=0.25)
         what, dim = metric.split("_", 1)
