@@ -91,6 +91,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("distribution", "category"),
         help="multi-task: mlp models also learn the label distribution (or one-hot category)",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the features chunk by chunk (stores larger than memory; models ridge, mlp, mlp-kim, knn; "
+        "see docs/scale.md)",
+    )
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="e.g. 8GB: stream when the features would not fit in SIZE; with --stream, the k-NN index "
+        "budget and chunk cap (default 2GB)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
     p.set_defaults(func=_regress)
@@ -116,9 +129,45 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _use_streaming(args: argparse.Namespace) -> bool:
+    """--stream, or --max-memory SIZE that the features would not fit in; options that need the
+    matrix in memory are refused before any work."""
+    from evoked.errors import ConfigError
+    from evoked.regress.streaming import streaming_needed
+
+    stream = args.stream or (
+        args.max_memory is not None and streaming_needed(args.store, args.feature, args.max_memory)
+    )
+    if stream:
+        used = {"--pca": args.pca, "--stage1": args.stage1, "--n-labels": args.n_labels, "--aux": args.aux}
+        bad = [k for k, v in used.items() if v not in (None, "")]
+        if bad:
+            why = "--stream" if args.stream else f"--max-memory {args.max_memory} (the features do not fit)"
+            raise ConfigError(
+                f"{', '.join(bad)} need the features in memory and cannot run with {why}; drop them"
+            )
+    return stream
+
+
 def _regress(args: argparse.Namespace) -> int:
     from evoked.regress.runner import run_regress
 
+    common = dict(
+        features=args.feature,
+        out=args.out,
+        models=args.model,
+        target=args.target,
+        lexicon=args.lexicon,
+        soft=args.soft,
+        category_map=args.category_map,
+        cv=args.cv,
+        split=args.split,
+        params=args.param,
+        seed=args.seed,
+        log_probs=args.log_probs,
+        overwrite=args.overwrite,
+    )
+    stream = _use_streaming(args)
     with progress(args, None, "fitting", "fit") as bar:
 
         def on_progress(done: int, total: int, what: str) -> None:
@@ -127,30 +176,25 @@ def _regress(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
 
-        result = run_regress(
-            args.store,
-            features=args.feature,
-            out=args.out,
-            models=args.model,
-            target=args.target,
-            lexicon=args.lexicon,
-            soft=args.soft,
-            category_map=args.category_map,
-            cv=args.cv,
-            split=args.split,
-            pca=args.pca,
-            params=args.param,
-            seed=args.seed,
-            stage1=args.stage1,
-            stage1_target=args.stage1_target,
-            two_stage_method=args.two_stage_method,
-            n_labels=args.n_labels,
-            seeds=args.seeds,
-            log_probs=args.log_probs,
-            aux=args.aux,
-            overwrite=args.overwrite,
-            on_progress=on_progress,
-        )
+        if stream:
+            from evoked.regress.streaming import run_regress_streaming
+
+            result = run_regress_streaming(
+                args.store, max_memory=args.max_memory or "2GB", on_progress=on_progress, **common
+            )
+        else:
+            result = run_regress(
+                args.store,
+                pca=args.pca,
+                stage1=args.stage1,
+                stage1_target=args.stage1_target,
+                two_stage_method=args.two_stage_method,
+                n_labels=args.n_labels,
+                seeds=args.seeds,
+                aux=args.aux,
+                on_progress=on_progress,
+                **common,
+            )
     if args.json:
         print_json(
             {

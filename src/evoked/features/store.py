@@ -380,11 +380,16 @@ class FeatureStore:
         self, feature: str | Sequence[str], batch_rows: int = 65536
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, features) of ``ok`` rows, `batch_rows` at a time, in bounded memory."""
+        status = self.status
         for start in range(0, len(self), batch_rows):
             rows = np.arange(start, min(start + batch_rows, len(self)))
             x = self.read(feature, rows=rows)
-            keep = self.status[rows] == OK
-            yield rows[keep], x[keep]
+            keep = status[rows] == OK
+            if keep.all():  # no copy of the chunk in the common case
+                yield rows, x
+            else:
+                yield rows[keep], x[keep]
+            del x  # not held while the next chunk is read
 
     def labels(self) -> dict[str, np.ndarray]:
         g = self.file["labels"]
@@ -514,7 +519,7 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     if rows.size == 0:
         return np.zeros((0, ds.shape[1]), dtype=np.float32)
     if rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
-        return ds[int(rows[0]) : int(rows[-1]) + 1].astype(np.float32)
+        return ds[int(rows[0]) : int(rows[-1]) + 1].astype(np.float32, copy=False)
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     uniq, inverse = np.unique(sorted_rows, return_inverse=True)

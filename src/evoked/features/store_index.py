@@ -12,6 +12,8 @@ from evoked.features.index_build import DEFAULT_BUDGET, build_index_streaming
 from evoked.features.store import OK, open_store
 
 CHUNK_ROWS = 65_536
+#: A chunk is at most this many bytes of float32 (its copies, normalised and raw, are held at once).
+CHUNK_BYTES = 32 * 2**20
 
 
 def build_store_index(
@@ -22,7 +24,7 @@ def build_store_index(
     use_gpu: bool | str = "auto",
     memory_budget: int = DEFAULT_BUDGET,
     out: str | os.PathLike | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[Path, IndexInfo]:
     """Index the ``ok`` rows of `feature`; row i of the store is FAISS id i. Returns (path, info)."""
@@ -32,6 +34,7 @@ def build_store_index(
         if not n:
             raise ConfigError(f"{store_path} has no finished rows to index; run `evoked extract` first")
         d = int(store.dataset(feature).shape[1])
+        chunk_rows = chunk_rows or max(1024, min(CHUNK_ROWS, CHUNK_BYTES // (4 * d)))
 
         def chunks():
             return store.iter_chunks(feature, chunk_rows)

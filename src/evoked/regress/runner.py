@@ -120,6 +120,20 @@ def extractor_config(store: FeatureStore, group: str) -> dict:
     }
 
 
+def describe_store(st: FeatureStore, path: str | os.PathLike, resolved: Sequence[str]) -> dict:
+    """What a run records of the store it read: where, which, the feature sizes and extractors."""
+    groups = sorted({f.split("/")[0] for f in resolved})
+    return {
+        "store": str(Path(path).resolve()),
+        "store_uuid": st.attrs.get("store_uuid"),
+        "dataset": st.attrs.get("dataset"),
+        "feature_dims": {f: int(st.dataset(f).shape[1]) for f in resolved},
+        "extractors": {g: extractor_config(st, g) for g in groups},
+        # the full recorded configurations: `evoked predict` rebuilds the backbones from them
+        "extractor_configs": {g: st.extractors.get(g, {}).get("config", {}) for g in groups},
+    }
+
+
 def _read_features(store: FeatureStore, features: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, ok, finite): every row's features (NaN where not ok), its status, and finiteness."""
     X = store.read(features)
@@ -221,6 +235,104 @@ def _stage1_rows(plan: Plan, fold_train: np.ndarray | None, usable: np.ndarray, 
     in_train = np.zeros(len(usable), dtype=bool)
     in_train[fold_train] = True
     return np.flatnonzero(usable & (in_train | ~has_va))
+
+
+# ------------------------------------------------------------------------------------- run folder
+
+
+def write_outputs(
+    out_path: Path,
+    results: Sequence[ModelResult],
+    predictions: dict[str, np.ndarray],
+    va: np.ndarray,
+    eval_rows: np.ndarray,
+    eval_ids: np.ndarray,
+    eval_folds: Sequence[int],
+    split_col: Sequence[str],
+    categories: np.ndarray,
+    extra_metrics: dict | None = None,
+) -> str:
+    """predictions.csv and metrics.json of a run; returns the default model (the best r valence +
+    r arousal, else the first)."""
+    order = [r.name for r in results]
+
+    def prediction_rows():
+        for name in order:
+            p = predictions[name]
+            for i, r in enumerate(eval_rows):
+                yield {
+                    "model": name,
+                    "id": eval_ids[i],
+                    "fold": eval_folds[i],
+                    "split": split_col[i],
+                    "valence_true": va[r, 0],
+                    "arousal_true": va[r, 1],
+                    "valence_pred": p[i, 0],
+                    "arousal_pred": p[i, 1],
+                    "category_true": str(categories[r] or ""),
+                }
+
+    rundir.write_predictions(out_path / "predictions.csv", prediction_rows())
+    rundir.write_json(
+        out_path / "metrics.json", {**{r.name: r.metrics for r in results}, **(extra_metrics or {})}
+    )
+    scored = [r for r in results if r.metrics]
+    if not scored:
+        return order[0]
+    best = max(
+        scored, key=lambda r: np.nan_to_num(r.metrics["valence"]["r"] + r.metrics["arousal"]["r"], nan=-9)
+    )
+    return best.name
+
+
+def run_record(
+    name: str,
+    store_info: dict,
+    resolved: Sequence[str],
+    targets,
+    protocol: dict,
+    items_sha256: str,
+    results: Sequence[ModelResult],
+    default_model: str,
+    model_params: dict,
+    seed: int,
+    counts: dict,
+    *,
+    pca,
+    log_probs: Sequence[str],
+    aux,
+) -> dict:
+    """run.json of a regression run (docs/runs.md), without the fields one runner alone adds."""
+    return {
+        "kind": "regress",
+        "name": name,
+        "created": rundir.now(),
+        "evoked_version": rundir.versions()["evoked"],
+        "dataset": store_info["dataset"],
+        "store": store_info["store"],
+        "store_uuid": store_info["store_uuid"],
+        "features": list(resolved),
+        "target": targets.description,
+        "protocol": protocol,
+        "items_sha256": items_sha256,
+        "models": [r.name for r in results],
+        "versions": rundir.versions(),
+        # fields beyond docs/runs.md
+        "default_model": default_model,
+        "feature_dims": store_info["feature_dims"],
+        "extractors": store_info["extractors"],
+        "extractor_configs": store_info["extractor_configs"],
+        "pca": pca,
+        "log_probs": list(log_probs),
+        "aux": aux,
+        "params": model_params,
+        "seed": seed,
+        "counts": counts,
+        "target_missing": targets.missing,
+        "fit_seconds": {r.name: round(r.fit_seconds, 3) for r in results},
+        "n_train": {r.name: r.n_train for r in results},
+        "model_info": {r.name: r.info for r in results},
+    }
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -332,18 +444,7 @@ def run_regress(
             source = _Stage1Source("same", t1, description={"source": "same", "items": int(t1.n)})
         elif stage1 is not None:
             source = _open_stage1_store(stage1, resolved, st, stage1_target, target_kw, set(ids[eval_rows]))
-        store_info = {
-            "store": str(Path(store).resolve()),
-            "store_uuid": st.attrs.get("store_uuid"),
-            "dataset": st.attrs.get("dataset"),
-            "feature_dims": {f: int(st.dataset(f).shape[1]) for f in resolved},
-            "extractors": {g: extractor_config(st, g) for g in sorted({f.split("/")[0] for f in resolved})},
-            # the full recorded configurations: `evoked predict` rebuilds the backbones from them
-            "extractor_configs": {
-                g: st.extractors.get(g, {}).get("config", {})
-                for g in sorted({f.split("/")[0] for f in resolved})
-            },
-        }
+        store_info = describe_store(st, store, resolved)
     log_ranges = probability_ranges(resolved, store_info["feature_dims"]) if log_probs else ()
     log_features = [f for f in resolved if f.split("/")[-1] in PROBABILITY_OUTPUTS] if log_probs else []
     for start, stop in log_ranges:
@@ -534,70 +635,37 @@ def run_regress(
     eval_ids = ids[eval_rows]
     eval_folds = [plan.eval_fold[int(r)] for r in eval_rows]
     split_col = [plan.eval_split] * len(eval_rows)
-    categories = labels["category"]
-    order = [r.name for r in results]
-
-    def prediction_rows():
-        for name in order:
-            p = predictions[name]
-            for i, r in enumerate(eval_rows):
-                yield {
-                    "model": name,
-                    "id": eval_ids[i],
-                    "fold": eval_folds[i],
-                    "split": split_col[i],
-                    "valence_true": va[r, 0],
-                    "arousal_true": va[r, 1],
-                    "valence_pred": p[i, 0],
-                    "arousal_pred": p[i, 1],
-                    "category_true": str(categories[r] or ""),
-                }
-
-    rundir.write_predictions(out_path / "predictions.csv", prediction_rows())
-    metrics = {r.name: r.metrics for r in results}
-    if curve_summary:
-        metrics["_curve"] = curve_summary
-    rundir.write_json(out_path / "metrics.json", metrics)
+    extra_metrics = {"_curve": curve_summary} if curve_summary else {}
+    default_model = write_outputs(
+        out_path,
+        results,
+        predictions,
+        va,
+        eval_rows,
+        eval_ids,
+        eval_folds,
+        split_col,
+        labels["category"],
+        extra_metrics,
+    )
     if curve_rows:
         rundir.write_curve(out_path / "curve.csv", curve_rows)
-    scored = [r for r in results if r.metrics]
-    default_model = (
-        max(
-            scored, key=lambda r: np.nan_to_num(r.metrics["valence"]["r"] + r.metrics["arousal"]["r"], nan=-9)
-        ).name
-        if scored
-        else order[0]
+    run = run_record(
+        name or out_path.name,
+        store_info,
+        resolved,
+        targets,
+        plan.protocol,
+        rundir.items_fingerprint(eval_ids, eval_folds, split_col),
+        results,
+        default_model,
+        model_params,
+        seed,
+        plan.counts,
+        pca=pca,
+        log_probs=log_features,
+        aux=aux,
     )
-    run = {
-        "kind": "regress",
-        "name": name or out_path.name,
-        "created": rundir.now(),
-        "evoked_version": rundir.versions()["evoked"],
-        "dataset": store_info["dataset"],
-        "store": store_info["store"],
-        "store_uuid": store_info["store_uuid"],
-        "features": resolved,
-        "target": targets.description,
-        "protocol": plan.protocol,
-        "items_sha256": rundir.items_fingerprint(eval_ids, eval_folds, split_col),
-        "models": order,
-        "versions": rundir.versions(),
-        # fields beyond docs/runs.md
-        "default_model": default_model,
-        "feature_dims": store_info["feature_dims"],
-        "extractors": store_info["extractors"],
-        "extractor_configs": store_info["extractor_configs"],
-        "pca": pca,
-        "log_probs": log_features,
-        "aux": aux,
-        "params": model_params,
-        "seed": seed,
-        "counts": plan.counts,
-        "target_missing": targets.missing,
-        "fit_seconds": {r.name: round(r.fit_seconds, 3) for r in results},
-        "n_train": {r.name: r.n_train for r in results},
-        "model_info": {r.name: r.info for r in results},
-    }
     if source is not None:
         run["two_stage"] = {
             "method": two_stage_method,
