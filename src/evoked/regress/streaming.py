@@ -1162,6 +1162,7 @@ def run_regress_streaming(
         _Progress,
         describe_store,
         parse_features,
+        parse_models,
         parse_params,
         run_record,
         write_outputs,
@@ -1171,12 +1172,7 @@ def run_regress_streaming(
 
     t_start = time.perf_counter()
     feature_names = parse_features(features)
-    items = [models] if isinstance(models, str) else list(models)
-    model_names = [m.strip() for item in items for m in str(item).split(",") if m.strip()]
-    if not model_names:
-        raise ConfigError("no --model given; e.g. --model ridge,mlp,knn")
-    if len(set(model_names)) != len(model_names):
-        raise ConfigError(f"--model lists a model twice: {','.join(model_names)}")
+    model_names = parse_models(models)
     model_params = parse_params(params, model_names)
     budget = parse_bytes(max_memory)
     protos = {m: make_streaming(m, seed=seed, **model_params.get(m, {})) for m in model_names}
