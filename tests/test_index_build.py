@@ -93,3 +93,35 @@ def test_memory_stays_bounded_as_n_grows():
 def test_announced_size_must_match():
     with pytest.raises(ConfigError, match="held 100 vectors but 150"):
         fb.build_index_streaming(_chunks(100, 8, 30), 150, 8, "ivf", use_gpu="never")
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,SQfp16", "IVF16,SQ8"])
+def test_presized_lists_hold_what_add_would(factory):
+    """Filling IVF lists allocated at their final size gives the index `add_with_ids` gives."""
+    import faiss
+
+    gen = _chunks(3000, 16, 700)
+    x = fi.normalize(np.concatenate([v for _, v in gen()]))
+    ivf = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(x)
+    appended, presized = faiss.clone_index(ivf), faiss.clone_index(ivf)
+    for ids, v in gen():
+        appended.add_with_ids(fi.normalize(v), ids.astype(np.int64))
+    fb._add_presized(presized, gen, 3000, None)
+    assert presized.ntotal == appended.ntotal == 3000
+    for lst in range(ivf.nlist):
+        assert presized.invlists.list_size(lst) == appended.invlists.list_size(lst)
+    for nprobe in (2, 16):
+        appended.nprobe = presized.nprobe = nprobe
+        s1, i1 = appended.search(x[:200], 10)
+        s2, i2 = presized.search(x[:200], 10)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
+
+
+def test_tuning_queries_leave_themselves_out():
+    ids = np.array([[7, 3, 5], [1, 2, 9], [4, 4, 4]])
+    scores = np.array([[1.0, 0.9, 0.8], [0.7, 0.6, 0.5], [0.3, 0.2, 0.1]])
+    s, i = fb._without_self(scores, ids, np.array([7, 9, 8]), 2)
+    np.testing.assert_array_equal(i, [[3, 5], [1, 2], [4, 4]])  # own id dropped, else the last
+    np.testing.assert_array_equal(s, [[0.9, 0.8], [0.7, 0.6], [0.3, 0.2]])
