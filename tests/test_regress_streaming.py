@@ -238,7 +238,7 @@ def test_options_that_need_memory_are_refused(store: Path, tmp_path: Path, capsy
         str(tmp_path / "y"),
     ]
     assert main(argv) == 2
-    assert "--pca need the features in memory" in capsys.readouterr().err
+    assert "--pca needs the features in memory" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
 
 

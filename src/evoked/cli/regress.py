@@ -144,7 +144,8 @@ def _use_streaming(args: argparse.Namespace) -> bool:
         if bad:
             why = "--stream" if args.stream else f"--max-memory {args.max_memory} (the features do not fit)"
             raise ConfigError(
-                f"{', '.join(bad)} need the features in memory and cannot run with {why}; drop them"
+                f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} the features in memory and "
+                f"cannot run with {why}; drop {'it' if len(bad) == 1 else 'them'}"
             )
     return stream
 
