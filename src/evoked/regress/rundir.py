@@ -25,7 +25,12 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.evaluate.runs import items_fingerprint  # one recipe for every run writer: evaluate compares it
+from evoked.evaluate.runs import CURVE_COLUMNS as CURVE_KEYS
+from evoked.evaluate.runs import (
+    CURVE_METRICS,
+    REQUIRED_COLUMNS,
+    items_fingerprint,  # one recipe for every run writer: evaluate compares it
+)
 
 __all__ = [
     "items_fingerprint",
@@ -36,27 +41,9 @@ __all__ = [
     "write_predictions",
 ]
 
-PREDICTION_COLUMNS = (
-    "model",
-    "id",
-    "fold",
-    "split",
-    "valence_true",
-    "arousal_true",
-    "valence_pred",
-    "arousal_pred",
-    "category_true",
-)
-CURVE_COLUMNS = (
-    "model",
-    "setting",
-    "n_labels",
-    "seed",
-    "r_valence",
-    "r_arousal",
-    "mse_valence",
-    "mse_arousal",
-)
+# the columns `evoked evaluate` reads: one definition for writer and reader
+PREDICTION_COLUMNS = REQUIRED_COLUMNS
+CURVE_COLUMNS = CURVE_KEYS + CURVE_METRICS
 _PACKAGES = (
     "numpy",
     "scikit-learn",

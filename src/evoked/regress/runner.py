@@ -28,7 +28,7 @@ from evoked.regress.describe import accepts_aux, describe_fitted
 from evoked.regress.protocol import Plan, plan_cv, plan_fit_only, plan_split
 from evoked.regress.registry import build_pipeline, check_regressor_names, make_regressor, parse_pca
 from evoked.regress.targets import AUX_KINDS, Targets, aux_matrix, make_targets, va_ratings
-from evoked.regress.transforms import PROBABILITY_OUTPUTS, probability_ranges
+from evoked.regress.transforms import check_probabilities, probability_features, probability_ranges
 from evoked.regress.two_stage import METHODS, TwoStageRegressor
 
 log = logging.getLogger(__name__)
@@ -446,13 +446,8 @@ def run_regress(
             source = _open_stage1_store(stage1, resolved, st, stage1_target, target_kw, set(ids[eval_rows]))
         store_info = describe_store(st, store, resolved)
     log_ranges = probability_ranges(resolved, store_info["feature_dims"]) if log_probs else ()
-    log_features = [f for f in resolved if f.split("/")[-1] in PROBABILITY_OUTPUTS] if log_probs else []
-    for start, stop in log_ranges:
-        block = X[:, start:stop]
-        if (block[np.isfinite(block)] < 0).any():
-            raise ConfigError(
-                f"{', '.join(log_features)}: negative values, so not probabilities; pass --no-log-probs"
-            )
+    log_features = probability_features(resolved) if log_probs else []
+    check_probabilities(X, log_ranges, log_features)
     curve_spec = None
     if curve_ns is not None:
         rated = [np.intersect1d(f.train, np.flatnonzero(has_va)) for f in plan.folds]

@@ -58,6 +58,7 @@ from evoked.features.index_build import DEFAULT_BUDGET, build_index_streaming, p
 from evoked.regress.knn import K_CANDIDATES, LOO_QUERIES
 from evoked.regress.linear import RIDGE_ALPHAS, _eigh
 from evoked.regress.mlp import TorchMLPRegressor, _build, resolve_device
+from evoked.regress.transforms import log_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class StoreSource(ArraySource):
         if not keep.all():
             rows, X = rows[keep], X[keep]
         for a, b in self.log_ranges:
-            X[:, a:b] = np.log(np.clip(X[:, a:b], 0, None) + 1e-4)
+            X[:, a:b] = log_probabilities(X[:, a:b])
         return rows, X
 
     def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -1168,7 +1169,12 @@ def run_regress_streaming(
         write_outputs,
     )
     from evoked.regress.targets import make_targets, va_ratings
-    from evoked.regress.transforms import PROBABILITY_OUTPUTS, LogColumns, probability_ranges
+    from evoked.regress.transforms import (
+        LogColumns,
+        check_probabilities,
+        probability_features,
+        probability_ranges,
+    )
 
     t_start = time.perf_counter()
     feature_names = parse_features(features)
@@ -1193,7 +1199,7 @@ def run_regress_streaming(
         targets = make_targets(labels, target, lexicon=lexicon, soft=soft, category_map=category_map)
         dims = {f: int(st.dataset(f).shape[1]) for f in resolved}
         log_ranges = probability_ranges(resolved, dims) if log_probs else ()
-        log_features = [f for f in resolved if f.split("/")[-1] in PROBABILITY_OUTPUTS] if log_probs else []
+        log_features = probability_features(resolved) if log_probs else []
         d = sum(dims.values())
         rows_cap = max(st.block_size, budget // (16 * 4 * max(d, 1)))
         source = StoreSource(
@@ -1210,11 +1216,7 @@ def run_regress_streaming(
             fin = np.isfinite(X).all(axis=1)
             finite[a:b] = fin
             good = X[fin & source.ok[a:b]]
-            for lo, hi in log_ranges:
-                if (good[:, lo:hi] < 0).any():
-                    raise ConfigError(
-                        f"{', '.join(log_features)}: negative values, so not probabilities; pass --no-log-probs"
-                    )
+            check_probabilities(good, log_ranges, log_features)
             if sample is None and len(good):
                 sample = good[:256]
         ok = source.ok

@@ -12,8 +12,31 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from evoked.errors import ConfigError
+
 #: Output names that hold probabilities (log-transformed by default by the runner).
 PROBABILITY_OUTPUTS = ("probs", "scene")
+#: log(p + LOG_EPS): keeps p = 0 finite.
+LOG_EPS = 1e-4
+
+
+def log_probabilities(p: np.ndarray, eps: float = LOG_EPS) -> np.ndarray:
+    return np.log(np.clip(p, 0, None) + eps)
+
+
+def probability_features(features: list[str]) -> list[str]:
+    """The features among `features` that are probability outputs."""
+    return [f for f in features if f.split("/")[-1] in PROBABILITY_OUTPUTS]
+
+
+def check_probabilities(X: np.ndarray, ranges, features: list[str]) -> None:
+    """A clear error when the columns to be log-transformed hold negative (finite) values."""
+    for start, stop in ranges:
+        block = X[:, start:stop]
+        if (block[np.isfinite(block)] < 0).any():
+            raise ConfigError(
+                f"{', '.join(features)}: negative values, so not probabilities; pass --no-log-probs"
+            )
 
 
 def probability_ranges(features: list[str], dims: dict[str, int]) -> tuple[tuple[int, int], ...]:
@@ -30,7 +53,7 @@ def probability_ranges(features: list[str], dims: dict[str, int]) -> tuple[tuple
 class LogColumns(TransformerMixin, BaseEstimator):
     """``log(x + eps)`` on the columns in `ranges` ((start, stop) pairs); other columns unchanged."""
 
-    def __init__(self, ranges: tuple[tuple[int, int], ...] = (), eps: float = 1e-4):
+    def __init__(self, ranges: tuple[tuple[int, int], ...] = (), eps: float = LOG_EPS):
         self.ranges = ranges
         self.eps = eps
 
@@ -57,5 +80,5 @@ class LogColumns(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         out = np.array(X, copy=True)
         cols = out[:, self.mask_]
-        out[:, self.mask_] = np.log(np.clip(cols, 0, None) + self.eps)
+        out[:, self.mask_] = log_probabilities(cols, self.eps)
         return out
