@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 #: Default limit on width x height (about 178 megapixels, twice PIL's own warning level).
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
+#: Widest long side : short side accepted. Models resize the short side to a few hundred pixels,
+#: so a 4000x1 strip would become 896000x224 (gigabytes) before the crop; refuse it instead.
+MAX_ASPECT = 50
+#: JPEGs above this many pixels are decoded at a reduced scale (libjpeg's DCT scaling, 1/2..1/8)
+#: down to no less than DRAFT_TARGET_PIXELS, so memory stays near the output size, not the file's.
+DRAFT_ABOVE_PIXELS = 24_000_000
+DRAFT_TARGET_PIXELS = 6_000_000
+
 # Truncated files must fail, not decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -83,7 +91,22 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
             f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
             "(decompression-bomb guard); raise it with --max-pixels if the image is trusted",
         )
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise DecodeError(
+            source,
+            f"image is {w}x{h}, an aspect ratio above {MAX_ASPECT}:1; resizing it for a model would take "
+            "far more memory than the file suggests (crop it to a usable shape)",
+        )
     return img
+
+
+def _draft(img: Image.Image) -> None:
+    """Let libjpeg decode a huge JPEG at 1/2, 1/4 or 1/8 scale (never below DRAFT_TARGET_PIXELS)."""
+    w, h = img.size
+    if img.format != "JPEG" or w * h <= DRAFT_ABOVE_PIXELS:
+        return
+    f = (DRAFT_TARGET_PIXELS / (w * h)) ** 0.5
+    img.draft(img.mode, (max(1, int(w * f)), max(1, int(h * f))))
 
 
 def probe(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -125,9 +148,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def decode_rgb(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an (H, W, 3) uint8 RGB array, upright per its EXIF orientation.
 
-    Raises `DecodeError` for empty, truncated, corrupt, oversized or unknown files.
+    Raises `DecodeError` for empty, truncated, corrupt, oversized, extremely thin or unknown
+    files. JPEGs above `DRAFT_ABOVE_PIXELS` come back at a reduced scale (see `_draft`).
     """
     img = _open(data, source, max_pixels)
+    _draft(img)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,7 +190,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _parse_float(value: str, path: Path, lineno: int, column: str) -> float:
+def _parse_float(value: str | None, path: Path, lineno: int, column: str) -> float:
+    if value is None or not str(value).strip():
+        raise LabelError(f"{path}:{lineno}: no {column} value; every word needs a valence and an arousal")
     try:
         x = float(value)
     except ValueError:
@@ -199,10 +202,27 @@ def _parse_float(value: str, path: Path, lineno: int, column: str) -> float:
     return x
 
 
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise LabelError(
+            f"{path}:{line}: byte {data[e.start:e.start + 1].hex()} is not UTF-8; save the lexicon as UTF-8"
+        ) from e
+
+
+def _no_repeat(table: dict, word: str, path: Path, lineno: int) -> None:
+    """A word given twice is an error: which of its two rows was meant cannot be guessed."""
+    if word in table:
+        raise LabelError(f"{path}:{lineno}: word {word!r} is given a second time; keep one row per word")
+
+
 def _load_nrc_file(path: Path) -> Lexicon:
     """The NRC VAD file: tab-separated word, valence, arousal, dominance; v1 is 0..1, v2 is -1..1."""
     raw: dict[str, tuple[float, float]] = {}
-    lines = path.read_text("utf-8").splitlines()
+    lines = _read_text(path).splitlines()
     for lineno, line in enumerate(lines, 1):
         parts = line.rstrip("\n").split("\t")
         if not line.strip():
@@ -213,6 +233,7 @@ def _load_nrc_file(path: Path) -> Lexicon:
             )
         if lineno == 1 and parts[1].strip().lower() == "valence":
             continue  # header
+        _no_repeat(raw, normalize_word(parts[0]), path, lineno)
         raw[normalize_word(parts[0])] = (
             _parse_float(parts[1], path, lineno, "valence"),
             _parse_float(parts[2], path, lineno, "arousal"),
@@ -237,7 +258,7 @@ def _load_nrc_file(path: Path) -> Lexicon:
 
 def _load_csv(path: Path) -> Lexicon:
     """A generic ``word,valence,arousal`` CSV on the 1..9 scale (extra columns are ignored)."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         fields = {normalize_word(c): c for c in reader.fieldnames or []}
         need = ("word", "valence", "arousal")
@@ -255,7 +276,11 @@ def _load_csv(path: Path) -> Lexicon:
                     f"{path}:{lineno}: valence {v} / arousal {a} outside 1..9; a lexicon CSV is on the 1..9 "
                     "scale (an NRC VAD file in 0..1 should be given as its tab-separated .txt)"
                 )
-            table[normalize_word(row[fields["word"]])] = (v, a)
+            word = normalize_word(row[fields["word"]] or "")
+            if not word:
+                raise LabelError(f"{path}:{lineno}: empty word")
+            _no_repeat(table, word, path, lineno)
+            table[word] = (v, a)
     if not table:
         raise LabelError(f"{path}: no entries found")
     return Lexicon(name=path.name, source=str(path), table=table, sha256=_sha256(path))

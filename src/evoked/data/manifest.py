@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -52,8 +53,40 @@ def _object_array(values: Sequence, n: int, fill: str = "") -> np.ndarray:
     if values is None:
         out[:] = fill
     else:
-        out[:] = ["" if v is None else str(v) for v in values]
+        out[:] = ["" if v is None else escape_name(str(v)) for v in values]
     return out
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def escape_name(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` (reversible).
+
+    The OS hands undecodable bytes to Python as lone surrogates (``caf\\udce9.jpg``), which no
+    UTF-8 file, HDF5 string or JSON reply can hold; `unescape_name` gives the OS name back.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def unescape_name(name: str) -> str:
+    """The OS file name of an `escape_name` result (unchanged for plain names)."""
+    if "\\x" not in name:
+        return name
+    raw = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), name)
+    try:  # only undecodable bytes were escaped, so the round trip must give back surrogates
+        return os.fsdecode(raw.encode("utf-8", "surrogateescape"))
+    except UnicodeError:
+        return name
+
+
+def _renamed(values: Sequence) -> list[str]:
+    """The values `escape_name` changes, escaped (for a note)."""
+    return [e for e in (escape_name(str(v)) for v in values if v is not None) if e not in values]
 
 
 def _float_array(values: Sequence | None, n: int) -> np.ndarray:
@@ -100,6 +133,13 @@ class Manifest:
         notes: list[str] | None = None,
     ) -> Manifest:
         n = len(paths)
+        renamed = _renamed(paths)
+        notes = list(notes or [])
+        if renamed:
+            notes.append(
+                f"{len(renamed)} file names are not valid UTF-8; their ids write the odd bytes as \\xNN: "
+                + ", ".join(renamed[:5])
+            )
         return cls(
             root=Path(root),
             ids=_object_array(ids if ids is not None else paths, n),
@@ -115,7 +155,7 @@ class Manifest:
             categories=tuple(categories),
             name=name,
             kind=kind,
-            notes=list(notes or []),
+            notes=notes,
         )
 
     def __post_init__(self) -> None:
@@ -163,10 +203,10 @@ class Manifest:
         return len(self.ids)
 
     def abspath(self, i: int) -> Path:
-        return self.root / self.paths[i]
+        return self.root / unescape_name(self.paths[i])
 
     def abspaths(self) -> list[Path]:
-        return [self.root / p for p in self.paths]
+        return [self.root / unescape_name(p) for p in self.paths]
 
     def index_of(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of the given ids; unknown ids are an error naming them."""
@@ -225,9 +265,12 @@ class Manifest:
     def _rows(self, base: Path | None) -> list[dict]:
         rows = []
         for i in range(len(self)):
-            path = os.path.abspath(self.abspath(i))
+            path = os.path.abspath(self.root / self.paths[i])
             if base is not None:
-                path = Path(os.path.relpath(path, base)).as_posix()
+                rel = Path(os.path.relpath(path, base)).as_posix()
+                # images outside the file's folder are written absolute: reading a manifest refuses
+                # relative paths that climb out of its folder (they could point anywhere)
+                path = Path(path).as_posix() if rel.startswith("../") else rel
             row = {
                 "id": self.ids[i],
                 "path": path,

@@ -121,7 +121,13 @@ def _split(
                 len(classes),
             )
             strat = None
-    a, b = train_test_split(idx, test_size=frac, random_state=seed, shuffle=True, stratify=strat)
+    try:
+        a, b = train_test_split(idx, test_size=frac, random_state=seed, shuffle=True, stratify=strat)
+    except ValueError as e:  # too few items for the parts asked for
+        raise ConfigError(
+            f"cannot split {len(idx)} items into parts of {1 - frac:.2f} and {frac:.2f}: {e}; "
+            "add items or change --ratios (e.g. --ratios 1,0,0 keeps every item for training)"
+        ) from e
     return np.sort(a), np.sort(b)
 
 

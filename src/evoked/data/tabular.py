@@ -11,6 +11,7 @@ an object ``"distribution": {"joy": 0.7, "fear": 0.3}``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -46,11 +47,25 @@ def _float(value, where: str, column: str) -> float:
     return x
 
 
+def _read_text(path: Path) -> str:
+    """The file as text; a file that is not UTF-8 is an error naming the line and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: byte {data[e.start:e.start + 1].hex()} at offset {e.start} is not UTF-8; "
+            "save the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from e
+
+
 def _rows_from_file(path: Path) -> tuple[list[dict], str]:
     suffix = path.suffix.lower()
+    text = _read_text(path)
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = []
-        for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -62,26 +77,44 @@ def _rows_from_file(path: Path) -> tuple[list[dict], str]:
             dist = obj.pop("distribution", None)
             if isinstance(dist, dict):
                 obj.update({f"p_{k}": v for k, v in dist.items()})
+            elif dist is not None:
+                raise LabelError(
+                    f"{path}:{lineno}: distribution {dist!r} is not an object; write it as "
+                    '{"joy": 0.7, "fear": 0.3} or as p_<category> fields'
+                )
             obj["__line__"] = lineno
             rows.append(obj)
         return rows, "jsonl"
     delimiter = "\t" if suffix in (".tsv", ".txt", ".tab") else ","
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise DatasetError(f"{path}: empty file; a manifest needs a header line with at least a 'path' column")
+    rows = []
+    for lineno, row in enumerate(reader, 2):
+        if None in row:
+            raise DatasetError(f"{path}:{lineno}: more fields than header columns")
+        if None in row.values():
+            have = sum(v is not None for v in row.values())
             raise DatasetError(
-                f"{path}: empty file; a manifest needs a header line with at least a 'path' column"
+                f"{path}:{lineno}: {have} fields, the header has {len(reader.fieldnames)}; "
+                "leave unknown values empty but keep their commas"
             )
-        rows = []
-        for lineno, row in enumerate(reader, 2):
-            if None in row:
-                raise DatasetError(f"{path}:{lineno}: more fields than header columns")
-            row["__line__"] = lineno
-            rows.append(row)
+        row["__line__"] = lineno
+        rows.append(row)
     return rows, "csv"
 
 
-def read_table(path: Path, *, name: str | None = None) -> Manifest:
+def _fold(value, where: str) -> int:
+    f = _float(value, where, "fold")
+    if math.isnan(f):
+        return -1
+    if f != int(f) or f < 0:
+        raise LabelError(f"{where}: fold {value!r} must be a whole number >= 0 (leave it empty for none)")
+    return int(f)
+
+
+def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike | None = None) -> Manifest:
+    """Read a manifest; relative paths are taken from its folder (or from `root` when given)."""
     if not path.is_file():
         raise DatasetError(f"manifest {str(path)!r} is not a file")
     rows, fmt = _rows_from_file(path)
@@ -114,8 +147,7 @@ def read_table(path: Path, *, name: str | None = None) -> Manifest:
         val.append(_float(r.get(col.get("valence")), where, "valence") if "valence" in col else math.nan)
         aro.append(_float(r.get(col.get("arousal")), where, "arousal") if "arousal" in col else math.nan)
         split.append(normalize_split(r.get(col["split"]) or "", f"{where}: ") if "split" in col else "")
-        f = _float(r.get(col["fold"]), where, "fold") if "fold" in col else math.nan
-        fold.append(-1 if math.isnan(f) else int(f))
+        fold.append(_fold(r.get(col["fold"]), where) if "fold" in col else -1)
         if dist_cols:
             dist.append([_float(r.get(c), where, f"p_{name}") for name, c in dist_cols])
     # a manifest written by evoked keeps its dataset's name in a 'dataset' column
@@ -130,7 +162,7 @@ def read_table(path: Path, *, name: str | None = None) -> Manifest:
         off = known & (np.abs(sums - 1) > 1e-3) & (sums > 0)
         # counts (votes) are allowed: rows are normalised to probabilities
         distribution[off] = distribution[off] / sums[off, None]
-    root, paths = _common_root(root, paths)
+    root, paths = _common_root(path, paths, [r["__line__"] for r in rows], root)
     return Manifest.build(
         root,
         paths,
@@ -147,19 +179,35 @@ def read_table(path: Path, *, name: str | None = None) -> Manifest:
     )
 
 
-def _common_root(base: Path, paths: list[str]) -> tuple[Path, list[str]]:
-    """Root the manifest at the folder holding all its images.
+def _common_root(
+    manifest: Path, paths: list[str], lines: list[int], root: str | os.PathLike | None = None
+) -> tuple[Path, list[str]]:
+    """The dataset root and every path relative to it.
 
-    Paths stay relative to the manifest's folder when they are inside it. A manifest kept apart
-    from its images (``splits/e6.csv`` pointing at ``../data/e6/images/...``) is re-rooted at the
-    images' common folder, so that "files under the dataset root" means the images themselves.
+    A relative path is read from the manifest's folder (or `root`) and must stay inside it: a row
+    like ``../../../etc/passwd`` is refused, naming its line, since the root decides which files
+    `evoked serve` may send. Absolute paths say what they mean; a manifest kept apart from its
+    images (``splits/e6.csv`` listing ``/data/e6/images/...``) is rooted at the images' common folder.
     """
-    base = Path(os.path.abspath(base))
-    full = [os.path.normpath(p if os.path.isabs(p) else base / p) for p in paths]
+    base = Path(os.path.abspath(manifest.parent if root is None else root))
+    full = []
+    for p, line in zip(paths, lines):
+        f = os.path.normpath(p if os.path.isabs(p) else base / p)
+        if not os.path.isabs(p) and os.path.relpath(f, base).startswith(".."):
+            raise DatasetError(
+                f"{manifest}:{line}: path {p!r} leads outside {base}; write it as an absolute path if you mean "
+                "that file, or pass the folder that holds all images as the root"
+            )
+        full.append(f)
     if all(not os.path.relpath(f, base).startswith("..") for f in full):
         return base, [Path(os.path.relpath(f, base)).as_posix() for f in full]
-    root = Path(os.path.commonpath([os.path.dirname(f) for f in full]))
-    return root, [Path(os.path.relpath(f, root)).as_posix() for f in full]
+    common = Path(os.path.commonpath([os.path.dirname(f) for f in full]))
+    if common == Path(common.anchor):
+        raise DatasetError(
+            f"{manifest}: the images share no folder below {common} (e.g. {full[0]}); a dataset root of "
+            f"{common} would let the whole disk be served. Keep the images under one folder"
+        )
+    return common, [Path(os.path.relpath(f, common)).as_posix() for f in full]
 
 
 def _is_table(p: Path, suffixes: tuple[str, ...]) -> bool:

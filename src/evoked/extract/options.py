@@ -138,3 +138,35 @@ def resolve_decoder(decode: str, device: torch.device) -> str:
 
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: Options that change what a row's features are, as recorded in a store's root attributes.
+#: `dtype` is in every store; the others are checked where the store records them.
+RESUME_OPTIONS = {"dtype": "--dtype", "max_pixels": "--max-pixels", "decode": "--decode"}
+
+
+def check_resume_options(path, attrs: dict, requested: dict, block_size: int | None = None) -> None:
+    """A resumed run must use every option that changes a row's result as the first run did.
+
+    `requested` maps RESUME_OPTIONS keys to this run's values. An option that cannot apply to a
+    resumed store (the batch size: blocks are fixed at creation) is logged, never silently dropped.
+    """
+    for key, flag in RESUME_OPTIONS.items():
+        if key not in attrs or key not in requested:
+            continue
+        old, new = attrs[key], requested[key]
+        if str(old) != str(new):
+            raise ConfigError(
+                f"{path} was written with {flag} {old}; this run asks for {flag} {new}, which would mix "
+                f"rows made two ways. Resume with {flag} {old}, or write to a new --out"
+            )
+    stored = attrs.get("block_size")
+    if block_size is not None and stored is not None and int(stored) != block_size:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: --batch-size %d does not apply on --resume; the store's blocks are %d rows, so batches are too",
+            path,
+            block_size,
+            int(stored),
+        )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evoked.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, probe, read_bytes
+from evoked.data.decode import DEFAULT_MAX_PIXELS, DRAFT_ABOVE_PIXELS, decode_rgb, probe, read_bytes
 from evoked.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class ImageFiles(Dataset):
             data = read_bytes(path)
             if self.device_jpeg:
                 info = probe(data, path, self.max_pixels)
-                if info.format == "JPEG" and info.mode in _DEVICE_JPEG_MODES:
+                small = info.width * info.height <= DRAFT_ABOVE_PIXELS  # huge ones: reduced-scale CPU decode
+                if info.format == "JPEG" and info.mode in _DEVICE_JPEG_MODES and small:
                     item["jpeg"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                     item["orientation"] = info.orientation
                     item["path"] = path

@@ -7,6 +7,7 @@ the device. Blocks of `batch_size` rows are the unit of work, of writing and of 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.options import (
     AMP_DTYPES,
+    check_resume_options,
     parse_shard,
     plan_backbones,
     resolve_decoder,
@@ -40,6 +42,7 @@ from evoked.extract.options import (
 )
 from evoked.extract.reader import ImageFiles, collate, decode_jpegs_on_device
 from evoked.extract.registry import create_backbone, load_plugin
+from evoked.features.lock import output_lock
 from evoked.features.store import (
     FAILED,
     PENDING,
@@ -346,6 +349,19 @@ def _run_slice(
     return out
 
 
+def _one_writer(fn: Callable[..., ExtractSummary]) -> Callable[..., ExtractSummary]:
+    """Hold the output's exclusive lock for the whole run (see evoked.features.lock)."""
+
+    @functools.wraps(fn)
+    def run(dataset, out, backbones, *args, shard: str | None = None, **kw) -> ExtractSummary:
+        ix = parse_shard(shard)
+        with output_lock(Path(out) if ix is None else shard_path(Path(out), *ix)):
+            return fn(dataset, out, backbones, *args, shard=shard, **kw)
+
+    return run
+
+
+@_one_writer
 def extract(
     dataset: str | Manifest,
     out: str | os.PathLike,
@@ -404,6 +420,7 @@ def extract(
         store = FeatureStore(out, "r+")
         try:
             check_resumable(store, manifest, built, prec)
+            check_resume_options(out, store.attrs, _row_options(dtype, max_pixels, decoder), batch_size)
         except BaseException:
             store.close()
             raise
@@ -415,7 +432,7 @@ def extract(
             block_size=batch_size,
             dtype=dtype,
             shard=shard_info,
-            attrs={"precision": prec},
+            attrs={"precision": prec, **_row_options(dtype, max_pixels, decoder)},
         )
     try:
         todo = _blocks_to_do(store, retry_failed)
@@ -462,6 +479,11 @@ def extract(
         decode=decoder,
         failures=failures,
     )
+
+
+def _row_options(dtype: str, max_pixels: int, decoder: str) -> dict:
+    """The options besides backbones and precision that change a row's result (the resume check)."""
+    return {"dtype": dtype, "max_pixels": int(max_pixels), "decode": decoder}
 
 
 def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np.ndarray]]:

@@ -22,6 +22,12 @@ metadata ever changes, so the file is always readable. A block's features are fl
 status flips from pending to ok, so a resumed run redoes exactly the blocks that were not done.
 Rows are processed in blocks of ``block_size`` rows (one HDF5 chunk each); a block is always
 processed whole, which keeps batch composition -- and so the features -- identical on resume.
+
+Readers during a write: since no metadata changes after creation, the writer opens the file
+without HDF5's file lock, and any number of readers -- ``h5py.File(path, "r")``, with or without
+``swmr=True``, or `open_store` -- can read it while a run writes, each seeing whole blocks (a
+block's status turns ok only after its features are on disk). One writer at a time is enforced by
+the run's lock file (`evoked.features.lock`), which the kernel releases when the writer dies.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ class ShardInfo:
 def ids_fingerprint(ids: Sequence[str]) -> str:
     h = hashlib.sha256()
     for i in ids:
-        h.update(str(i).encode("utf-8"))
+        h.update(str(i).encode("utf-8", "surrogateescape"))  # never fails; valid text hashes as before
         h.update(b"\0")
     return h.hexdigest()
 
@@ -137,7 +143,10 @@ class FeatureStore:
                 f"feature store {str(self.path)!r} does not exist; create it with `evoked extract`"
             )
         try:
-            self.file = h5py.File(self.path, mode)
+            # A writer only overwrites preallocated chunks (see the module doc), so it needs no HDF5
+            # file lock: without one, readers (plain, or swmr=True) can open the file during a run.
+            # Writers exclude each other with evoked's own lock (evoked.features.lock).
+            self.file = h5py.File(self.path, mode, **({} if mode == "r" else {"locking": False}))
         except OSError as e:
             raise DatasetError(f"cannot open feature store {str(self.path)!r}: {e}") from e
         if self.file.attrs.get("schema_version") is None or "items" not in self.file:
