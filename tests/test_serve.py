@@ -20,6 +20,11 @@ from storeutil import make_store
 FEATURE = "color/hsv_hist"
 
 
+def Client(app, **kw) -> TestClient:
+    """A test client whose requests carry a loopback Host, as a browser on this machine sends."""
+    return TestClient(app, base_url="http://127.0.0.1", **kw)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """24 colour-coded images with known VA, extracted with the colour backbone, and an index."""
@@ -41,7 +46,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(store) -> TestClient:
-    return TestClient(create_app(ServeConfig(str(store), FEATURE, max_upload_bytes=200_000)))
+    return Client(create_app(ServeConfig(str(store), FEATURE, max_upload_bytes=200_000)))
 
 
 def test_info_and_points(client):
@@ -126,7 +131,7 @@ def test_no_file_outside_the_dataset_root(tmp_path):
     (tmp_path / "data").mkdir()
     make_image(tmp_path / "data" / "inside.jpg")
     store = make_store(tmp_path / "data" / "s.h5", {"f/x": np.eye(2, 4)}, ids=["inside.jpg", "../secret.jpg"])
-    c = TestClient(create_app(ServeConfig(str(store), "f/x")))
+    c = Client(create_app(ServeConfig(str(store), "f/x")))
     assert c.get("/api/image/0").status_code == 200
     for url in ("/api/image/1", "/api/thumb/1"):
         r = c.get(url)
@@ -135,7 +140,7 @@ def test_no_file_outside_the_dataset_root(tmp_path):
 
 
 def test_unexpected_errors_are_500_without_traceback(store, monkeypatch):
-    c = TestClient(create_app(ServeConfig(str(store), FEATURE)), raise_server_exceptions=False)
+    c = Client(create_app(ServeConfig(str(store), FEATURE)), raise_server_exceptions=False)
     monkeypatch.setattr(c.app.state.evoked.retriever, "by_id", lambda *a, **k: 1 / 0)
     r = c.get("/api/search/item", params={"id": "img/warm00.jpg"})
     assert r.status_code == 500 and r.json() == {
@@ -159,7 +164,7 @@ def test_text_search_with_clip(tmp_path):
         device="cpu",
         workers=0,
     )
-    c = TestClient(create_app(ServeConfig(str(tmp_path / "c.h5"), "clip-tiny/embed")))
+    c = Client(create_app(ServeConfig(str(tmp_path / "c.h5"), "clip-tiny/embed")))
     assert c.get("/api/info").json()["text_search"] is True
     r = c.get("/api/search/text", params={"q": "a calm lake", "k": 3})
     assert r.status_code == 200 and len(r.json()["hits"]) == 3
@@ -269,7 +274,7 @@ def test_predictions_from_a_regression_run(store, tmp_path):
     run_regress(store, features=["color"], out=tmp_path / "run", models=("ridge",), cv=0)
     pred, label = run_predictions(tmp_path / "run", store)
     assert pred.shape == (24, 2) and np.isfinite(pred).all() and label == "run/ridge"
-    c = TestClient(create_app(ServeConfig(str(store), FEATURE, predictions=pred, run_name=label)))
+    c = Client(create_app(ServeConfig(str(store), FEATURE, predictions=pred, run_name=label)))
     assert c.get("/api/info").json()["predictions"] is True
     pts = c.get("/api/points").json()
     assert len(pts["pred_valence"]) == 24

@@ -183,7 +183,8 @@ class Retriever:
     def by_va(self, valence: float, arousal: float, k: int = 10, va: np.ndarray | None = None) -> list[Hit]:
         """Items whose VA (known labels, or `va` such as a run's predictions) is nearest the point."""
         points = np.stack([self.valence, self.arousal], 1) if va is None else np.asarray(va, dtype=float)
-        known = np.flatnonzero(~np.isnan(points).any(axis=1))
+        # only rows with features: a failed row has no image to show, whatever its labels say
+        known = np.flatnonzero(np.isfinite(points).all(axis=1) & (self.status == OK))
         if not known.size:
             raise ConfigError("no item has valence and arousal; pass predictions from a regression run")
         d = np.sqrt(((points[known] - [valence, arousal]) ** 2).sum(1))

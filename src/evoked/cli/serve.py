@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)"
     )
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        dest="allow_hosts",
+        metavar="NAME",
+        help="also answer requests for this Host name (by default only the bound host and loopback names, "
+        "against DNS rebinding); repeatable",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--device", default="cpu", help="where image and text queries are embedded")
@@ -47,7 +56,14 @@ def _serve(args: argparse.Namespace) -> int:
         run_name=run_name,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
+        host=args.host,
+        allow_hosts=tuple(args.allow_hosts),
     )
-    print(f"serving {args.store} ({args.feature}) on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
-    serve(cfg, args.host, args.port)
+    print(f"loading {args.store} ({args.feature}) ...", flush=True)
+    serve(
+        cfg,
+        args.host,
+        args.port,
+        on_ready=lambda url: print(f"serving on {url}  (Ctrl-C to stop)", flush=True),
+    )
     return 0

@@ -209,7 +209,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise LabelError(
-            f"{path}:{line}: byte {data[e.start:e.start + 1].hex()} is not UTF-8; save the lexicon as UTF-8"
+            f"{path}:{line}: byte {data[e.start : e.start + 1].hex()} is not UTF-8; save the lexicon as UTF-8"
         ) from e
 
 

@@ -55,7 +55,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DatasetError(
-            f"{path}:{line}: byte {data[e.start:e.start + 1].hex()} at offset {e.start} is not UTF-8; "
+            f"{path}:{line}: byte {data[e.start : e.start + 1].hex()} at offset {e.start} is not UTF-8; "
             "save the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from e
 
@@ -88,7 +88,9 @@ def _rows_from_file(path: Path) -> tuple[list[dict], str]:
     delimiter = "\t" if suffix in (".tsv", ".txt", ".tab") else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames:
-        raise DatasetError(f"{path}: empty file; a manifest needs a header line with at least a 'path' column")
+        raise DatasetError(
+            f"{path}: empty file; a manifest needs a header line with at least a 'path' column"
+        )
     rows = []
     for lineno, row in enumerate(reader, 2):
         if None in row:
