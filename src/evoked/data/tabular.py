@@ -135,7 +135,6 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
             f"{path}: no path column; a manifest needs 'path' (or image/file/filename). Found: {', '.join(keys)}"
         )
     dist_cols = [(k[2:], keys[k]) for k in keys if k.startswith("p_") and len(k) > 2]
-    root = path.parent
     paths, ids, cats, val, aro, split, fold, dist = [], [], [], [], [], [], [], []
     for r in rows:
         where = f"{path}:{r['__line__']}"
@@ -186,23 +185,25 @@ def _common_root(
 ) -> tuple[Path, list[str]]:
     """The dataset root and every path relative to it.
 
-    A relative path is read from the manifest's folder (or `root`) and must stay inside it: a row
-    like ``../../../etc/passwd`` is refused, naming its line, since the root decides which files
-    `evoked serve` may send. Absolute paths say what they mean; a manifest kept apart from its
-    images (``splits/e6.csv`` listing ``/data/e6/images/...``) is rooted at the images' common folder.
+    Relative paths are read from the manifest's folder and must stay inside it (or inside `root`,
+    when given): a row like ``../../../etc/passwd`` is refused, naming its line, since the root
+    decides which files `evoked serve` may send. Absolute paths say what they mean; a manifest
+    kept apart from its images (``splits/e6.csv`` listing ``/data/e6/images/...``) is rooted at
+    the images' common folder.
     """
-    base = Path(os.path.abspath(manifest.parent if root is None else root))
+    base = Path(os.path.abspath(manifest.parent))
+    bound = base if root is None else Path(os.path.abspath(root))
     full = []
     for p, line in zip(paths, lines):
         f = os.path.normpath(p if os.path.isabs(p) else base / p)
-        if not os.path.isabs(p) and os.path.relpath(f, base).startswith(".."):
+        if os.path.relpath(f, bound).startswith("..") and (root is not None or not os.path.isabs(p)):
             raise DatasetError(
-                f"{manifest}:{line}: path {p!r} leads outside {base}; write it as an absolute path if you mean "
-                "that file, or pass the folder that holds all images as the root"
+                f"{manifest}:{line}: path {p!r} leads outside {bound}; write it as an absolute path if you "
+                "mean that file, or give the folder that holds all images as the dataset root"
             )
         full.append(f)
-    if all(not os.path.relpath(f, base).startswith("..") for f in full):
-        return base, [Path(os.path.relpath(f, base)).as_posix() for f in full]
+    if root is not None or all(not os.path.relpath(f, base).startswith("..") for f in full):
+        return bound, [Path(os.path.relpath(f, bound)).as_posix() for f in full]
     common = Path(os.path.commonpath([os.path.dirname(f) for f in full]))
     if common == Path(common.anchor):
         raise DatasetError(

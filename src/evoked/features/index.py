@@ -194,10 +194,40 @@ def _sort_rows(s: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------- save, load
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete ``NAME.tmp-PID-xxxx`` files (of the index and its .json) left by processes that died."""
+    removed = []
+    for target in (Path(path), _json_path(Path(path))):
+        for tmp in target.parent.glob(target.name + ".tmp-*-*"):
+            pid = tmp.name[len(target.name) + len(".tmp-") :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    if removed:
+        log.info(
+            "removed %d temporaries of killed index builds: %s", len(removed), ", ".join(map(str, removed))
+        )
+    return removed
+
+
 def save_index(index: faiss.Index, info: IndexInfo, path: str | Path) -> None:
-    """Write ``path`` (the faiss index) and ``path.json`` (``info``), each via a temp file + rename."""
+    """Write ``path`` (the faiss index) and ``path.json`` (``info``), each via a temp file + rename.
+
+    Temporaries that a killed earlier run left beside `path` are removed first.
+    """
     path = Path(path)
     json_path = _json_path(path)
+    remove_stale_temporaries(path)
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_index, tmp_json = path.with_name(path.name + tag), json_path.with_name(json_path.name + tag)
     path.parent.mkdir(parents=True, exist_ok=True)
