@@ -7,6 +7,7 @@ store, so every later stage (regressors, fine-tuning, evaluation) uses the same 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import Literal
 
@@ -86,6 +87,7 @@ def split_manifest(
     if has_split and not overwrite:
         pass  # keep the dataset's own split
     else:
+        _check_sizes(n, (train, val, test))
         split[:] = "train"
         rest_frac = val + test
         if rest_frac > 0:
@@ -104,6 +106,20 @@ def split_manifest(
     elif folds == 1:
         raise ConfigError("--folds 1 makes no sense; use 0 (no folds) or at least 2")
     return replace(manifest, split=split, fold=fold, notes=list(manifest.notes))
+
+
+def _check_sizes(n: int, ratios: tuple[float, float, float]) -> None:
+    """Every part with a positive ratio gets at least one item (as train_test_split counts them)."""
+    train, val, test = ratios
+    rest = math.ceil((val + test) * n - 1e-9) if val + test > 0 else 0
+    n_test = math.ceil(test / (val + test) * rest - 1e-9) if val > 0 and test > 0 else (rest if test else 0)
+    sizes = {"train": n - rest, "val": rest - n_test, "test": n_test}
+    empty = [k for k, r in zip(sizes, ratios) if r > 0 and sizes[k] < 1]
+    if empty:
+        raise ConfigError(
+            f"cannot split {n} items at ratios {train:g},{val:g},{test:g}: the {' and '.join(empty)} part would "
+            "be empty; add items or change --ratios (e.g. --ratios 1,0,0 keeps every item for training)"
+        )
 
 
 def _split(
