@@ -171,7 +171,7 @@ def test_text_search_with_clip(tmp_path):
 
 
 # -- the page in a real browser ------------------------------------------------------------------
-def _browser_or_skip():
+def _browser_or_skip(extra_flags: tuple[str, ...] = ()):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
@@ -196,6 +196,7 @@ def _browser_or_skip():
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1280,900",
+        *extra_flags,
     ):
         opts.add_argument(flag)
     service = webdriver.ChromeService(executable_path=driver)
@@ -261,6 +262,50 @@ def test_page_in_headless_chromium(store, tmp_path):
         shot = Path(os.environ.get("EVOKED_SCREENSHOT_DIR", tmp_path)) / "serve-test.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_page_in_headless_chromium_refuses_failed_rows_and_foreign_hosts(tmp_path):
+    """Hardening cases 2 and 8 in a real browser: a failed HTML row never runs, the CSP keeps
+    the page's own scripts working and blocks injected ones, and a rebinding name gets no page."""
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    make_image(tmp_path / "good.jpg")
+    (tmp_path / "evil.jpg").write_bytes(b"<html><script>document.title='pwned'</script></html>")
+    store = make_store(
+        tmp_path / "s.h5", {"f/x": np.eye(2, 4)}, ids=["good.jpg", "evil.jpg"], failed={1: "not an image"}
+    )
+    browser = _browser_or_skip(("--host-resolver-rules=MAP rebind.test 127.0.0.1",))
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ServeConfig(str(store), "f/x")), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        browser.get(f"http://127.0.0.1:{port}/api/image/1")
+        assert browser.title != "pwned" and "status failed" in browser.find_element(By.TAG_NAME, "body").text
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        browser.execute_script(
+            "const s = document.createElement('script'); s.textContent = 'window.__injected = 1';"
+            "document.body.appendChild(s);"
+        )
+        assert browser.execute_script("return window.__injected === undefined")
+        browser.get(f"http://rebind.test:{port}/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert "not served here" in body.text and body.get_attribute("data-ready") != "1"
     finally:
         browser.quit()
         server.should_exit = True
