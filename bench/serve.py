@@ -1,11 +1,20 @@
-"""Search latency of `evoked serve` on a large store, through the HTTP API and without it.
+"""Search latency of `evoked serve` on a large store, through the HTTP API and without it; and a
+bounded load test of the real server on 127.0.0.1 with uploads mixed in.
 
     python bench/serve.py [--n 100000] [--dim 512] [--queries 300] [--json]
+    python bench/serve.py --load-only [--load-requests 2000] [--load-clients 16] [--load-seconds 60]
 
-Writes a synthetic feature store (clustered vectors, VA labels) of N rows into a temporary
-folder, builds the exact (flat) index, then times single queries: the Retriever alone, and the
-same searches through the app's JSON API (in-process HTTP client, so the number includes routing,
-JSON encoding and the hit records). Reports p50/p99 in milliseconds and their ratio.
+Latency: writes a synthetic feature store (clustered vectors, VA labels) of N rows into a
+temporary folder, builds the exact (flat) index, then times single queries: the Retriever alone,
+and the same searches through the app's JSON API (in-process HTTP client, so the number includes
+routing, JSON encoding and the hit records). Reports p50/p99 in milliseconds and their ratio.
+
+Load: makes a small image set, extracts colour features, starts `evoked serve` as its own process
+on 127.0.0.1 (never another address), waits for its "serving on" line, then sends at most
+--load-requests requests from --load-clients threads for at most --load-seconds: VA and item
+searches, thumbnails, full images, /api/info, and one image upload in every --upload-every.
+Reports p50/p99 per kind, errors, and the server's resident memory (VmRSS) before and after, and
+its peak (VmHWM).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -47,6 +57,149 @@ def percentiles(seconds: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
 
 
+def _rss_mb(pid: int) -> dict:
+    """VmRSS and VmHWM of a process, in MB (Linux /proc)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                out[key[:-1].lower()] = round(int(kb) / 1024, 1)
+    return out
+
+
+def load_test(args) -> dict:
+    """The bounded load test (see the module doc). Loopback only: the server binds 127.0.0.1."""
+    import subprocess
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from PIL import Image
+
+    from evoked.extract import extract
+    from evoked.features.store_index import build_store_index
+
+    rng = np.random.default_rng(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "imgs"
+        rows = ["path,valence,arousal"]
+        uploads = []
+        for i in range(args.load_images):
+            arr = np.clip(rng.normal(128, 60, (96, 128, 3)), 0, 255).astype(np.uint8)
+            path = root / f"{i:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path, quality=85)
+            rows.append(f"imgs/{i:04d}.jpg,{rng.uniform(1, 9):.2f},{rng.uniform(1, 9):.2f}")
+            if i < 8:
+                uploads.append(path.read_bytes())
+        (Path(tmp) / "m.csv").write_text("\n".join(rows) + "\n")
+        store = Path(tmp) / "s.h5"
+        extract(f"csv:{Path(tmp) / 'm.csv'}", store, ["color"], device="cpu", workers=0)
+        build_store_index(store, "color/hsv_hist", kind="flat", use_gpu="never")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "evoked", "serve", str(store), "--feature", "color/hsv_hist"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "2"]
+        t0 = time.perf_counter()
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in server.stdout:
+                if "serving on" in line:
+                    break
+            else:
+                raise RuntimeError(f"the server ended before it was ready (rc {server.wait()})")
+            ready_s = time.perf_counter() - t0
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=30) as c:
+                c.get("/api/info").raise_for_status()
+            rss_before = _rss_mb(server.pid)
+            n = args.load_images
+            kinds = []
+            for i in range(args.load_requests):
+                kinds.append(
+                    "upload"
+                    if i % args.upload_every == args.upload_every - 1
+                    else ("va", "item", "thumb", "image", "info")[i % 5]
+                )
+            stop_at = time.perf_counter() + args.load_seconds
+            lat: dict[str, list[float]] = {}
+            errors: dict[str, int] = {}
+            lock = threading.Lock()
+            local = threading.local()
+
+            def one(i: int) -> None:
+                if time.perf_counter() > stop_at:
+                    return
+                if not hasattr(local, "client"):
+                    local.client = httpx.Client(base_url=base, timeout=30)
+                c, kind, row = local.client, kinds[i], (i * 7919) % n  # no shared RNG across threads
+                t = time.perf_counter()
+                if kind == "upload":
+                    r = c.post(
+                        "/api/search/image",
+                        files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")},
+                    )
+                elif kind == "va":
+                    r = c.get("/api/search/va", params={"v": 1 + 8 * (i % 97) / 97, "a": 5, "k": 12})
+                elif kind == "item":
+                    r = c.get("/api/search/item", params={"id": f"imgs/{row:04d}.jpg", "k": 12})
+                elif kind == "info":
+                    r = c.get("/api/info")
+                else:
+                    r = c.get(f"/api/{kind}/{row}")
+                dt = time.perf_counter() - t
+                with lock:
+                    lat.setdefault(kind, []).append(dt)
+                    if r.status_code != 200:
+                        errors[kind] = errors.get(kind, 0) + 1
+
+            t_load = time.perf_counter()
+            with ThreadPoolExecutor(args.load_clients) as pool:
+                list(pool.map(one, range(args.load_requests)))
+            wall = time.perf_counter() - t_load
+            rss_after = _rss_mb(server.pid)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    everything = [x for v in lat.values() for x in v]
+    return {
+        "images": args.load_images,
+        "clients": args.load_clients,
+        "requests": len(everything),
+        "requests_limit": args.load_requests,
+        "seconds_limit": args.load_seconds,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(everything) / wall, 1),
+        "ready_s": round(ready_s, 2),
+        "errors": errors,
+        "all": percentiles(everything),
+        "by_kind": {k: percentiles(v) for k, v in sorted(lat.items())},
+        "server_rss_mb_before": rss_before["vmrss"],
+        "server_rss_mb_after": rss_after["vmrss"],
+        "server_peak_rss_mb": rss_after["vmhwm"],
+    }
+
+
+def print_load(load: dict) -> None:
+    print(
+        f"load test on 127.0.0.1: {load['requests']} requests ({load['clients']} clients, {load['images']} images, "
+        f"limits {load['requests_limit']} requests / {load['seconds_limit']} s) in {load['wall_s']} s = "
+        f"{load['requests_per_s']} req/s; errors {sum(load['errors'].values())}; ready after {load['ready_s']} s"
+    )
+    print(f"{'kind':<10}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, r in [("all", load["all"]), *load["by_kind"].items()]:
+        print(f"{name:<10}{r['n']:>6}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}")
+    print(
+        f"server RSS {load['server_rss_mb_before']} MB before, {load['server_rss_mb_after']} MB after "
+        f"(peak {load['server_peak_rss_mb']} MB)"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -54,7 +207,25 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--load-only", action="store_true", help="run only the load test")
+    ap.add_argument("--no-load", action="store_true", help="skip the load test")
+    ap.add_argument("--load-requests", type=int, default=2000, help="at most this many requests")
+    ap.add_argument("--load-seconds", type=float, default=60.0, help="and for at most this long")
+    ap.add_argument("--load-clients", type=int, default=16)
+    ap.add_argument("--load-images", type=int, default=300)
+    ap.add_argument("--upload-every", type=int, default=10, help="one request in N is an image upload")
     args = ap.parse_args()
+    if not 1 <= args.load_requests <= 100_000 or not 0 < args.load_seconds <= 600 or args.load_clients > 64:
+        ap.error(
+            "the load test is bounded: --load-requests 1..100000, --load-seconds up to 600, --load-clients <= 64"
+        )
+    if args.load_only:
+        load = load_test(args)
+        if args.json:
+            print(json.dumps({"machine": _machine(), "load": load}, indent=2))
+        else:
+            print_load(load)
+        return 0
 
     from starlette.testclient import TestClient
 
@@ -103,18 +274,16 @@ def main() -> int:
         t0 = time.perf_counter()
         client.get("/api/points")
         results["api_points_s"] = time.perf_counter() - t0
+    load = None if args.no_load else load_test(args)
     out = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-        },
+        "machine": _machine(),
         "n": args.n,
         "dim": args.dim,
         "index": info.kind,
         "store_write_s": round(t_write, 1),
         "results": results,
         "http_overhead_ratio": results["api_search_item"]["p50_ms"] / results["retriever_by_id"]["p50_ms"],
+        "load": load,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -129,7 +298,18 @@ def main() -> int:
     )
     ok = results["api_search_item"]["p50_ms"] < 100
     print(f"goal: an API search well under 100 ms at {args.n:,} items: {'met' if ok else 'NOT met'}")
+    if load is not None:
+        print_load(load)
     return 0
+
+
+def _machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 if __name__ == "__main__":
