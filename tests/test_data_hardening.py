@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.testclient import TestClient
 
 from conftest import make_image
 from evoked.cli import main
@@ -18,6 +19,7 @@ from evoked.data.manifest import escape_name, unescape_name
 from evoked.errors import DatasetError, DecodeError, LabelError
 from evoked.extract import extract
 from evoked.features.store import FAILED, OK, open_store
+from evoked.serve.app import ServeConfig, create_app
 
 
 def png(size) -> bytes:
@@ -75,6 +77,11 @@ def test_10_non_utf8_file_names_become_reversible_ids(tmp_path, capsys):
     assert s.ok == 2 and s.failed == 0
     with open_store(tmp_path / "s.h5") as store:
         assert (store.status == OK).all() and "a/caf\\xe9.jpg" in store.ids
+        row = list(store.ids).index("a/caf\\xe9.jpg")
+    served = TestClient(
+        create_app(ServeConfig(str(tmp_path / "s.h5"), "color/hsv_hist")), base_url="http://127.0.0.1"
+    )
+    assert served.get(f"/api/image/{row}").content == (tmp_path / "imgs" / "a" / raw).read_bytes()
     assert main(["data", "inspect", f"folder:{tmp_path / 'imgs'}", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 2 and report["failures"] == []

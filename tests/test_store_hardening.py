@@ -119,6 +119,7 @@ def test_14_a_second_writer_is_refused_with_the_holders_pid(images, tmp_path):
         with pytest.raises(ConfigError, match="by this process"):
             with output_lock(out):
                 pass
+    assert not lock_path(out).exists()  # removed when released
 
 
 # 15 --------------------------------------------------------------------------------------------

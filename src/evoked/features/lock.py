@@ -3,8 +3,9 @@
 ``OUT.lock`` is locked with a POSIX record lock (``fcntl.lockf``): the kernel drops it when the
 holding process dies, even by ``kill -9``, so a stale lock never blocks a rerun; and it is not
 inherited by forked reader processes, so it ends with the run's own process. The file holds the
-holder's pid, which the refusal names. The lock file itself is left in place (removing it would
-race with a process about to lock it).
+holder's pid, which the refusal names. A run removes its lock file when it ends; one left by a
+killed run is unlocked and simply reused. (A locker checks after locking that the file it locked
+is still the one at the path, so removing it cannot let two writers in.)
 """
 
 from __future__ import annotations
@@ -47,16 +48,23 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
             raise ConfigError(
                 f"{out} is being written by this process (pid {os.getpid()}) already; one writer at a time"
             )
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            who = _holder(fd)
-            os.close(fd)
-            raise ConfigError(
-                f"{out} is being written by {who} (lock {path}); wait for it to finish, stop it, "
-                "or write to another --out"
-            ) from None
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                who = _holder(fd)
+                os.close(fd)
+                raise ConfigError(
+                    f"{out} is being written by {who} (lock {path}); wait for it to finish, stop it, "
+                    "or write to another --out"
+                ) from None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed the file as we locked it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _HELD[key] = fd
@@ -65,5 +73,6 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
     finally:
         with _GUARD:
             _HELD.pop(key, None)
+            path.unlink(missing_ok=True)  # while still locked: see the module doc
             fcntl.lockf(fd, fcntl.LOCK_UN)
             os.close(fd)
