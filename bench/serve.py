@@ -106,14 +106,22 @@ def load_test(args) -> dict:
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             for line in server.stdout:
-                if "serving on" in line:
+                if "http://" in line:  # the "serving on" line
                     break
             else:
                 raise RuntimeError(f"the server ended before it was ready (rc {server.wait()})")
-            ready_s = time.perf_counter() - t0
+            announced_s = time.perf_counter() - t0
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=base, timeout=30) as c:
-                c.get("/api/info").raise_for_status()
+                while True:  # an older server announced itself before its port answered
+                    try:
+                        c.get("/api/info").raise_for_status()
+                        break
+                    except httpx.TransportError:
+                        if time.perf_counter() - t0 > 120:
+                            raise
+                        time.sleep(0.05)
+            ready_s = time.perf_counter() - t0
             rss_before = _rss_mb(server.pid)
             n = args.load_images
             kinds = []
@@ -160,6 +168,10 @@ def load_test(args) -> dict:
                 list(pool.map(one, range(args.load_requests)))
             wall = time.perf_counter() - t_load
             rss_after = _rss_mb(server.pid)
+            chunked = None
+            if args.chunked_upload_mb:
+                chunked = _chunked_upload(base, args.chunked_upload_mb)
+                chunked["server_rss_mb_after"] = _rss_mb(server.pid)["vmrss"]
         finally:
             server.terminate()
             try:
@@ -176,12 +188,45 @@ def load_test(args) -> dict:
         "wall_s": round(wall, 2),
         "requests_per_s": round(len(everything) / wall, 1),
         "ready_s": round(ready_s, 2),
+        "announced_s": round(announced_s, 2),
         "errors": errors,
         "all": percentiles(everything),
         "by_kind": {k: percentiles(v) for k, v in sorted(lat.items())},
         "server_rss_mb_before": rss_before["vmrss"],
         "server_rss_mb_after": rss_after["vmrss"],
         "server_peak_rss_mb": rss_after["vmhwm"],
+        "chunked_upload": chunked,
+    }
+
+
+def _chunked_upload(base: str, mb: int) -> dict:
+    """One upload of `mb` MB without a Content-Length (chunked), as an attacker would send it."""
+    import httpx
+
+    sent = [0]
+
+    def body():
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for _ in range(mb * 16):
+            sent[0] += 65536
+            yield b"\xff" * 65536
+
+    t = time.perf_counter()
+    try:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            r = c.post(
+                "/api/search/image",
+                content=body(),
+                headers={"content-type": "multipart/form-data; boundary=xyz"},
+            )
+            status = r.status_code
+    except httpx.HTTPError as e:  # the server may close the connection once it has refused
+        status = type(e).__name__
+    return {
+        "mb": mb,
+        "status": status,
+        "mb_sent": round(sent[0] / 2**20, 1),
+        "seconds": round(time.perf_counter() - t, 2),
     }
 
 
@@ -189,7 +234,8 @@ def print_load(load: dict) -> None:
     print(
         f"load test on 127.0.0.1: {load['requests']} requests ({load['clients']} clients, {load['images']} images, "
         f"limits {load['requests_limit']} requests / {load['seconds_limit']} s) in {load['wall_s']} s = "
-        f"{load['requests_per_s']} req/s; errors {sum(load['errors'].values())}; ready after {load['ready_s']} s"
+        f"{load['requests_per_s']} req/s; errors {sum(load['errors'].values())}; "
+        f"announced after {load['announced_s']} s, answering after {load['ready_s']} s"
     )
     print(f"{'kind':<10}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}")
     for name, r in [("all", load["all"]), *load["by_kind"].items()]:
@@ -198,6 +244,12 @@ def print_load(load: dict) -> None:
         f"server RSS {load['server_rss_mb_before']} MB before, {load['server_rss_mb_after']} MB after "
         f"(peak {load['server_peak_rss_mb']} MB)"
     )
+    ch = load.get("chunked_upload")
+    if ch:
+        print(
+            f"chunked upload of {ch['mb']} MB without a length: answer {ch['status']} after {ch['mb_sent']} MB sent "
+            f"({ch['seconds']} s); server RSS then {ch['server_rss_mb_after']} MB"
+        )
 
 
 def main() -> int:
@@ -214,10 +266,14 @@ def main() -> int:
     ap.add_argument("--load-clients", type=int, default=16)
     ap.add_argument("--load-images", type=int, default=300)
     ap.add_argument("--upload-every", type=int, default=10, help="one request in N is an image upload")
+    ap.add_argument(
+        "--chunked-upload-mb", type=int, default=200, help="then one oversized chunked upload (0: none)"
+    )
     args = ap.parse_args()
-    if not 1 <= args.load_requests <= 100_000 or not 0 < args.load_seconds <= 600 or args.load_clients > 64:
+    bounded = 1 <= args.load_requests <= 100_000 and 0 < args.load_seconds <= 600 and args.load_clients <= 64
+    if not bounded or not 0 <= args.chunked_upload_mb <= 1024:
         ap.error(
-            "the load test is bounded: --load-requests 1..100000, --load-seconds up to 600, --load-clients <= 64"
+            "the load test is bounded: --load-requests 1..100000, --load-seconds up to 600, --load-clients <= 64, --chunked-upload-mb up to 1024"
         )
     if args.load_only:
         load = load_test(args)

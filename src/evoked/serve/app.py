@@ -80,9 +80,10 @@ class _State:
         if cfg.predictions is not None and cfg.predictions.shape != (n, 2):
             raise EvokedError(f"predictions have shape {cfg.predictions.shape}, the store has {n} rows")
 
-    async def run(self, fn: Callable, *args):
-        """Run blocking work (decoding, h5py, a model) in a worker thread, a bounded number at a time."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+    async def run(self, fn: Callable, *args, heavy: bool = True):
+        """Run blocking work in a worker thread: `heavy` work (decoding, a model) a bounded number at
+        a time, light work (a file read, an index lookup) in the shared thread pool."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter if heavy else None)
 
     def file_of(self, row: int) -> Path:
         """The image file of an ok row, inside the dataset root after symlinks; else a 4xx."""
@@ -218,7 +219,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
                 except EvokedError as e:
                     raise HTTPException(404, str(e)) from None
 
-        return hits(await state.run(search), {"id": item, "k": k})
+        return hits(await state.run(search, heavy=False), {"id": item, "k": k})
 
     async def search_text(request: Request) -> Response:
         text = (request.query_params.get("q") or "").strip()
@@ -289,7 +290,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
             except DecodeError as e:
                 raise HTTPException(422, f"row {row} is no longer a usable image: {e.reason}") from None
 
-        data, kind = await state.run(payload)
+        data, kind = await state.run(payload, heavy=False)
         return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     async def thumb(request: Request) -> Response:
