@@ -303,7 +303,9 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
             except DecodeError as e:
                 raise HTTPException(422, f"cannot make a thumbnail: {e.reason}") from None
 
-        data = await state.run(make)
+        data = state.thumbs.cached(row)
+        if data is None:
+            data = await state.run(make)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

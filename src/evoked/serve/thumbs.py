@@ -19,6 +19,15 @@ class ThumbnailCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def cached(self, row: int) -> bytes | None:
+        """The thumbnail if it is made already (no decoding: cheap enough for the event loop)."""
+        with self._lock:
+            if row in self._items:
+                self._items.move_to_end(row)
+                self.hits += 1
+                return self._items[row]
+        return None
+
     def get(self, row: int, path: Path, max_pixels: int) -> bytes:
         with self._lock:
             if row in self._items:
