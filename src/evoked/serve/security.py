@@ -78,6 +78,9 @@ class SecurityMiddleware:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if host_name(raw) not in self.hosts and scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if host_name(raw) not in self.hosts:
             body = json.dumps(
                 {
