@@ -4,7 +4,10 @@
   loopback name (DNS rebinding: a page on another site resolving its own name to 127.0.0.1), and
   adds ``X-Content-Type-Options: nosniff``, a Content-Security-Policy that lets the page run only
   its own inline scripts (by their sha256, computed from the page at start), no framing and no
-  referrer. As middleware, endpoints added later get all of it without asking.
+  referrer. As middleware, endpoints added later get all of it without asking. For the page this
+  means: scripts are inline ``<script>`` blocks of index.html as shipped (hashed at start; a page
+  rewritten per request would need its hashes recomputed) or same-origin files; inline event
+  handler attributes (``onclick="..."``) and ``javascript:`` URLs are blocked.
 - `image_payload`: the bytes and content type to send for an image file, decided by what the
   decoder reads in the file (never its name), re-encoded as PNG when the format is not one every
   browser shows. Endpoints that send images (the full image, thumbnails) go through it, after
