@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import inspect
 import json
 import logging
 import os
@@ -352,11 +353,14 @@ def _run_slice(
 def _one_writer(fn: Callable[..., ExtractSummary]) -> Callable[..., ExtractSummary]:
     """Hold the output's exclusive lock for the whole run (see evoked.features.lock)."""
 
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
-    def run(dataset, out, backbones, *args, shard: str | None = None, **kw) -> ExtractSummary:
-        ix = parse_shard(shard)
-        with output_lock(Path(out) if ix is None else shard_path(Path(out), *ix)):
-            return fn(dataset, out, backbones, *args, shard=shard, **kw)
+    def run(*args, **kw) -> ExtractSummary:
+        given = signature.bind(*args, **kw).arguments
+        out, ix = Path(given["out"]), parse_shard(given.get("shard"))
+        with output_lock(out if ix is None else shard_path(out, *ix)):
+            return fn(*args, **kw)
 
     return run
 
