@@ -27,7 +27,8 @@ from evoked.data.decode import DEFAULT_MAX_PIXELS, decode_rgb
 from evoked.errors import DecodeError, EvokedError
 from evoked.features.store import OK
 from evoked.retrieve import Hit, Retriever
-from evoked.serve.thumbs import ThumbnailCache
+from evoked.serve.browse import browse_routes
+from evoked.serve.thumbs import ThumbnailCache, thumb_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ServeConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     thumb_size: int = 256
     thumb_cache_items: int = 4096
+    thumb_dir: str | None = None  # disk cache of thumbnails; None: STORE.thumbs/ beside the store
     device: str = "cpu"
 
 
@@ -56,7 +58,8 @@ class _State:
         store = self.retriever.store
         self.root = Path(os.path.abspath(store.root))
         self.ok_rows = np.flatnonzero(store.status == OK)
-        self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items)
+        thumb_dir = cfg.thumb_dir or thumb_dir_for(cfg.store, cfg.thumb_size)
+        self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items, thumb_dir)
         extractor = store.extractors[self.retriever.extractor]
         self.text_search = cfg.feature.endswith("/embed") and str(extractor.get("spec", "")).startswith(
             "clip:"
@@ -229,8 +232,10 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
     async def thumb(request: Request) -> Response:
         row = _row(request)
         path = state.file_of(row)
+        if state.retriever.status[row] != OK:
+            raise HTTPException(404, f"row {row} has no thumbnail: its status is not ok")
         try:
-            data = state.thumbs.get(row, path, cfg.max_pixels)
+            data = state.thumbs.get(row, path, cfg.max_pixels, key=str(state.retriever.ids[row]))
         except DecodeError as e:
             raise HTTPException(422, f"cannot make a thumbnail: {e.reason}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -252,6 +257,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
         Route("/api/search/image", search_image, methods=["POST"]),
         Route("/api/image/{row}", image),
         Route("/api/thumb/{row}", thumb),
+        *browse_routes(state),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.evoked = state
