@@ -196,7 +196,9 @@ def parse_query(request: Request, cols: Columns) -> Query:
     if sort not in SORTS:
         raise HTTPException(400, f"sort={sort!r}: use one of {', '.join(SORTS)}")
     if sort == "residual" and cols.residual is None:
-        raise HTTPException(400, "sorting by residual needs predictions: start the server with --run runs/NAME")
+        raise HTTPException(
+            400, "sorting by residual needs predictions: start the server with --run runs/NAME"
+        )
     like = request.query_params.get("like") or None
     if sort == "similarity" and not like:
         raise HTTPException(400, "sort=similarity needs like=ITEM_ID, the item to compare with")
@@ -233,8 +235,16 @@ def browse_routes(state) -> list[Route]:
 
     def item_json(row: int, score: float | None = None) -> dict:
         v, a = r.valence[row], r.arousal[row]
-        hit = Hit(0, row, str(r.ids[row]), str(r.paths[row]), score,
-                  None if np.isnan(v) else float(v), None if np.isnan(a) else float(a), str(r.category[row]))
+        hit = Hit(
+            0,
+            row,
+            str(r.ids[row]),
+            str(r.paths[row]),
+            score,
+            None if np.isnan(v) else float(v),
+            None if np.isnan(a) else float(a),
+            str(r.category[row]),
+        )
         d = state.hit_json(hit)
         d.pop("rank", None)
         d["split"] = cols.split[row]
