@@ -232,6 +232,8 @@ def browse_routes(state) -> list[Route]:
     """The browsing endpoints over `state` (the app's `_State`)."""
     cols = Columns(state)
     r = state.retriever
+    # every page load asks for the plane: encode it now, off the request path (a request waits on the lock)
+    threading.Thread(target=cols.plane_bytes, name="evoked-plane", daemon=True).start()
 
     def item_json(row: int, score: float | None = None) -> dict:
         v, a = r.valence[row], r.arousal[row]
