@@ -144,7 +144,7 @@ def main() -> int:
 
 
 # -- time to the first grid and plane ----------------------------------------------------------
-FIRST_VIEW_CALLS = ("/", "/api/info", "/api/provenance", "/api/plane", "/api/browse?limit=60")
+FIRST_VIEW_CALLS = ("/", "/api/info", "/api/provenance", "/api/plane", "/api/browse?limit=60")  # then /api/plane/ids
 SERVER = """
 import sys, numpy as np, uvicorn
 from evoked.serve.app import ServeConfig, create_app

@@ -277,6 +277,7 @@ def test_plane_item_detail_and_provenance(browse_store):
     assert plane["n"] == 8 and plane["categories"] == ["a", "b"] and plane["category"][:3] == [0, 1, 0]
     assert plane["splits"] == ["test", "train"] and plane["split"][0] == 1 and plane["split"][7] == -1
     assert plane["statuses"][plane["status"][7]] == "failed" and plane["pred_valence"][2] == 4.0
+    assert c.get("/api/plane/ids").json() == {"id": [f"i{k}.jpg" for k in range(8)]}
     d = c.get("/api/item/2", params={"k": 3}).json()
     assert d["id"] == "i2.jpg" and d["residual"] == 1.0 and d["pred_valence"] == 4.0 and d["split"] == "train"
     assert d["distribution"] == {"a": pytest.approx(2 / 7, abs=1e-4), "b": pytest.approx(5 / 7, abs=1e-4)}

@@ -63,6 +63,7 @@ class Columns:
         self.categories = sorted(set(self.category.tolist()) - {""})
         self.splits = sorted(set(self.split.tolist()) - {""})
         self._plane: bytes | None = None
+        self._ids: bytes | None = None
         self._lock = threading.Lock()
 
     def va(self, source: str) -> np.ndarray:
@@ -75,12 +76,18 @@ class Columns:
                 self._plane = json.dumps(self._plane_json(), separators=(",", ":")).encode("utf-8")
             return self._plane
 
+    def ids_bytes(self) -> bytes:
+        with self._lock:
+            if self._ids is None:
+                ids = [str(i) for i in self.state.retriever.ids]
+                self._ids = json.dumps({"id": ids}, separators=(",", ":")).encode("utf-8")
+            return self._ids
+
     def _plane_json(self) -> dict:
         cat_code = {c: i for i, c in enumerate(self.categories)}
         split_code = {s: i for i, s in enumerate(self.splits)}
         out = {
             "n": self.n,
-            "id": [str(i) for i in self.state.retriever.ids],
             "categories": self.categories,
             "category": [cat_code.get(c, -1) for c in self.category.tolist()],
             "splits": self.splits,
@@ -233,7 +240,9 @@ def browse_routes(state) -> list[Route]:
     cols = Columns(state)
     r = state.retriever
     # every page load asks for the plane: encode it now, off the request path (a request waits on the lock)
-    threading.Thread(target=cols.plane_bytes, name="evoked-plane", daemon=True).start()
+    threading.Thread(
+        target=lambda: (cols.plane_bytes(), cols.ids_bytes()), name="evoked-plane", daemon=True
+    ).start()
 
     def item_json(row: int, score: float | None = None) -> dict:
         v, a = r.valence[row], r.arousal[row]
@@ -259,6 +268,9 @@ def browse_routes(state) -> list[Route]:
 
     async def plane(request: Request) -> Response:
         return Response(cols.plane_bytes(), media_type="application/json")
+
+    async def plane_ids(request: Request) -> Response:
+        return Response(cols.ids_bytes(), media_type="application/json")
 
     async def browse(request: Request) -> Response:
         q = parse_query(request, cols)
@@ -306,6 +318,7 @@ def browse_routes(state) -> list[Route]:
 
     return [
         Route("/api/plane", plane),
+        Route("/api/plane/ids", plane_ids),
         Route("/api/browse", browse),
         Route("/api/item/{row}", item),
         Route("/api/provenance", provenance),
