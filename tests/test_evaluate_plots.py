@@ -82,3 +82,27 @@ def test_the_va_plane_says_which_systems_it_shows(tmp_path, figures):
     assert "showing 3 of 9 systems" in title and all(f"sys{k}" in title for k in range(3))
     plots.va_plane_plot(tmp_path / "q.png", truth, systems, n_systems=3)
     assert "showing" not in figures[-1]._suptitle.get_text()
+
+
+def test_scatter_titles_do_not_reach_into_the_row_above(tmp_path, figures):
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(1, 9, 50)
+    names = [
+        "two_stage/resnet50+color+clip-vit-b-32_scene+lbp",
+        "svr",
+        "ridge:a/b+c/d+e/f+g/h+i/j",
+        "knn",
+        "mlp",
+    ]
+    plots.scatter_plot(
+        tmp_path / "s.png", "valence", truth, [(n, truth + rng.normal(0, 1, 50), 0.5) for n in names]
+    )
+    fig = figures[-1]
+    renderer = fig.canvas.get_renderer()
+    top, bottom = fig.axes[:4], fig.axes[4:]
+    for ax in bottom:
+        title = ax.title.get_window_extent(renderer)
+        for above in top:
+            box = above.get_tightbbox(renderer)  # tick labels and x label included
+            if box.x0 < title.x1 and title.x0 < box.x1:  # the same column
+                assert title.y1 < box.y0
