@@ -3,6 +3,7 @@ bounded load test of the real server on 127.0.0.1 with uploads mixed in.
 
     python bench/serve.py [--n 100000] [--dim 512] [--queries 300] [--json]
     python bench/serve.py --load-only [--load-requests 2000] [--load-clients 16] [--load-seconds 60]
+    python bench/serve.py --first-view [--n 100000] [--dim 512] [--json]
 
 Latency: writes a synthetic feature store (clustered vectors, VA labels) of N rows into a
 temporary folder, builds the exact (flat) index, then times single queries: the Retriever alone,
@@ -15,6 +16,11 @@ on 127.0.0.1 (never another address), waits for its "serving on" line, then send
 searches, thumbnails, full images, /api/info, and one image upload in every --upload-every.
 Reports p50/p99 per kind, errors, and the server's resident memory (VmRSS) before and after, and
 its peak (VmHWM).
+
+First view: the same store (with predictions) served by a real server in its own process;
+times what the page needs before its first grid and plane (the page and its four API calls, cold
+and warm), the same in headless Chromium when it is installed (until the page says it is ready),
+and reports the server's resident memory (RSS, and its peak) against the goal of 2 s.
 """
 
 from __future__ import annotations
@@ -269,6 +275,9 @@ def main() -> int:
     ap.add_argument(
         "--chunked-upload-mb", type=int, default=200, help="then one oversized chunked upload (0: none)"
     )
+    ap.add_argument(
+        "--first-view", action="store_true", help="only time the page's first grid + plane; server RSS"
+    )
     args = ap.parse_args()
     bounded = 1 <= args.load_requests <= 100_000 and 0 < args.load_seconds <= 600 and args.load_clients <= 64
     if not bounded or not 0 <= args.chunked_upload_mb <= 1024:
@@ -282,6 +291,8 @@ def main() -> int:
         else:
             print_load(load)
         return 0
+    if args.first_view:
+        return first_view_main(args)
 
     from starlette.testclient import TestClient
 
@@ -308,7 +319,7 @@ def main() -> int:
                 r.by_id(item, args.k)
                 t.append(time.perf_counter() - t0)
             results["retriever_by_id"] = percentiles(t)
-        client = TestClient(create_app(ServeConfig(str(store), "synth/embed")))
+        client = TestClient(create_app(ServeConfig(str(store), "synth/embed")), base_url="http://127.0.0.1")
         for name, make in (
             ("api_search_item", lambda i: ("/api/search/item", {"id": picks[i], "k": args.k})),
             (
@@ -366,6 +377,175 @@ def _machine() -> dict:
         "python": sys.version.split()[0],
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
+
+# -- time to the first grid and plane ----------------------------------------------------------
+FIRST_VIEW_CALLS = (
+    "/",
+    "/api/info",
+    "/api/provenance",
+    "/api/plane",
+    "/api/browse?limit=60",
+)  # then /api/plane/ids
+SERVER = """
+import sys, numpy as np, uvicorn
+from evoked.serve.app import ServeConfig, create_app
+pred = np.load(sys.argv[2])
+app = create_app(ServeConfig(sys.argv[1], "synth/embed", predictions=pred, run_name="bench/synthetic"))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
+"""
+
+
+def _rss_mib(pid: int) -> dict:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mib": fields.get("VmRSS"), "peak_rss_mib": fields.get("VmHWM")}
+
+
+def _first_view_http(base: str) -> tuple[float, int]:
+    import urllib.request
+
+    t0, size = time.perf_counter(), 0
+    for path in FIRST_VIEW_CALLS:
+        with urllib.request.urlopen(base + path) as r:
+            size += len(r.read())
+    return time.perf_counter() - t0, size
+
+
+def _first_view_browser(base: str) -> dict | None:
+    """Seconds from navigation to the page's data-ready mark in headless Chromium, or None without one."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        return None
+    if not chromium or not driver:
+        return None
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+    try:
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            browser.get(base + "/")
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+            )
+            runs.append(time.perf_counter() - t0)
+        page_ms = float(browser.find_element(By.TAG_NAME, "body").get_attribute("data-first-view-ms"))
+        return {"first_s": runs[0], "warm_s": min(runs[1:]), "in_page_ms": page_ms}
+    finally:
+        browser.quit()
+
+
+def first_view_main(args) -> int:
+    import socket
+    import subprocess
+    import urllib.request
+
+    from evoked.features.store_index import build_store_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "s.h5"
+        write_store(store, args.n, args.dim)
+        _, info = build_store_index(store, "synth/embed", kind="flat", use_gpu="never")
+        rng = np.random.default_rng(2)
+        np.save(Path(tmp) / "pred.npy", np.clip(5 + 1.5 * rng.normal(size=(args.n, 2)), 1, 9))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src")] + sys.path),
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(store), str(Path(tmp) / "pred.npy"), str(port)], env=env
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/api/info").read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                        raise SystemExit("the server did not start") from None
+                    time.sleep(0.1)
+            startup = time.perf_counter() - t0
+            idle = _rss_mib(proc.pid)
+            cold, size = _first_view_http(base)
+            warm = min(_first_view_http(base)[0] for _ in range(3))
+            t1 = time.perf_counter()
+            urllib.request.urlopen(base + "/api/points").read()  # what the page loaded before: no grid
+            points_s = time.perf_counter() - t1
+            browser = _first_view_browser(base)
+            loaded = _rss_mib(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    # the part of the RSS that is the libraries (torch, faiss, ...) alone, before any store is opened
+    probe = "import evoked.serve.app; print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    imports_kib = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True
+    ).stdout
+    out = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
+        "n": args.n,
+        "dim": args.dim,
+        "index": info.kind,
+        "server_start_s": round(startup, 2),
+        "http_first_view_s": {"cold": round(cold, 3), "warm": round(warm, 3), "bytes": size},
+        "browser_first_view_s": browser,
+        "api_points_s": round(points_s, 3),
+        "server_rss_mib": {
+            "idle": idle,
+            "after_page_loads": loaded,
+            "imports_only": round(int(imports_kib) / 1024, 1),
+        },
+    }
+    goal = browser["first_s"] if browser else cold
+    out["goal_met"] = goal < 2.0
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.n:,} items x {args.dim}-d, {info.kind} index; server started in {startup:.1f} s")
+    print(
+        f"page + {len(FIRST_VIEW_CALLS) - 1} API calls over HTTP: {cold:.2f} s cold, {warm:.2f} s warm, {size / 2**20:.1f} MiB"
+    )
+    if browser:
+        print(
+            f"headless Chromium, navigation to grid + plane drawn: {browser['first_s']:.2f} s first, "
+            f"{browser['warm_s']:.2f} s again (in-page {browser['in_page_ms']:.0f} ms)"
+        )
+    else:
+        print("headless Chromium not found: browser time not measured")
+    print(
+        f"server RSS: {idle['rss_mib']} MiB idle, {loaded['rss_mib']} MiB after the page loads "
+        f"(peak {loaded['peak_rss_mib']} MiB; the libraries alone: {out['server_rss_mib']['imports_only']} MiB)"
+    )
+    print(f"before: GET /api/points (the old page's one call, no grid) {points_s:.2f} s")
+    print(
+        f"goal: first grid + plane under 2 s at {args.n:,} items: {'met' if out['goal_met'] else 'NOT met'}"
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@ nothing changed for a caller that uses pyplot itself.
 from __future__ import annotations
 
 import math
-import textwrap
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 SCALE = (1.0, 9.0)
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+# Okabe & Ito (2008): told apart with the common colour-vision deficiencies; yellow last (weak on white)
+_COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000", "#F0E442", "#999999")
 
 
 def _spaced_labels(xs: list, log: bool) -> list[str]:
@@ -55,8 +56,24 @@ def _alpha(n: int) -> float:
     return float(np.clip(400 / max(n, 1), 0.12, 0.8))
 
 
-def _title(name: str, width: int = 34) -> str:
-    return "\n".join(textwrap.wrap(name, width, break_on_hyphens=False) or [name])
+def _title_lines(name: str, width: int = 30) -> list[str]:
+    """`name` in lines of at most `width` characters, broken only after a space or a separator.
+
+    System names are often one long token ("two_stage/resnet50+color"): they break after ``/ + : , _``
+    or a space, never inside a word; a word longer than `width` keeps a line of its own.
+    """
+    tokens = [t for t in re.split(r"(?<=[\s/+:,_])", name) if t]
+    lines: list[str] = []
+    for tok in tokens:
+        if lines and len(lines[-1]) + len(tok.rstrip()) <= width:
+            lines[-1] += tok
+        else:
+            lines.append(tok)
+    return [ln.strip() for ln in lines if ln.strip()] or [name]
+
+
+def _title(name: str, width: int = 30) -> str:
+    return "\n".join(_title_lines(name, width))
 
 
 def _grid(k: int, max_cols: int = 4) -> tuple[int, int]:
@@ -72,7 +89,8 @@ def scatter_plot(
 ) -> Path:
     """Predicted vs true `dimension`: one panel per (name, predictions, r), identity line dashed."""
     rows, cols = _grid(len(systems))
-    fig = _figure(3.3 * cols, 3.55 * rows + 0.5)
+    title_lines = max(len(_title_lines(name)) for name, _, _ in systems) + 1  # + the r line
+    fig = _figure(3.3 * cols, (3.15 + 0.17 * title_lines) * rows + 0.5)
     lim = _limits(truth, *[p for _, p, _ in systems])
     keep = np.isfinite(truth)
     for k, (name, pred, r) in enumerate(systems):
@@ -105,11 +123,13 @@ def va_plane_plot(
     labels: np.ndarray | None = None,
     anchors: dict[str, tuple[float, float]] | None = None,
     anchor_source: str = "",
+    n_systems: int | None = None,
 ) -> Path:
     """True and predicted points on the valence x arousal plane, one panel each, coloured by category.
 
     `anchors` (category -> VA from the lexicon) are drawn as labelled stars: the points that VA ->
-    nearest-category accuracy compares predictions with.
+    nearest-category accuracy compares predictions with. `n_systems`, the number of systems the
+    report has: when the plot shows fewer, its title says how many and which.
     """
     has_truth = bool(np.isfinite(truth).all(axis=1).any())
     panels = [("true VA", truth)] * has_truth + list(systems)
@@ -119,7 +139,16 @@ def va_plane_plot(
     # legend entries are about 1.15 inch wide; its rows of 0.22 inch sit below the panels
     legend_cols = max(1, min(len(cats) + 1, int(width / 1.15)))
     legend_h = (0.35 + 0.22 * math.ceil((len(cats) + 1) / legend_cols)) if cats else 0.0
-    height = 3.6 * rows + 0.5 + legend_h
+    subset = n_systems is not None and n_systems > len(systems)
+    subset_note = ""
+    if subset:
+        names = ", ".join(name for name, _ in systems)
+        subset_note = "\n".join(
+            _title_lines(
+                f"showing {len(systems)} of {n_systems} systems (the best ranked): {names}", 16 * cols
+            )
+        )
+    height = 3.6 * rows + 0.5 + legend_h + (0.16 * (subset_note.count("\n") + 1) if subset else 0.0)
     fig = _figure(width, height)
     lim = _limits(*[p for _, p in panels])
     color_of = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(cats)}
@@ -166,7 +195,9 @@ def va_plane_plot(
     title = "Valence-arousal plane: " + ("truth and predictions" if has_truth else "predictions")
     if anchors:
         title += f"\n(stars: category VA from {anchor_source})"
-    fig.suptitle(title, fontsize=11)
+    if subset_note:
+        title += "\n" + subset_note
+    fig.suptitle(title, fontsize=11 if not subset else 10)
     if handles:
         legend = fig.legend(
             [_solid(h) for h in handles.values()],
@@ -239,6 +270,7 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
     lines = {}
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, k + 1)
+        spread: list[float] = []
         for si, system in enumerate(systems):
             for setting in settings:
                 pts = sorted(
@@ -253,7 +285,11 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
                 e = np.array([np.nan_to_num(r[f"{metric}_std"]) for r in pts])
                 color = _COLORS[si % len(_COLORS)]
                 (ln,) = ax.plot(x, y, ls=styles[setting], marker=markers[setting], ms=4, color=color, lw=1.5)
-                ax.fill_between(x, y - e, y + e, color=color, alpha=0.12, lw=0)
+                if len(x) > 1:
+                    ax.fill_between(x, y - e, y + e, color=color, alpha=0.12, lw=0)
+                else:  # one budget: a band would have no width, so the spread is an error bar
+                    ax.errorbar(x, y, yerr=e, fmt="none", ecolor=color, elinewidth=1.2, capsize=4)
+                spread.extend(np.concatenate([y - e, y + e]).tolist())
                 lines.setdefault(f"{system}: {setting}", ln)
         positive = [x for x in xs if x > 0]
         if positive and xs[-1] / positive[0] >= 8:
@@ -267,7 +303,20 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
         ax.minorticks_off()
         ax.grid(alpha=0.25)
         what, dim = metric.split("_", 1)
-        ax.set_title(f"{'Pearson r' if what == 'r' else 'MSE'} of {dim}", fontsize=10)
+        log_y = what == "mse" and _wide_positive(spread)
+        if log_y:
+            # stage 1 alone (n = 0) often has an MSE several times the rest: on a linear axis it would
+            # squash every other point into a line at the bottom
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_title(
+            f"{'Pearson r' if what == 'r' else 'MSE'} of {dim}" + (" (log scale)" if log_y else ""),
+            fontsize=10,
+        )
         ax.set_ylabel(f"{'r' if what == 'r' else 'MSE'} ({dim})")
         ax.set_xlabel("VA-labelled training items")
     fig.suptitle("Low-resource curve: mean \u00b1 std over seeds", fontsize=11)
@@ -283,6 +332,12 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
     fig.tight_layout(rect=(0, min(0.4, 0.035 * legend_rows + 0.03) * (2 / (rows + 1)), 1, 1))
     fig.savefig(path)
     return path
+
+
+def _wide_positive(values: Sequence[float], ratio: float = 4.0) -> bool:
+    """True when positive values span more than `ratio` (max / min): a log axis then reads better."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return bool(v.size and (v > 0).all() and v.max() / v.min() > ratio)
 
 
 def _has(summary: Sequence[dict], metric: str) -> bool:

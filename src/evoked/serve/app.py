@@ -36,8 +36,9 @@ from evoked.data.manifest import unescape_name
 from evoked.errors import DecodeError, EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit, Retriever
+from evoked.serve.browse import browse_routes
 from evoked.serve.security import SecurityMiddleware, allowed_hosts, content_security_policy, image_payload
-from evoked.serve.thumbs import ThumbnailCache
+from evoked.serve.thumbs import ThumbnailCache, thumb_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ServeConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     thumb_size: int = 256
     thumb_cache_items: int = 4096
+    thumb_dir: str | None = None  # disk cache of thumbnails; None: STORE.thumbs/ beside the store
     device: str = "cpu"
     host: str = "127.0.0.1"  # the bound host: with loopback names, the only Host header answered
     allow_hosts: tuple[str, ...] = ()  # more Host names to answer (a reverse proxy's name)
@@ -71,7 +73,8 @@ class _State:
         store = self.retriever.store
         self.root = Path(os.path.abspath(store.root))
         self.ok_rows = np.flatnonzero(store.status == OK)
-        self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items)
+        thumb_dir = cfg.thumb_dir or thumb_dir_for(cfg.store, cfg.thumb_size)
+        self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items, thumb_dir)
         extractor = store.extractors[self.retriever.extractor]
         self.text_search = cfg.feature.endswith("/embed") and str(extractor.get("spec", "")).startswith(
             "clip:"
@@ -299,7 +302,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
 
         def make() -> bytes:
             try:
-                return state.thumbs.get(row, path, cfg.max_pixels)
+                return state.thumbs.get(row, path, cfg.max_pixels, key=str(state.retriever.ids[row]))
             except DecodeError as e:
                 raise HTTPException(422, f"cannot make a thumbnail: {e.reason}") from None
 
@@ -325,6 +328,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
         Route("/api/search/image", search_image, methods=["POST"]),
         Route("/api/image/{row}", image),
         Route("/api/thumb/{row}", thumb),
+        *browse_routes(state),
     ]
     security = Middleware(
         SecurityMiddleware, hosts=allowed_hosts(cfg.host, cfg.allow_hosts), csp=content_security_policy(html)

@@ -1,0 +1,350 @@
+"""Browsing the whole collection: the plane's columns, filtered and sorted pages, one item in full.
+
+Mounted by `evoked.serve.app`. Filters and sorting run on numpy columns read once at start, so a
+page of a 100,000-item store answers in milliseconds; the plane's columns are encoded once and the
+bytes kept, since every page load asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from evoked.errors import EvokedError
+from evoked.features.store import OK, STATUS_NAMES
+from evoked.retrieve import Hit
+
+SORTS = ("row", "valence", "arousal", "residual", "similarity")
+MAX_LIMIT = 200
+SIMILARITY_POOL = 5000  # similarity ranks the nearest items of the index, not the whole store
+NO_SPLIT = "none"  # the spelling of "no split" in a filter (the store writes "")
+
+
+@dataclass
+class Query:
+    category: list[str]
+    split: list[str]
+    status: list[str]
+    box: tuple[float, float, float, float] | None
+    source: str
+    residual_min: float | None
+    sort: str
+    order: str
+    like: str | None
+    offset: int
+    limit: int
+
+
+class Columns:
+    """Per-row arrays the filters read; built once from the retriever and the run's predictions."""
+
+    def __init__(self, state):
+        r = state.retriever
+        self.state = state
+        self.n = len(r.ids)
+        self.category = np.asarray(r.category, dtype=object).astype(str)
+        labels = r.store.labels()
+        self.split = np.asarray(labels["split"], dtype=object).astype(str)
+        self.distribution = labels.get("distribution")
+        self.dist_categories = labels.get("categories", [])
+        self.status = np.asarray(r.status)
+        self.rated = np.stack([r.valence, r.arousal], 1)
+        pred = state.cfg.predictions
+        self.pred = None if pred is None else np.asarray(pred, dtype=float)
+        self.residual = None if self.pred is None else np.hypot(*(self.pred - self.rated).T)
+        self.categories = sorted(set(self.category.tolist()) - {""})
+        self.splits = sorted(set(self.split.tolist()) - {""})
+        self._plane: bytes | None = None
+        self._ids: bytes | None = None
+        self._lock = threading.Lock()
+
+    def va(self, source: str) -> np.ndarray:
+        return self.rated if source == "labels" else self.pred
+
+    # -- the plane -----------------------------------------------------------------------------
+    def plane_bytes(self) -> bytes:
+        with self._lock:
+            if self._plane is None:
+                self._plane = json.dumps(self._plane_json(), separators=(",", ":")).encode("utf-8")
+            return self._plane
+
+    def ids_bytes(self) -> bytes:
+        with self._lock:
+            if self._ids is None:
+                ids = [str(i) for i in self.state.retriever.ids]
+                self._ids = json.dumps({"id": ids}, separators=(",", ":")).encode("utf-8")
+            return self._ids
+
+    def _plane_json(self) -> dict:
+        cat_code = {c: i for i, c in enumerate(self.categories)}
+        split_code = {s: i for i, s in enumerate(self.splits)}
+        out = {
+            "n": self.n,
+            "categories": self.categories,
+            "category": [cat_code.get(c, -1) for c in self.category.tolist()],
+            "splits": self.splits,
+            "split": [split_code.get(s, -1) for s in self.split.tolist()],
+            "statuses": [STATUS_NAMES[k] for k in sorted(STATUS_NAMES)],
+            "status": self.status.astype(int).tolist(),
+            "valence": _rounded(self.rated[:, 0]),
+            "arousal": _rounded(self.rated[:, 1]),
+        }
+        if self.pred is not None:
+            out["pred_valence"] = _rounded(self.pred[:, 0])
+            out["pred_arousal"] = _rounded(self.pred[:, 1])
+        return out
+
+    # -- filters and sorting -------------------------------------------------------------------
+    def mask(self, q: Query) -> np.ndarray:
+        keep = np.ones(self.n, bool)
+        if q.category:
+            keep &= np.isin(self.category, q.category)
+        if q.split:
+            keep &= np.isin(self.split, ["" if s == NO_SPLIT else s for s in q.split])
+        if q.status:
+            codes = [k for k, name in STATUS_NAMES.items() if name in q.status]
+            keep &= np.isin(self.status, codes)
+        if q.box is not None:
+            v0, v1, a0, a1 = q.box
+            va = self.va(q.source)
+            with np.errstate(invalid="ignore"):
+                keep &= (va[:, 0] >= v0) & (va[:, 0] <= v1) & (va[:, 1] >= a0) & (va[:, 1] <= a1)
+        if q.residual_min is not None:
+            with np.errstate(invalid="ignore"):
+                keep &= self.residual >= q.residual_min
+        return keep
+
+    def ordered(self, q: Query, keep: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+        """Rows that pass, in the requested order (unknown values last), and similarities if asked."""
+        if q.sort == "similarity":
+            return self._by_similarity(q, keep)
+        rows = np.flatnonzero(keep)
+        if q.sort == "row":
+            return (rows if q.order == "asc" else rows[::-1]), {}
+        key = {
+            "valence": lambda: self.va(q.source)[rows, 0],
+            "arousal": lambda: self.va(q.source)[rows, 1],
+            "residual": lambda: self.residual[rows],
+        }[q.sort]()
+        known = ~np.isnan(key)
+        sign = 1.0 if q.order == "asc" else -1.0
+        first = rows[known][np.argsort(sign * key[known], kind="stable")]
+        return np.concatenate([first, rows[~known]]), {}
+
+    def _by_similarity(self, q: Query, keep: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+        r = self.state.retriever
+        pool = min(SIMILARITY_POOL, int((self.status == OK).sum()))
+        with self.state.lock:
+            try:
+                hits = r.by_id(q.like, pool, include_self=True)
+            except EvokedError as e:
+                raise HTTPException(404, str(e)) from None
+        rows = np.array([h.row for h in hits], dtype=np.int64)
+        scores = {h.row: h.score for h in hits}
+        rows = rows[keep[rows]] if rows.size else rows
+        return (rows if q.order == "desc" else rows[::-1]), scores
+
+
+def _rounded(x: np.ndarray) -> list:
+    return [None if math.isnan(v) else v for v in np.round(x.astype(float), 3).tolist()]
+
+
+# -- request parsing --------------------------------------------------------------------------
+def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
+    raw = request.query_params.get(name, "")
+    values = [v for v in raw.split(",") if v]
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        shown = ", ".join(allowed[:20]) + (" ..." if len(allowed) > 20 else "")
+        raise HTTPException(400, f"{name}={bad[0]!r} is not one of the store's values: {shown}")
+    return values
+
+
+def _number(request: Request, name: str, default=None, whole: bool = False):
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name}={raw!r} is not a {'whole number' if whole else 'number'}") from None
+    if not math.isfinite(value):
+        raise HTTPException(400, f"{name}={raw!r} is not finite")
+    return value
+
+
+def parse_query(request: Request, cols: Columns) -> Query:
+    source = request.query_params.get("source", "labels")
+    if source not in ("labels", "predictions"):
+        raise HTTPException(400, f"source={source!r}: use labels or predictions")
+    if source == "predictions" and cols.pred is None:
+        raise HTTPException(400, "no predictions: start the server with --run runs/NAME")
+    box = None
+    if request.query_params.get("box"):
+        raw = request.query_params["box"]
+        try:
+            box = tuple(float(x) for x in raw.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
+            raise HTTPException(400, f"box={raw!r}: give v_min,v_max,a_min,a_max with min <= max")
+    residual_min = _number(request, "residual_min")
+    if residual_min is not None and cols.residual is None:
+        raise HTTPException(400, "a residual filter needs predictions: start the server with --run runs/NAME")
+    sort = request.query_params.get("sort", "row")
+    if sort not in SORTS:
+        raise HTTPException(400, f"sort={sort!r}: use one of {', '.join(SORTS)}")
+    if sort == "residual" and cols.residual is None:
+        raise HTTPException(
+            400, "sorting by residual needs predictions: start the server with --run runs/NAME"
+        )
+    like = request.query_params.get("like") or None
+    if sort == "similarity" and not like:
+        raise HTTPException(400, "sort=similarity needs like=ITEM_ID, the item to compare with")
+    default_order = "desc" if sort in ("residual", "similarity") else "asc"
+    order = request.query_params.get("order", default_order)
+    if order not in ("asc", "desc"):
+        raise HTTPException(400, f"order={order!r}: use asc or desc")
+    offset = _number(request, "offset", 0, whole=True)
+    limit = _number(request, "limit", 60, whole=True)
+    if offset < 0:
+        raise HTTPException(400, f"offset={offset} must not be negative")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise HTTPException(400, f"limit={limit} must be between 1 and {MAX_LIMIT}")
+    return Query(
+        category=_list(request, "category", cols.categories),
+        split=_list(request, "split", cols.splits + [NO_SPLIT]),
+        status=_list(request, "status", list(STATUS_NAMES.values())),
+        box=box,
+        source=source,
+        residual_min=residual_min,
+        sort=sort,
+        order=order,
+        like=like,
+        offset=offset,
+        limit=limit,
+    )
+
+
+# -- the routes -------------------------------------------------------------------------------
+def browse_routes(state) -> list[Route]:
+    """The browsing endpoints over `state` (the app's `_State`)."""
+    cols = Columns(state)
+    r = state.retriever
+    # every page load asks for the plane: encode it now, off the request path (a request waits on the lock)
+    threading.Thread(
+        target=lambda: (cols.plane_bytes(), cols.ids_bytes()), name="evoked-plane", daemon=True
+    ).start()
+
+    def item_json(row: int, score: float | None = None) -> dict:
+        v, a = r.valence[row], r.arousal[row]
+        hit = Hit(
+            0,
+            row,
+            str(r.ids[row]),
+            str(r.paths[row]),
+            score,
+            None if np.isnan(v) else float(v),
+            None if np.isnan(a) else float(a),
+            str(r.category[row]),
+        )
+        d = state.hit_json(hit)
+        d.pop("rank", None)
+        d["split"] = cols.split[row]
+        d["status"] = STATUS_NAMES.get(int(cols.status[row]), "unknown")
+        if d["status"] != "ok":
+            d["thumb"] = None  # thumbnails are made for ok rows only
+        if cols.residual is not None and not np.isnan(cols.residual[row]):
+            d["residual"] = round(float(cols.residual[row]), 4)
+        return d
+
+    async def plane(request: Request) -> Response:
+        return Response(cols.plane_bytes(), media_type="application/json")
+
+    async def plane_ids(request: Request) -> Response:
+        return Response(cols.ids_bytes(), media_type="application/json")
+
+    async def browse(request: Request) -> Response:
+        q = parse_query(request, cols)
+        keep = cols.mask(q)
+        rows, scores = cols.ordered(q, keep)
+        page = rows[q.offset : q.offset + q.limit]
+        out = {
+            "total": int(rows.size),
+            "offset": q.offset,
+            "limit": q.limit,
+            "sort": q.sort,
+            "order": q.order,
+            "source": q.source,
+            "items": [item_json(int(i), scores.get(int(i))) for i in page],
+        }
+        if q.sort == "similarity":
+            out["note"] = f"similarity ranks the {SIMILARITY_POOL:,} items nearest to {q.like} at most"
+        return JSONResponse(out)
+
+    async def item(request: Request) -> Response:
+        raw = request.path_params["row"]
+        try:
+            row = int(raw)
+        except ValueError:
+            raise HTTPException(400, f"row {raw!r} is not a whole number") from None
+        if not 0 <= row < cols.n:
+            raise HTTPException(404, f"no item at row {row}; the store has {cols.n} rows")
+        k = _number(request, "k", 12, whole=True)
+        if not 0 <= k <= MAX_LIMIT:
+            raise HTTPException(400, f"k={k} must be between 0 and {MAX_LIMIT}")
+        d = item_json(row)
+        if d["status"] == "failed":
+            d["error"] = r.store.errors().get(d["id"], "")
+        if cols.distribution is not None and np.isfinite(cols.distribution[row]).all():
+            d["distribution"] = dict(zip(cols.dist_categories, np.round(cols.distribution[row], 4).tolist()))
+        d["neighbours"] = []
+        if k and d["status"] == "ok":
+            with state.lock:
+                found = r.by_id(d["id"], k)
+            d["neighbours"] = [state.hit_json(h) for h in found]
+        return JSONResponse(d)
+
+    async def provenance(request: Request) -> Response:
+        return JSONResponse(provenance_of(state))
+
+    return [
+        Route("/api/plane", plane),
+        Route("/api/plane/ids", plane_ids),
+        Route("/api/browse", browse),
+        Route("/api/item/{row}", item),
+        Route("/api/provenance", provenance),
+    ]
+
+
+def provenance_of(state) -> dict:
+    """Model, weights, feature and index of the served feature, with a warning for random weights."""
+    r = state.retriever
+    attrs = r.store.extractors.get(r.extractor, {})
+    weights = attrs.get("weights_tag") or attrs.get("config", {}).get("weights", {}).get("tag") or "unknown"
+    sha = attrs.get("weights_sha256") or ""
+    out = {
+        "dataset": r.store.attrs.get("dataset"),
+        "model": attrs.get("model") or attrs.get("spec") or r.extractor,
+        "spec": attrs.get("spec"),
+        "weights": weights,
+        "weights_sha256": sha[:12] or None,
+        "feature": state.cfg.feature,
+        "index": r.kind,
+        "run": state.cfg.run_name,
+        "warning": None,
+    }
+    if weights == "random":
+        out["warning"] = (
+            f"{r.extractor} was extracted with RANDOM weights: neighbours and predictions show no learned "
+            "similarity (a smoke run); extract again with --weights default or a weights file"
+        )
+    return out
