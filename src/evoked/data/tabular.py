@@ -48,6 +48,10 @@ def _float(value, where: str, column: str) -> float:
 
 def _rows_from_file(path: Path) -> tuple[list[dict], str]:
     suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        from evoked.data.parquet import read_rows  # pyarrow is imported for parquet manifests only
+
+        return read_rows(path), "parquet"
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = []
         for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
