@@ -56,6 +56,8 @@ class ExportSummary:
 class _Writer:
     """One output layout: `write` takes consecutive exported rows; files roll over every N rows."""
 
+    concatenates = False  # several features become one matrix (else: one column each)
+
     def __init__(self, out: Path, features: dict[str, int], dtype: str, total: int, rows_per_file: int):
         self.out, self.features, self.dtype = out, features, np.dtype(dtype)
         self.total, self.per_file = total, rows_per_file
@@ -92,6 +94,8 @@ class _Writer:
 
 
 class NpyWriter(_Writer):
+    concatenates = True  # several features become one matrix
+
     def open(self, i: int, rows: int) -> None:
         import pyarrow.parquet as pq
 
@@ -160,8 +164,8 @@ def export_features(
 ) -> ExportSummary:
     """Write the `features` of the ok rows of `store` under `out` (an absent or empty folder).
 
-    `normalize` scales each feature of each row to unit L2 norm (several features together are
-    then divided by sqrt(count), so that rows are unit vectors for inner-product search).
+    `normalize` scales each feature of each row to unit L2 norm (in the npy layout several features
+    together are then divided by sqrt(count), so that rows are unit vectors for inner-product search).
     `on_chunk(rows_read)` reports progress.
     """
     if format not in FORMATS:
@@ -206,7 +210,7 @@ def _export(
             keep = status[rows] == OK
             if keep.any():
                 x = np.concatenate([_feature(s, n, rows, normalize) for n in names], axis=1)
-                if normalize and len(names) > 1:
+                if normalize and len(names) > 1 and writer.concatenates:
                     x /= np.sqrt(len(names))
                 writer.write(_metadata(s.file, rows, keep), x[keep])
                 del x
