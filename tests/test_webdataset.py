@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, make_image
 from evoked.cli import main
 from evoked.data import load_dataset
+from evoked.data.inspection import inspect_dataset
 from evoked.errors import DatasetError
 from evoked.extract import extract
 from evoked.extract.sources import TarMembers
@@ -103,6 +104,8 @@ def test_ids_labels_and_failures_from_messy_shards(messy_shards: Path, tmp_path:
     assert "two images in one sample: 000200003.jpg, 000200003.png" in errors["00002/000200003"]
     assert "truncated tar" in errors["00003/000300001"] and "cut short" in errors["00003/000300001"]
     assert "00003/000300000" not in errors  # the member before the cut is whole
+    report = inspect_dataset(m, workers=1)  # `evoked data inspect` reads the members too
+    assert {f["id"]: f["reason"] for f in report["failures"]} == errors
 
 
 def test_same_photos_from_tars_and_files_give_identical_features(tmp_path: Path):

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 
 from evoked.data.datasets import IMAGE_EXTENSIONS, register_dataset
 from evoked.data.manifest import Manifest, normalize_split
-from evoked.errors import DatasetError, LabelError
+from evoked.errors import DatasetError, DecodeError, LabelError
 
 log = logging.getLogger(__name__)
 
@@ -366,3 +367,22 @@ def image_refs(manifest: Manifest) -> list[ImageRef]:
 )
 def _read(path: Path) -> Manifest:
     return read_webdataset(path)
+
+
+def member_reader(manifest: Manifest) -> Callable[[str], bytes]:
+    """``read(path) -> bytes`` for the rows of a webdataset manifest (one member read per call),
+    raising `DecodeError` with the reason extraction would record."""
+    refs = dict(zip((str(p) for p in manifest.abspaths()), image_refs(manifest)))
+
+    def read(path: str) -> bytes:
+        ref = refs[str(path)]
+        if ref.error is not None:
+            raise DecodeError(path, ref.error)
+        with open(ref.shard, "rb") as fh:
+            fh.seek(ref.offset)
+            data = fh.read(ref.size)
+        if not data:
+            raise DecodeError(path, "empty tar member (0 bytes)")
+        return data
+
+    return read
