@@ -203,8 +203,9 @@ class _Writer(threading.Thread):
                 continue  # drain after a failure
             try:
                 t0 = time.perf_counter()
-                self.sink.write(Block(*item))
-                self.on_written(int(item[3].sum()), time.perf_counter() - t0)
+                block = Block(*item)  # (block, rows, feats, ok, errors, read_s, model_s) from _loop
+                self.sink.write(block)
+                self.on_written(int(block.ok.sum()), time.perf_counter() - t0)
             except BaseException as e:  # re-raised in the main thread
                 self.error = e
 

@@ -204,7 +204,7 @@ def _export(
     tmp.mkdir(parents=True)
     try:
         writer = FORMATS[format](tmp, dims, dtype, total, rows_per_file)
-        step = max(1, min(rows_per_file, CHUNK_BYTES // (4 * sum(dims.values()))))
+        step = max(1, CHUNK_BYTES // (4 * sum(dims.values())))
         for start in range(0, len(s), step):
             rows = np.arange(start, min(start + step, len(s)))
             keep = status[rows] == OK
