@@ -18,6 +18,7 @@ from conftest import REPO, make_image
 from evoked.cli import main
 from evoked.data import load_dataset
 from evoked.data.inspection import inspect_dataset
+from evoked.data.webdataset import image_refs
 from evoked.errors import DatasetError
 from evoked.extract import extract
 from evoked.extract.sources import TarMembers
@@ -247,3 +248,21 @@ def test_parquet_manifest_reads_like_the_csv_one(tmp_path: Path):
     (tmp_path / "bad.parquet").write_text("no")
     with pytest.raises(DatasetError, match=r"bad.parquet is not a readable parquet file"):
         load_dataset(f"parquet:{tmp_path}/bad.parquet")
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_listing_reads_every_tar_format_as_tarfile_does(tmp_path: Path, fmt: int):
+    photo = _photos(tmp_path / "photos", 1)[0].read_bytes()
+    long_key = "d/" + "k" * 120 if fmt != tarfile.USTAR_FORMAT else "d/" + "k" * 90
+    keys = ["000000000", "smörgås", long_key]
+    with tarfile.open(tmp_path / "00000.tar", "w", format=fmt) as tf:
+        for key in keys:
+            _add(tf, f"{key}.jpg", photo)
+            _add(tf, f"{key}.cls", b"joy")
+    m = load_dataset(f"webdataset:{tmp_path}/00000.tar")
+    assert m.ids.tolist() == [f"00000/{k}" for k in keys] and set(m.category) == {"joy"}
+    assert not m.notes
+    with tarfile.open(tmp_path / "00000.tar") as tf:  # offsets as the standard library sees them
+        want = {i.name: (i.offset_data, i.size) for i in tf.getmembers()}
+    for key, ref in zip(keys, image_refs(m)):
+        assert (ref.offset, ref.size) == want[f"{key}.jpg"] and ref.error is None
