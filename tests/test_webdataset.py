@@ -100,6 +100,7 @@ def test_ids_labels_and_failures_from_messy_shards(messy_shards: Path, tmp_path:
         errors = store.errors()
         assert store.ids.tolist() == m.ids.tolist()
         assert (store.status == OK).sum() == 8
+        assert any("00003.tar is truncated" in n for n in store.attrs["dataset_notes"])  # kept in the store
     assert "not a recognised image format" in errors["00002/000200000"]
     assert "no image member (has .json)" in errors["00002/000200002"]
     assert "two images in one sample: 000200003.jpg, 000200003.png" in errors["00002/000200003"]

@@ -415,7 +415,8 @@ def extract(
             block_size=batch_size,
             dtype=dtype,
             shard=shard_info,
-            attrs={"precision": prec},
+            # the reader's notes (files left out, what a truncated tar lost) stay with the features
+            attrs={"precision": prec, "dataset_notes": list(manifest.notes)},
         )
     try:
         todo = _blocks_to_do(store, retry_failed)
