@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             **{k: med["files"] / med[k] for k in BYTES},
             "reader webdataset": med["reader files"] / med["reader webdataset"],
         },
+        "goal_met": med["reader webdataset"] <= med["reader files"],
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -225,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| decode ({args.workers} workers) | {k.split()[1]} | {med[k]:.2f} | {n / med[k]:,.0f} | {ratio:.2f} |"
         )
+    ratio = result["ratios_vs_files"]["reader webdataset"]
+    print(
+        f"\ngoal, shards at least as fast as files through the reader: {'met' if ratio >= 1 else 'missed'} ({ratio:.2f}x)"
+    )
     m = result["machine"]
-    print(f"\nload average before {m['load_before']}, after {m['load_after']} ({m['cpus']} CPUs)")
+    print(f"load average before {m['load_before']}, after {m['load_after']} ({m['cpus']} CPUs)")
     return 0
 
 
