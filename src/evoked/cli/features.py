@@ -1,12 +1,13 @@
-"""`evoked features info|merge`."""
+"""`evoked features info|merge|export`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json
+from evoked.cli._common import COMMON, print_json, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("shards", nargs="*", type=Path)
     p.set_defaults(func=_merge)
+    p = fsub.add_parser(
+        "export",
+        parents=[COMMON],
+        help="write features as npy + parquet (clip-retrieval layout) or parquet, for other tools",
+        description="Export the ok rows of STORE. --format npy writes OUT/img_emb/img_emb_{i}.npy and "
+        "OUT/metadata/metadata_{i}.parquet (row j of one is row j of the other); --format parquet writes "
+        "OUT/features_{i}.parquet with one list column per feature. Failed and pending rows are left out "
+        "and counted.",
+    )
+    p.add_argument("store", type=Path)
+    p.add_argument(
+        "--feature", action="append", required=True, help="EXTRACTOR/OUTPUT or EXTRACTOR (repeatable)"
+    )
+    p.add_argument("--format", choices=("npy", "parquet"), default="npy")
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    p.add_argument("--normalize", action="store_true", help="L2-normalise each feature of each row")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_export)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -96,4 +117,39 @@ def _merge(args: argparse.Namespace) -> int:
     print(
         f"merged {out}: {sum(c.values())} items ({c['ok']} ok, {c['failed']} failed, {c['pending']} pending)"
     )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from evoked.features.export import export_features
+    from evoked.features.store import open_store
+
+    with open_store(args.store) as s:
+        n = len(s)
+    with progress(args, n, "export", unit="row") as bar:
+        summary = export_features(
+            args.store,
+            args.feature,
+            format=args.format,
+            out=args.out,
+            rows_per_file=args.rows_per_file,
+            normalize=args.normalize,
+            dtype=args.dtype,
+            on_chunk=bar.update,
+        )
+    if args.json:
+        print_json(asdict(summary))
+        return 0
+    dims = ", ".join(f"{k} ({d})" for k, d in summary.features.items())
+    print(
+        f"exported {summary.rows} rows of {dims} as {summary.format} ({summary.dtype}"
+        + (", L2-normalised" if summary.normalized else "")
+        + f") to {summary.out}: {len(summary.files)} file"
+        + ("s" if len(summary.files) != 1 else "")
+    )
+    if summary.left_out_failed or summary.left_out_pending:
+        print(
+            f"  left out: {summary.left_out_failed} failed rows, {summary.left_out_pending} pending rows "
+            "(see `evoked features info --failures`)"
+        )
     return 0

@@ -33,6 +33,7 @@ class DatasetKind:
     detect: Callable[[Path], bool] | None
     help: str
     priority: int = 0
+    pattern: bool = False  # PATH is a pattern (braces, glob) that the reader expands itself
 
 
 _KINDS: dict[str, DatasetKind] = {}
@@ -45,6 +46,7 @@ def register_dataset(
     aliases: tuple[str, ...] = (),
     help: str = "",
     priority: int = 0,
+    pattern: bool = False,
 ) -> Callable[[Reader], Reader]:
     """Register a reader under `name` (and `aliases`) for ``NAME:PATH`` specs.
 
@@ -55,7 +57,7 @@ def register_dataset(
         for key in (name, *aliases):
             if key in _KINDS:
                 raise ValueError(f"dataset kind {key!r} is registered twice")
-            _KINDS[key] = DatasetKind(key, fn, detect if key == name else None, help, priority)
+            _KINDS[key] = DatasetKind(key, fn, detect if key == name else None, help, priority, pattern)
         return fn
 
     return deco
@@ -85,7 +87,7 @@ def load_dataset(spec: str | os.PathLike | Manifest) -> Manifest:
         return spec
     kind, raw_path = split_spec(os.fspath(spec))
     path = Path(raw_path).expanduser()
-    if not path.exists():
+    if not path.exists() and not (kind and _KINDS[kind].pattern):
         raise DatasetError(f"dataset path {str(path)!r} does not exist (from {os.fspath(spec)!r})")
     if kind is None:
         for k in sorted(_KINDS.values(), key=lambda k: -k.priority):

@@ -10,13 +10,16 @@ import numpy as np
 
 from evoked.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, probe, read_bytes
 from evoked.data.manifest import Manifest
+from evoked.data.webdataset import member_reader
 from evoked.errors import DecodeError
 
 
-def check_file(path: str, *, decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def check_file(
+    path: str, *, decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, read=read_bytes
+) -> str | None:
     """None if the file reads (and decodes), else the reason it does not."""
     try:
-        data = read_bytes(path)
+        data = read(path)
         if decode:
             decode_rgb(data, path, max_pixels)
         else:
@@ -77,8 +80,11 @@ def inspect_dataset(
     failures = []
     if check_files:
         paths = [str(p) for p in manifest.abspaths()]
+        read = member_reader(manifest) if manifest.kind == "webdataset" else read_bytes  # images in tars
         with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-            reasons = pool.map(lambda p: check_file(p, decode=decode, max_pixels=max_pixels), paths)
+            reasons = pool.map(
+                lambda p: check_file(p, decode=decode, max_pixels=max_pixels, read=read), paths
+            )
             for i, reason in enumerate(reasons):
                 if reason is not None:
                     failures.append({"id": manifest.ids[i], "path": paths[i], "reason": reason})

@@ -62,6 +62,10 @@ def _read_text(path: Path) -> str:
 
 def _rows_from_file(path: Path) -> tuple[list[dict], str]:
     suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        from evoked.data.parquet import read_rows  # pyarrow is imported for parquet manifests only
+
+        return read_rows(path), "parquet"
     text = _read_text(path)
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = []

@@ -41,8 +41,10 @@ from evoked.extract.options import (
     resolve_precision,
     shard_rows,
 )
-from evoked.extract.reader import ImageFiles, collate, decode_jpegs_on_device
+from evoked.extract.reader import collate, decode_jpegs_on_device
 from evoked.extract.registry import create_backbone, load_plugin
+from evoked.extract.sinks import Block, Sink, StoreSink
+from evoked.extract.sources import open_source
 from evoked.features.lock import output_lock
 from evoked.features.store import (
     FAILED,
@@ -176,11 +178,11 @@ def check_resumable(
 
 
 class _Writer(threading.Thread):
-    """Writes blocks off the critical path; a bounded queue keeps memory flat."""
+    """Writes blocks to a sink off the critical path; a bounded queue keeps memory flat."""
 
-    def __init__(self, store: FeatureStore, run: int, on_written: Callable[[int, float], None]):
+    def __init__(self, sink: Sink, on_written: Callable[[int, float], None]):
         super().__init__(daemon=True, name="evoked-writer")
-        self.store, self.run_index, self.on_written = store, run, on_written
+        self.sink, self.on_written = sink, on_written
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
 
@@ -203,13 +205,11 @@ class _Writer(threading.Thread):
                 return
             if self.error is not None:
                 continue  # drain after a failure
-            block, rows, feats, ok, errors, read_s, model_s = item
             try:
                 t0 = time.perf_counter()
-                self.store.write_block(rows, feats, ok, errors)
-                write_s = time.perf_counter() - t0
-                self.store.record_timing(block, self.run_index, len(rows), read_s, model_s, write_s)
-                self.on_written(int(ok.sum()), write_s)
+                block = Block(*item)  # (block, rows, feats, ok, errors, read_s, model_s) from _loop
+                self.sink.write(block)
+                self.on_written(int(block.ok.sum()), time.perf_counter() - t0)
             except BaseException as e:  # re-raised in the main thread
                 self.error = e
 
@@ -289,15 +289,15 @@ def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
 
 
 def make_loader(
-    paths: Sequence[str],
+    paths: Manifest | Sequence[str],
     blocks: Sequence[Sequence[int]],
     dev: torch.device,
     decoder: str,
     workers: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataLoader:
-    """The reader: one batch per block of rows, decoded by `workers` processes (see `ImageFiles`)."""
-    reader = ImageFiles(paths, device_jpeg=decoder == "device", max_pixels=max_pixels)
+    """The reader: one batch per block of rows, decoded by `workers` processes (see `evoked.extract.sources`)."""
+    reader = open_source(paths, device_jpeg=decoder == "device", max_pixels=max_pixels)
     return DataLoader(
         reader,
         batch_sampler=[list(b) for b in blocks],
@@ -436,7 +436,12 @@ def extract(
             block_size=batch_size,
             dtype=dtype,
             shard=shard_info,
-            attrs={"precision": prec, **_row_options(dtype, max_pixels, decoder)},
+            # the reader's notes (files left out, what a truncated tar lost) stay with the features
+            attrs={
+                "precision": prec,
+                "dataset_notes": list(manifest.notes),
+                **_row_options(dtype, max_pixels, decoder),
+            },
         )
     try:
         todo = _blocks_to_do(store, retry_failed)
@@ -451,7 +456,7 @@ def extract(
     finally:
         store.close()
     loader = make_loader(
-        [str(p) for p in manifest.abspaths()],
+        manifest,
         [rows.tolist() for _, rows in todo],
         dev,
         decoder,
@@ -463,7 +468,7 @@ def extract(
     batches = iter(loader)
     with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
         totals, failures = _loop(
-            store, batches, todo, manifest, built, dev, AMP_DTYPES[prec], run, max_pixels, on_batch
+            StoreSink(store, run), batches, todo, manifest, built, dev, AMP_DTYPES[prec], max_pixels, on_batch
         )
         failed_total = store.counts()["failed"]
     return ExtractSummary(
@@ -521,12 +526,12 @@ def _run_record(
     }
 
 
-def _loop(store, batches, todo, manifest, backbones, dev, amp_dtype, run, max_pixels, on_batch):
+def _loop(sink, batches, todo, manifest, backbones, dev, amp_dtype, max_pixels, on_batch):
     """Read -> models -> writer queue, block by block. Returns totals and the new failures."""
     totals = {"ok": 0, "failed": 0, "read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     failures: dict[str, str] = {}
     written: queue.SimpleQueue = queue.SimpleQueue()  # write seconds reported by the writer thread
-    writer = _Writer(store, run, lambda n_ok, write_s: written.put(write_s))
+    writer = _Writer(sink, lambda n_ok, write_s: written.put(write_s))
     writer.start()
     empty = {
         f"{bb.name}/{o}": np.zeros((0, bb.outputs[o]), np.float32)

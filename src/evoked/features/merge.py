@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from evoked.errors import ConfigError
-from evoked.features.store import FeatureStore, _decode_attr
+from evoked.features.store import DIMENSION_ATTRS, FeatureStore, _decode_attr, attach_dimensions
 
 _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
 _SHARD_ATTRS = (
@@ -126,7 +126,8 @@ def _merge(out: Path, stores: list[FeatureStore]) -> Path:
             if name in src0:
                 f.create_dataset(name, data=np.concatenate([s.file[name][:] for s in stores]))
                 for k, v in src0[name].attrs.items():
-                    f[name].attrs[k] = v
+                    if k not in DIMENSION_ATTRS:
+                        f[name].attrs[k] = v
         _virtual(f, "items/status", stores, rel, spans, src0)
         _virtual(f, "items/error", stores, rel, spans, src0)
         _virtual(f, "provenance/timings", stores, rel, None, src0)
@@ -137,6 +138,7 @@ def _merge(out: Path, stores: list[FeatureStore]) -> Path:
                 fg.attrs[k] = v
             for name in g:
                 _virtual(f, f"features/{ext}/{name}", stores, rel, spans, src0)
+        attach_dimensions(f)
     os.replace(tmp, out)
     return out
 
@@ -155,7 +157,8 @@ def _virtual(f: h5py.File, name: str, stores, rel, spans, src0) -> None:
     fill = np.nan if ds0.dtype.kind == "f" else None
     ds = f.create_virtual_dataset(name, layout, fillvalue=fill)
     for k, v in ds0.attrs.items():
-        ds.attrs[k] = v
+        if k not in DIMENSION_ATTRS:
+            ds.attrs[k] = v
 
 
 def merged_from(store: FeatureStore) -> list[str]:

@@ -14,6 +14,9 @@ Layout (schema version 1)::
     /features/<extractor>/<output>   (N, D) float32 or float16; group attrs hold the provenance
     /provenance/runs        (R,) utf-8 JSON, one per extraction run (empty = unused slot)
     /provenance/timings     (n_blocks, 6) float64: run, images, read_s, model_s, write_s, unix time
+    /item, /<a>.<b>         empty HDF5 dimension scales naming the axes: ``item`` for every row axis,
+                            ``resnet50.pool`` for the second axis of /features/resnet50/pool (netCDF
+                            readers such as xarray's h5netcdf engine show them as named dimensions)
 
 Why the file survives ``kill -9``: every row is allocated when the file is created (all items are
 known from the manifest) with HDF5's early allocation, and the file is created under a temporary
@@ -264,6 +267,7 @@ class FeatureStore:
                 **_early("f8", (n_blocks, len(TIMING_COLUMNS)), (min(n_blocks, 4096), 6), np.nan, "alloc"),
             )
             t.attrs["columns"] = list(TIMING_COLUMNS)
+            attach_dimensions(f)  # now: no new objects may be created once SWMR writing starts
         os.replace(tmp, path)
         return cls(path, "r+")
 
@@ -521,6 +525,41 @@ class FeatureStore:
             "runs": self.runs(),
             "timing": timing,
         }
+
+
+#: the netCDF-4 spelling of a dimension that has no coordinate values (what h5netcdf reads and writes)
+_NC_DIMENSION = "This is a netCDF dimension but not a netCDF variable.%10d"
+#: attributes that HDF5 dimension scales keep on datasets: never copied between files
+DIMENSION_ATTRS = frozenset({"CLASS", "NAME", "DIMENSION_LIST", "REFERENCE_LIST", "DIMENSION_LABELS"})
+
+
+def attach_dimensions(f: h5py.File) -> None:
+    """Name the axes of every per-item dataset with HDF5 dimension scales (call at creation time).
+
+    The scales are empty root datasets (no storage): ``/item`` for the rows, ``/<group>.<name>`` for
+    a second axis. Root level, because netCDF readers see a dimension only in its group and below.
+    """
+    n = int(f["items/id"].shape[0])
+
+    def scale(name: str, size: int) -> h5py.Dataset:
+        if name not in f:
+            f.create_dataset(name, shape=(size,), dtype="f4").make_scale(_NC_DIMENSION % size)
+        return f[name]
+
+    datasets: list[h5py.Dataset] = []
+
+    def keep(_: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.shape and obj.shape[0] == n and obj.ndim <= 2:
+            datasets.append(obj)
+
+    for group in ("items", "labels", "features"):
+        f[group].visititems(keep)
+    item = scale("item", n)
+    for ds in datasets:
+        ds.dims[0].attach_scale(item)
+        if ds.ndim == 2:
+            parent, name = ds.name.strip("/").split("/")[-2:]
+            ds.dims[1].attach_scale(scale(f"{parent}.{name}", ds.shape[1]))
 
 
 def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

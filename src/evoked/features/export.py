@@ -1,0 +1,284 @@
+"""Export a store's features for tools that read npy and parquet, in bounded memory.
+
+Two layouts, chosen with ``--format``:
+
+- ``npy`` (clip-retrieval's, read by autofaiss and clip-retrieval's back end)::
+
+      OUT/img_emb/img_emb_{i}.npy          (rows, D) float32 or float16
+      OUT/metadata/metadata_{i}.parquet    id, path, status, category, valence, arousal, split, fold, p_<c>
+
+  row j of ``img_emb_{i}.npy`` is row j of ``metadata_{i}.parquet``. Several features are
+  concatenated in the order given (`_export.json` says where each one starts; a leading underscore keeps it out of
+  ``pyarrow.parquet.read_table(OUT)``).
+- ``parquet``: ``OUT/features_{i}.parquet`` with the metadata columns and one fixed-size-list
+  column per feature, named as in the store (``color/stats``).
+
+Only ``ok`` rows are exported; failed and pending rows are left out and counted. File numbers
+are zero-padded to the width of the file count, as clip-retrieval does. The export is written
+under a temporary name next to OUT and renamed at the end, so a killed export leaves no half OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from evoked import __version__
+from evoked.errors import ConfigError
+from evoked.features.store import FAILED, OK, PENDING, FeatureStore, _read_rows, open_store
+
+EXPORT_DTYPES = ("float32", "float16")
+#: rows per read: about 32 MB of float32 features, whatever their width
+CHUNK_BYTES = 32 << 20
+
+
+@dataclass
+class ExportSummary:
+    out: str
+    format: str
+    features: dict[str, int]  # name -> dimension, in column order
+    dtype: str
+    normalized: bool
+    rows: int
+    files: list[str] = field(default_factory=list)
+    left_out_failed: int = 0
+    left_out_pending: int = 0
+
+
+class _Writer:
+    """One output layout: `write` takes consecutive exported rows; files roll over every N rows."""
+
+    concatenates = False  # several features become one matrix (else: one column each)
+
+    def __init__(self, out: Path, features: dict[str, int], dtype: str, total: int, rows_per_file: int):
+        self.out, self.features, self.dtype = out, features, np.dtype(dtype)
+        self.total, self.per_file = total, rows_per_file
+        self.n_files = max(1, -(-total // rows_per_file))
+        self.width = int(math.log10(self.n_files)) + 1
+        self.files: list[str] = []
+        self.done = 0
+
+    def name(self, i: int) -> str:
+        return str(i).zfill(self.width)
+
+    def write(self, meta, x: np.ndarray) -> None:
+        """`meta` is a pyarrow table of the rows' metadata, `x` their (rows, sum of D) features."""
+        at = 0
+        while at < len(x):
+            file_ix, in_file = divmod(self.done, self.per_file)
+            take = min(len(x) - at, self.per_file - in_file)
+            if in_file == 0:
+                self.open(file_ix, min(self.per_file, self.total - self.done))
+            self.append(meta.slice(at, take), x[at : at + take])
+            at += take
+            self.done += take
+            if self.done % self.per_file == 0 or self.done == self.total:
+                self.close_file()
+
+    def open(self, i: int, rows: int) -> None:
+        raise NotImplementedError
+
+    def append(self, meta, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close_file(self) -> None:
+        raise NotImplementedError
+
+
+class NpyWriter(_Writer):
+    concatenates = True  # several features become one matrix
+
+    def open(self, i: int, rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        (self.out / "img_emb").mkdir(exist_ok=True)
+        (self.out / "metadata").mkdir(exist_ok=True)
+        emb = self.out / "img_emb" / f"img_emb_{self.name(i)}.npy"
+        meta = self.out / "metadata" / f"metadata_{self.name(i)}.parquet"
+        # the header first, then the rows as they come: no memory map, whose written pages would
+        # count as this process's memory until the kernel writes them back
+        self.fh = emb.open("wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(
+            self.fh, {**header, "shape": (rows, sum(self.features.values()))}
+        )
+        self.meta_path, self.pq, self.meta_writer = meta, pq, None
+        self.files += [str(emb.relative_to(self.out)), str(meta.relative_to(self.out))]
+
+    def append(self, meta, x: np.ndarray) -> None:
+        self.fh.write(np.ascontiguousarray(x, dtype=self.dtype).tobytes())
+        if self.meta_writer is None:
+            self.meta_writer = self.pq.ParquetWriter(self.meta_path, meta.schema)
+        self.meta_writer.write_table(meta)
+
+    def close_file(self) -> None:
+        self.fh.close()
+        self.meta_writer.close()
+
+
+class ParquetWriter(_Writer):
+    def open(self, i: int, rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = self.out / f"features_{self.name(i)}.parquet"
+        self.pq, self.writer = pq, None
+        self.files.append(self.path.name)
+
+    def append(self, meta, x: np.ndarray) -> None:
+        import pyarrow as pa
+
+        table, at = meta, 0
+        for name, dim in self.features.items():
+            values = pa.array(np.ascontiguousarray(x[:, at : at + dim], dtype=self.dtype).reshape(-1))
+            table = table.append_column(name, pa.FixedSizeListArray.from_arrays(values, dim))
+            at += dim
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def close_file(self) -> None:
+        self.writer.close()
+
+
+FORMATS: dict[str, type[_Writer]] = {"npy": NpyWriter, "parquet": ParquetWriter}
+
+
+def export_features(
+    store: str | os.PathLike,
+    features: Sequence[str],
+    *,
+    format: str = "npy",
+    out: str | os.PathLike,
+    rows_per_file: int = 1_000_000,
+    normalize: bool = False,
+    dtype: str = "float32",
+    on_chunk: Callable[[int], None] | None = None,
+) -> ExportSummary:
+    """Write the `features` of the ok rows of `store` under `out` (an absent or empty folder).
+
+    `normalize` scales each feature of each row to unit L2 norm (in the npy layout several features
+    together are then divided by sqrt(count), so that rows are unit vectors for inner-product search).
+    `on_chunk(rows_read)` reports progress.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
+    if rows_per_file < 1:
+        raise ConfigError(f"--rows-per-file {rows_per_file}: must be at least 1")
+    if not features:
+        raise ConfigError(
+            "give at least one --feature, e.g. --feature color/stats (see `evoked features info`)"
+        )
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(
+            f"--out {str(out)!r} is not an empty folder; export into a new or empty folder "
+            "(nothing was written, nothing there is replaced)"
+        )
+    with open_store(store) as s:
+        names = s.resolve_features(list(features))
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a feature is given twice: {names}")
+        return _export(s, names, format, out, rows_per_file, normalize, dtype, on_chunk)
+
+
+def _export(
+    s: FeatureStore, names, format, out: Path, rows_per_file, normalize, dtype, on_chunk
+) -> ExportSummary:
+    status = s.status
+    dims = {n: int(s.dataset(n).shape[1]) for n in names}
+    total = int((status == OK).sum())
+    if total == 0:
+        raise ConfigError(f"{s.path} has no ok rows to export (status: {s.counts()}); extract first")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        writer = FORMATS[format](tmp, dims, dtype, total, rows_per_file)
+        step = max(1, CHUNK_BYTES // (4 * sum(dims.values())))
+        for start in range(0, len(s), step):
+            rows = np.arange(start, min(start + step, len(s)))
+            keep = status[rows] == OK
+            if keep.any():
+                x = np.concatenate([_feature(s, n, rows, normalize) for n in names], axis=1)
+                if normalize and len(names) > 1 and writer.concatenates:
+                    x /= np.sqrt(len(names))
+                writer.write(_metadata(s.file, rows, keep), x[keep])
+                del x
+            if on_chunk:
+                on_chunk(len(rows))
+        summary = ExportSummary(
+            out=str(out),
+            format=format,
+            features=dims,
+            dtype=dtype,
+            normalized=normalize,
+            rows=total,
+            files=writer.files,
+            left_out_failed=int((status == FAILED).sum()),
+            left_out_pending=int((status == PENDING).sum()),
+        )
+        description = {
+            **asdict(summary),
+            "store": str(s.path),
+            "store_uuid": s.attrs.get("store_uuid", ""),
+            "evoked_version": __version__,
+            "columns": _offsets(dims),
+        }
+        (tmp / "_export.json").write_text(json.dumps(description, indent=2) + "\n", "utf-8")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _offsets(dims: dict[str, int]) -> dict[str, list[int]]:
+    """Feature -> [first column, last column + 1] in the npy matrix."""
+    out, at = {}, 0
+    for n, d in dims.items():
+        out[n] = [at, at + d]
+        at += d
+    return out
+
+
+def _feature(s: FeatureStore, name: str, rows: np.ndarray, normalize: bool) -> np.ndarray:
+    x = _read_rows(s.dataset(name), rows)
+    if normalize:
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        np.divide(x, norm, out=x, where=norm > 0)  # an all-zero row stays zero
+    return x
+
+
+def _metadata(f: h5py.File, rows: np.ndarray, keep: np.ndarray):
+    """The metadata columns of the kept rows of one chunk, as a pyarrow table."""
+    import pyarrow as pa
+
+    sl = slice(int(rows[0]), int(rows[-1]) + 1)
+    cols = {
+        "id": f["items/id"].asstr()[sl][keep],
+        "path": f["items/path"].asstr()[sl][keep],
+        "status": np.full(int(keep.sum()), "ok", dtype=object),
+        "category": f["labels/category"].asstr()[sl][keep],
+        "valence": f["labels/valence"][sl][keep],
+        "arousal": f["labels/arousal"][sl][keep],
+        "split": f["labels/split"].asstr()[sl][keep],
+        "fold": f["labels/fold"][sl][keep],
+    }
+    if "labels/distribution" in f:
+        d = f["labels/distribution"]
+        cats = [c.decode() if isinstance(c, bytes) else str(c) for c in d.attrs["categories"]]
+        values = d[sl][keep]
+        cols.update({f"p_{c}": values[:, k] for k, c in enumerate(cats)})
+    return pa.table({k: pa.array(v.tolist() if v.dtype == object else v) for k, v in cols.items()})
