@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from evoked import __version__
-from evoked.data.lexicon import load_lexicon
+from evoked.data.lexicon import Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
 from evoked.evaluate.compare import compare_systems, resolve_reference
+from evoked.evaluate.evalsets import eval_sets, membership_notes
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
 from evoked.evaluate.runs import CURVE_METRICS, Items, Run, System, align_systems, items_fingerprint, read_run
@@ -86,33 +87,176 @@ def evaluate(
         raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
 
     runs = [read_run(p) for p in paths]
-    items, systems, notes = align_systems(runs)
-    ref = resolve_reference(
-        reference, [s.name for s in systems], {r.name: [f"{r.name}/{m}" for m in r.predictions] for r in runs}
-    )
-    result = compare_systems(
-        items,
-        systems,
+    return evaluate_runs(
+        runs,
+        out=out_dir,
         lexicon=lex,
+        nearest=nearest,
+        bootstrap=int(bootstrap),
+        seed=seed,
+        reference=reference,
+        categories=categories,
+        plots=plots,
+        on_progress=on_progress,
+    )
+
+
+def evaluate_predictions(
+    files: Sequence[str | Path],
+    truth: str,
+    out: str | Path | None = None,
+    lexicon: str = "nrc",
+    *,
+    category_map: Mapping[str, str] | None = None,
+    **kw,
+) -> dict:
+    """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
+
+    `truth` is ``DATASET`` or ``DATASET:SPLIT``; rows join to its items by id, else by resolved path
+    (`evoked.evaluate.truth`). Several files are compared with each other on the same items.
+    """
+    from evoked.data import load_dataset
+    from evoked.evaluate.evalsets import parse_eval_spec
+    from evoked.evaluate.truth import predictions_run
+
+    if not files:
+        raise ConfigError("--truth scores predictions files: pass --predictions P.csv")
+    spec, split = parse_eval_spec(str(truth))
+    m = load_dataset(spec)
+    if not m.has_va.any():
+        raise ConfigError(
+            f"--truth {truth}: the dataset {m.name!r} has no VA ratings; give a dataset with valence/arousal"
+        )
+    lex = load_lexicon(lexicon)
+    if category_map:
+        lex = lex.with_aliases(category_map)
+    runs, used = [], set()
+    for f in files:
+        base, name, k = Path(f).stem, Path(f).stem, 2
+        while name in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name)
+        runs.append(predictions_run(f, m, split, name=name))
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a directory for the report")
+    notes = [n for r in runs for n in r.meta["notes"]]
+    report = evaluate_runs(runs, out=None if out is None else Path(out), lexicon=lex, extra_notes=notes, **kw)
+    report["truth"] = {"dataset": m.name, "spec": spec, "split": split}
+    return report
+
+
+def evaluate_runs(
+    runs: Sequence[Run],
+    *,
+    lexicon: Lexicon,
+    out: Path | None = None,
+    nearest: str = "cosine",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    reference: str | None = None,
+    categories: Sequence[str] | None = None,
+    plots: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> dict:
+    """`evaluate` on runs already read: the training side, then every eval set (docs/evaluate.md).
+
+    The training side (rows with an empty ``eval``) is compared as always. Each eval set, matched
+    across runs by its items (`evalsets.eval_sets`), gets its own ranked comparison in
+    ``report["eval_sets"]``. When the runs' training sides cannot be compared (other items) but they
+    share eval sets, the training side is left out with the reason in the notes; the top level of
+    the report is then the first eval set (``report["eval_set"]`` names it, "" = training side).
+    """
+    kw = dict(
+        lexicon=lexicon,
         nearest=nearest,
         categories=categories,
         bootstrap=int(bootstrap),
         seed=seed,
-        reference=ref,
         on_progress=on_progress,
     )
+    sets = eval_sets(runs)
+    notes: list[str] = []
+    top = None
+    side = [r for r in runs if r.predictions]
+    if side:
+        try:
+            top = _compare_group(side, reference=reference, given_reference=True, **kw)
+        except ConfigError as e:
+            if not sets:
+                raise
+            notes.append(f"training side not compared (each run's own rows): {e}")
+        else:
+            top["report"]["eval_set"] = ""
+    elif not sets:
+        raise ConfigError("the runs have no prediction rows to compare")
+    subs = []
+    for es in sets:
+        try:
+            group = _compare_group(es.runs(), reference=reference, given_reference=False, **kw)
+        except ConfigError as e:
+            raise ConfigError(f"eval set {es.name!r}: {e}") from e
+        sub = group["report"]
+        sub.update(eval_set=es.name, names=es.names, fingerprint=es.fingerprint)
+        sub["notes"] = membership_notes(es, runs) + sub["notes"]
+        if top is None and "skipped" not in sub:
+            top = group
+        else:
+            subs.append(sub)
+    if top is None:
+        raise ConfigError(
+            "nothing to score: the training sides cannot be compared and no eval set has ratings ("
+            + "; ".join(notes + [f"{s['eval_set']}: {s['skipped']}" for s in subs])
+            + ")"
+        )
     report = {
         "evoked_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: v for k, v in result.items() if k not in ("notes", "scored")},
-        "items": _items_summary(items, result),
+        **top["report"],
         "runs": [_run_summary(r) for r in runs],
         "curves": curve_summary(runs),
-        "notes": notes + result["notes"] + _protocol_notes(runs),
+        "eval_sets": subs,
     }
-    if out_dir is not None:
-        report["files"] = write_report(report, out_dir, items, systems, lex, plots=plots)
+    report["notes"] = report["notes"] + notes + list(extra_notes) + _protocol_notes(runs)
+    if out is not None:
+        report["files"] = write_report(report, Path(out), top["items"], top["systems"], lexicon, plots=plots)
     return report
+
+
+def _compare_group(runs: Sequence[Run], *, reference: str | None, given_reference: bool, **kw) -> dict:
+    """Align and score one group (the training side or one eval set): {report, items, systems}.
+
+    `reference` must name a system of the training side; an eval set uses it when it holds that
+    system, else its best one.
+    """
+    items, systems, notes = align_systems(runs)
+    names = [s.name for s in systems]
+    per_run = {r.name: [f"{r.name}/{m}" for m in r.predictions] for r in runs}
+    try:
+        ref = resolve_reference(reference, names, per_run)
+    except ConfigError:
+        if given_reference:
+            raise
+        ref = None
+        notes.append(f"--reference {reference} has no predictions here; the best system is the reference")
+    if not np.isfinite(items.true).any() and not (items.category != "").any():
+        return {
+            "report": {
+                "skipped": "no item has a rating: predictions only, nothing to score",
+                "items": {"n": len(items)},
+                "systems": [{"system": s.name, "run": s.run, "model": s.model} for s in systems],
+                "notes": notes,
+            },
+            "items": items,
+            "systems": systems,
+        }
+    result = compare_systems(items, systems, reference=ref, **kw)
+    report = {
+        **{k: v for k, v in result.items() if k not in ("notes", "scored")},
+        "items": _items_summary(items, result),
+        "notes": notes + result["notes"],
+    }
+    return {"report": report, "items": items, "systems": systems}
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -230,9 +374,13 @@ def write_report(
         files.update(_write_plots(report, out, items, systems, lexicon))
     files.update({"markdown": "report.md", "json": "report.json", "csv": "report.csv"})
     headers, rows = tables.csv_rows(report)
+    rows = [[*r, report.get("eval_set", "")] for r in rows]
+    for sub in report.get("eval_sets", []):
+        if "skipped" not in sub:
+            rows += [[*r, sub["eval_set"]] for r in tables.csv_rows(sub)[1]]
     with (out / "report.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(headers)
+        w.writerow([*headers, "eval_set"])
         w.writerows([["" if isinstance(c, float) and math.isnan(c) else c for c in r] for r in rows])
     report["files"] = files
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
@@ -290,3 +438,9 @@ def console_table(report: dict) -> str:
     """The ranked table for a terminal (two decimals, fewer columns than report.md)."""
     headers, rows = tables.ranked_rows(report, digits=2, compact=True)
     return tables.plain(headers, rows)
+
+
+def group_title(report: dict) -> str:
+    """How a report (or one of its eval sets) names the items it scores."""
+    name = report.get("eval_set", "")
+    return "training side" if not name else f"eval set {name}"

@@ -9,8 +9,6 @@ The network never trains or chooses anything on these rows.
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +19,10 @@ from evoked.data import Manifest, load_dataset
 from evoked.data.datasets import split_spec
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
+from evoked.evaluate.evalsets import parse_eval_spec
 from evoked.finetune.data import Part, _part
 
 log = logging.getLogger(__name__)
-
-_SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass
@@ -49,21 +46,6 @@ class EvalSet:
             "has_ratings": self.has_ratings,
             "items_sha256": items_fingerprint(self.part.ids, [-1] * len(self.part), self.splits),
         }
-
-
-def parse_eval_spec(value: str) -> tuple[str, str | None]:
-    """``csv:B.csv:test`` -> (``csv:B.csv``, ``test``); ``csv:B.csv`` -> (``csv:B.csv``, None).
-
-    A trailing ``:WORD`` is a split when the text before it names an existing path and the whole
-    text does not (a dataset path may itself hold a colon).
-    """
-    head, sep, tail = value.rpartition(":")
-    if sep and _SPLIT.match(tail) and head:
-        _, whole = split_spec(value) if _known_kind(value) else (None, value)
-        _, path = split_spec(head) if _known_kind(head) else (None, head)
-        if not os.path.exists(whole) and os.path.exists(path):
-            return head, tail
-    return value, None
 
 
 def _known_kind(spec: str) -> bool:
