@@ -316,28 +316,71 @@ def _protocol_notes(runs: Sequence[Run]) -> list[str]:
     return notes
 
 
+#: run.json keys that differ between runs of one configuration (outcomes, bookkeeping, the seed)
+_NOT_SETTINGS = frozenset(
+    {
+        "name", "models", "created", "seconds", "fit_seconds", "history", "versions", "evoked_version",
+        "items_sha256", "seed", "seeds", "epochs_run", "best_epoch", "best_val_r_valence", "stopped_early",
+        "n_items", "n_labels", "n_train", "counts", "excluded", "bad_images", "target_missing", "checkpoint",
+        "init", "device", "selection", "parameters", "freeze_bn_reason", "batch_norm", "inherited", "evals",
+        "default_model", "model_info", "curve", "metrics", "out", "path",
+    }
+)  # fmt: skip
+
+
+def _settings(meta: Mapping, prefix: str = "") -> dict[str, str]:
+    """run.json flattened to ``a.b -> value`` without the keys of `_NOT_SETTINGS` (at any depth)."""
+    out: dict[str, str] = {}
+    for k, v in meta.items():
+        if k in _NOT_SETTINGS:
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_settings(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
 def curve_summary(runs: Sequence[Run]) -> list[dict]:
     """Low-resource curves: mean and sample std over seeds per (series, setting, n_labels).
 
     A series is ``RUN/MODEL`` when one run holds the whole curve (regress --n-labels). When a model's
     curve is spread over several runs that each hold one n_labels (one fine-tuning run per n_labels
-    and seed), those runs are pooled into one series named after the model, ``MODEL (K runs)``.
+    and seed), runs that differ in their seed alone are pooled into one series, ``MODEL (K runs)``;
+    runs whose other settings differ (run.json, outcomes aside: e.g. --freeze-bn) make separate
+    series named by what differs, ``MODEL [freeze_bn=true] (K runs)``.
     """
-    rows_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    rows_of: dict[tuple[str, str], list[tuple[Run, dict]]] = {}
     for run in runs:
         for row in run.curve:
-            rows_of.setdefault((row["model"], row["setting"]), []).append((run.name, row))
+            rows_of.setdefault((row["model"], row["setting"]), []).append((run, row))
     out = []
     for (model, setting), rows in rows_of.items():
         per_run: dict[str, set] = {}
-        for name, row in rows:
-            per_run.setdefault(name, set()).add(row["n_labels"])
+        for run, row in rows:
+            per_run.setdefault(run.name, set()).add(row["n_labels"])
         pooled = len(per_run) > 1 and all(len(v) == 1 for v in per_run.values())
-        groups: dict[tuple[str, int], list[dict]] = {}
-        for name, row in rows:
-            series = f"{model} ({len(per_run)} runs)" if pooled else f"{name}/{model}"
-            groups.setdefault((series, row["n_labels"]), []).append(row)
-        for (series, n_labels), group in groups.items():
+        series_of: dict[str, str] = {run.name: f"{run.name}/{model}" for run, _ in rows}
+        if pooled:
+            configs = {run.name: _settings(run.meta) for run, _ in rows}
+            keys = sorted({k for c in configs.values() for k in c})
+            differing = [k for k in keys if len({c.get(k, "-") for c in configs.values()}) > 1]
+            groups: dict[tuple, list[str]] = {}
+            for name, c in configs.items():
+                groups.setdefault(tuple(c.get(k, "-") for k in differing), []).append(name)
+            for values, names in groups.items():
+                label = ", ".join(f"{k}={_shown(v)}" for k, v in zip(differing, values))
+                series = f"{model} [{label}] ({len(names)} runs)" if label else f"{model} ({len(names)} runs)"
+                series_of.update({n: series for n in names})
+        cells: dict[tuple[str, int], list[dict]] = {}
+        for run, row in rows:
+            cells.setdefault((series_of[run.name], row["n_labels"]), []).append(row)
+        for (series, n_labels), group in cells.items():
             entry = {"system": series, "setting": setting, "n_labels": n_labels, "seeds": len(group)}
             for m in CURVE_METRICS:
                 v = np.array([r[m] for r in group], dtype=float)
