@@ -263,6 +263,7 @@ def _predict(args: argparse.Namespace) -> int:
             on_progress=bar.update,
         )
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="", encoding="utf-8") as f:
             if args.json:
                 json.dump(result.to_dict(), f, indent=2)

@@ -267,8 +267,8 @@ def _score(r: float, constant: bool = False) -> float:
     return float("-inf") if constant or np.isnan(r) else float(r)
 
 
-#: validation predictions whose spread is below this fraction of the ratings' spread are "constant"
-CONSTANT_RATIO = 1e-3
+#: validation predictions that spread less than 1% of the ratings do are "constant" (no usable signal)
+CONSTANT_RATIO = 1e-2
 
 
 def constant_prediction(true: np.ndarray, pred: np.ndarray) -> bool:
