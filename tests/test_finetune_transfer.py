@@ -96,6 +96,9 @@ def test_constant_prediction_is_relative_to_the_ratings_spread():
     assert constant_prediction(true, np.array([[4.2, 5.0], [4.2004, 5.0001], [4.2001, 5.0]]))
     assert constant_prediction(true, np.array([[np.nan, 1.0], [2.0, 3.0], [4.0, 5.0]]))
     assert not constant_prediction(true, np.array([[4.0, 5.0], [4.5, 5.2], [5.1, 4.8]]))
+    one = np.array([[3.0, 4.0]])  # one validation item: its ratings do not vary, nothing to judge
+    assert not constant_prediction(one, np.array([[5.0, 5.0]]))
+    assert constant_prediction(one, np.array([[np.nan, 5.0]]))
 
 
 def test_folded_batch_norm_turns_freeze_bn_on_and_two_stage_inherits_it(ds, tmp_path):

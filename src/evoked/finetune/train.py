@@ -272,20 +272,22 @@ CONSTANT_RATIO = 1e-2
 
 
 def constant_prediction(true: np.ndarray, pred: np.ndarray) -> bool:
-    """True when the (n, 2) predictions are constant (or not finite) on both dimensions.
+    """True when the (n, 2) predictions are not finite, or constant on every dimension whose
+    ratings vary.
 
     Relative to the spread of the ratings, so it does not depend on the scale: a network that
-    collapsed predicts the same VA (to within rounding noise) for every image.
+    collapsed predicts the same VA (to within rounding noise) for every image. A dimension whose
+    ratings do not vary (a validation set of one item) cannot tell, and is not judged.
     """
     if not np.isfinite(pred).all():
         return True
     flat = []
     for k in range(pred.shape[1]):
-        spread = float(np.nanstd(true[:, k])) if np.isfinite(true[:, k]).any() else 0.0
-        flat.append(
-            float(np.std(pred[:, k])) <= CONSTANT_RATIO * spread if spread > 0 else np.ptp(pred[:, k]) == 0
-        )
-    return all(flat)
+        known = np.isfinite(true[:, k])
+        spread = float(np.std(true[known, k])) if known.sum() > 1 else 0.0
+        if spread > 0:
+            flat.append(float(np.std(pred[:, k])) <= CONSTANT_RATIO * spread)
+    return bool(flat) and all(flat)
 
 
 def train_network(
