@@ -219,6 +219,7 @@ def test_predictions_file_against_a_truth_dataset(tmp_path, capsys):
     assert main([*args, "--truth", spec + ":test", "--json", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["items"]["n"] == 6 and any("outside the 'test' split" in n for n in report["notes"])
+    assert report["truth"]["split"] == "test"
     # rows that match no item: an error naming the count and the ids
     with pred.open("a", newline="") as f:
         csv.writer(f).writerows([["ghost1", "", "m", 3, 3], ["ghost2", "nowhere.jpg", "m", 3, 3]])

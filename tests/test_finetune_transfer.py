@@ -246,3 +246,32 @@ def test_ratings_outside_the_scale_are_refused_before_training(ds, tmp_path):
         finetune(dimensional=ds["dim"], evals=[bad], out=tmp_path / "bad2", **kw)
     ok = finetune(dimensional=bad, out=tmp_path / "wide", va_range="0,20", **kw)
     assert ok.meta["va_range"] == [0.0, 20.0]
+
+
+def test_cli_eval_and_va_range(ds, tmp_path, capsys):
+    from evoked.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["finetune", "--categorical", ds["dim"], "--dimensional", ds["dim"], "--mode", "one_stage"]
+    argv += [
+        "--task",
+        "single",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+    ]
+    argv += ["--batch-size", "4", "--device", "cpu", "--eval", ds["other"], "--eval", ds["unrated"]]
+    assert main([*argv, "--va-range", "1,9", "--no-freeze-bn", "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "eval other (9 items): valence r" in printed
+        and "eval unrated: " in printed
+        and "predicted only" in printed
+    )
+    assert main([*argv, "--va-range", "nine", "--out", str(tmp_path / "bad"), "-q"]) == 2
+    assert "--va-range 'nine'" in capsys.readouterr().err

@@ -140,9 +140,10 @@ def evaluate_predictions(
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a directory for the report")
     notes = [n for r in runs for n in r.meta["notes"]]
-    report = evaluate_runs(runs, out=None if out is None else Path(out), lexicon=lex, extra_notes=notes, **kw)
-    report["truth"] = {"dataset": m.name, "spec": spec, "split": split}
-    return report
+    truth_info = {"truth": {"dataset": m.name, "spec": spec, "split": split}}
+    return evaluate_runs(
+        runs, out=None if out is None else Path(out), lexicon=lex, extra_notes=notes, extra=truth_info, **kw
+    )
 
 
 def evaluate_runs(
@@ -158,6 +159,7 @@ def evaluate_runs(
     plots: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     extra_notes: Sequence[str] = (),
+    extra: Mapping | None = None,
 ) -> dict:
     """`evaluate` on runs already read: the training side, then every eval set (docs/evaluate.md).
 
@@ -218,6 +220,7 @@ def evaluate_runs(
         "eval_sets": subs,
     }
     report["notes"] = report["notes"] + notes + list(extra_notes) + _protocol_notes(runs)
+    report.update(extra or {})
     if out is not None:
         report["files"] = write_report(report, Path(out), top["items"], top["systems"], lexicon, plots=plots)
     return report

@@ -70,6 +70,8 @@ DEFAULT_ALPHA = {"one_stage": 0.5, "two_stage": 0.9}
 OUTPUTS = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "models/last.pt", "models/best.pt")
 # settings that may change when a run is resumed; everything else must match
 _RESUMABLE = ("epochs", "workers", "eval_batch_size", "device", "precision")
+# settings that checkpoints of earlier versions do not record: absent there, they match their default
+_ADDED_LATER = {"va_range": [1.0, 9.0], "evals": []}
 
 
 @dataclass
@@ -516,7 +518,11 @@ def finetune(
         resume_state = load_checkpoint(out / "models" / "last.pt", "--resume")
         before = resume_state["meta"].get("config", {})
         diff = sorted(
-            k for k in set(before) | set(config) if k not in _RESUMABLE and before.get(k) != config.get(k)
+            k
+            for k in set(before) | set(config)
+            if k not in _RESUMABLE
+            and before.get(k) != config.get(k)
+            and not (k in _ADDED_LATER and k not in before and config.get(k) == _ADDED_LATER[k])
         )
         if diff:
             raise ConfigError(
