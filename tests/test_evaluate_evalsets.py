@@ -166,6 +166,23 @@ def test_training_side_and_eval_sets_are_both_reported_when_runs_share_both(tmp_
     (e,) = report["eval_sets"]
     assert e["eval_set"] == "E" and e["items"]["n"] == 8 and len(e["systems"]) == 2
     assert e["systems"][0]["system"] == "r1/m"
+    # one run's eval set "E" loses two items: two eval sets, each saying why they are apart
+    cols = read_run(runs[1]).evals["E"]["m"]
+    side = read_run(runs[1]).predictions["m"]
+    keep = slice(0, 6)
+    write_run(
+        tmp_path / "r3",
+        {"kind": "regress", "dataset": "X"},
+        {
+            "m": _join(
+                _cols(side.ids, side.true, side.pred, fold=list(side.fold), split=""),
+                _cols(cols.ids[keep], cols.true[keep], cols.pred[keep], fold=-1, split="", eval_name="E"),
+            )
+        },
+    )
+    report = evaluate([runs[0], tmp_path / "r3"], bootstrap=0, plots=False)
+    assert [s["items"]["n"] for s in report["eval_sets"]] == [8, 6]
+    assert any("2 ids only in r1's, 0 only in r3's" in n for n in report["eval_sets"][0]["notes"])
 
 
 def test_predictions_file_against_a_truth_dataset(tmp_path, capsys):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from evoked.data.datasets import _KINDS, split_spec
-from evoked.evaluate.runs import Run, items_fingerprint
+from evoked.evaluate.runs import Run, _differences, items_fingerprint
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -84,6 +84,17 @@ def membership_notes(es: EvalSet, runs: Sequence[Run]) -> list[str]:
             "by its items (the same ids, folds and splits)"
         )
     inside = {r.name for r, _ in es.members}
+    first_run, first_name = es.members[0]
+    mine = next(iter(first_run.evals[first_name].values()))
+    for r in runs:
+        if r.name in inside or es.name not in r.evals:
+            continue
+        only_here, only_there, moved = _differences(mine, next(iter(r.evals[es.name].values())))
+        notes.append(
+            f"run {r.name}'s eval set {es.name!r} is over other items ({only_here} ids only in {first_run.name}'s, "
+            f"{only_there} only in {r.name}'s, {moved} with another fold/split): it is compared separately; "
+            "score every run on the same eval store or dataset (and the same :SPLIT) to compare them"
+        )
     without = [r.name for r in runs if r.name not in inside]
     if without:
         notes.append(
