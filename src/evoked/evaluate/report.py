@@ -489,4 +489,7 @@ def console_table(report: dict) -> str:
 def group_title(report: dict) -> str:
     """How a report (or one of its eval sets) names the items it scores."""
     name = report.get("eval_set", "")
+    truth = report.get("truth")
+    if truth and not name:  # a predictions file scored against a dataset
+        return truth["dataset"] + (f", {truth['split']} split" if truth.get("split") else "")
     return "training side" if not name else f"eval set {name}"
