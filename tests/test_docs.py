@@ -2,7 +2,7 @@
 
 The sandbox holds small stand-ins for what the docs refer to: an Emotion6-shaped dataset at
 `data/emotion6`, a folder dataset at `data/my_images`, single photos, and a MobileNetV2 state dict
-with random values where the docs use the offline weights file. Commands that would load
+with random values, its batch norm folded as in the offline weights file, where the docs use that file. Commands that would load
 pretrained weights get `--weights random` added; nothing is downloaded.
 
 The sandbox has 48 photos where Emotion6 has 1,980, so label budgets larger than its training
@@ -54,7 +54,11 @@ EXPECT = {
         "report/curve.png",
         "report-euclid/va_plane.png",
         "report-quick.json",
+        "report-transfer/report.md",
+        "predictions/e6-color.csv",
+        "report-predictions/report.md",
     ],
+    "finetune.md": ["runs/ft/two/run.json", "runs/ft/transfer/run.json", "report/ft-transfer/report.md"],
     "regress.md": ["runs/e6-pool/metrics.json", "runs/e6-curve/curve.csv", "runs/e6-best/predictions.csv"],
     "serve.md": ["runs/e6/metrics.json"],
 }
@@ -130,6 +134,31 @@ def _photo(path: Path, rng: np.random.Generator, tint: np.ndarray) -> None:
     Image.fromarray(np.clip(base + grad + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
+def _folded_mobilenet_v2(torch, torchvision) -> dict:
+    """A random MobileNetV2 in the offline file's format: batch norm calibrated on noise, then folded
+    into the convolutions (weight 1, running mean 0, running var 1 - eps, the folded bias)."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in norms:
+            m.momentum = None  # a plain average over the calibration batches
+        for _ in range(2):
+            model(torch.randn(8, 3, 96, 96))
+        conv = None
+        for m in model.modules():  # each BatchNorm2d follows the Conv2d it normalises
+            if isinstance(m, torch.nn.Conv2d):
+                conv = m
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                scale = m.weight / torch.sqrt(m.running_var + m.eps)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                m.bias.sub_(m.running_mean * scale)
+                m.weight.fill_(1.0)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+    return model.state_dict()
+
+
 def _build_sandbox(root: Path) -> None:
     import torch
     import torchvision
@@ -154,9 +183,7 @@ def _build_sandbox(root: Path) -> None:
             _photo(root / "data/my_images" / e / f"{n}.jpg", rng, tints["joy" if e == "calm" else "fear"])
     for name in ("photo.jpg", "some_photo.jpg", "more_photos/a.jpg", "more_photos/b.jpg"):
         _photo(root / name, rng, tints["joy"])
-    torch.manual_seed(0)
-    state = torchvision.models.mobilenet_v2().state_dict()
-    torch.save(state, root / "mobilenet_v2_imagenet_tflite.pth")
+    torch.save(_folded_mobilenet_v2(torch, torchvision), root / "mobilenet_v2_imagenet_tflite.pth")
     (root / "models").mkdir()
     os.link(root / "mobilenet_v2_imagenet_tflite.pth", root / "models/mobilenet_v2_imagenet_tflite.pth")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -50,9 +52,10 @@ def test_predict_reports_bad_images_and_strict_fails(trained, tmp_path: Path, ca
     bad.write_bytes(b"\xff\xd8 truncated")
     assert main(["predict", str(good), str(bad), "--run", str(run), "-q"]) == 0
     captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{good}\t")
-    v, a = (float(x) for x in lines[0].split("\t")[1:])
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    assert len(rows) == 1 and rows[0]["path"] == str(good) and rows[0]["id"] == str(good)
+    assert rows[0]["model"] == "ridge"
+    v, a = float(rows[0]["valence_pred"]), float(rows[0]["arousal_pred"])
     assert 1 <= v <= 9 and 1 <= a <= 9
     assert f"cannot read {bad}" in captured.err and "1 failed" in captured.err
     assert main(["predict", str(good), str(bad), "--run", str(run), "--strict", "-q"]) == 1
@@ -83,3 +86,39 @@ def test_predict_errors(trained, tmp_path: Path):
         predict_images([tmp_path], tmp_path)
     with pytest.raises(ConfigError, match="'svr' is not in"):
         predict_images([tmp_path], run, model="svr")
+
+
+def test_predict_output_is_a_predictions_file_evaluate_scores(trained, tmp_path: Path, capsys):
+    """`predict` CSV -> `evaluate --predictions --truth`: rows join by id, else by the image's path."""
+    run, _ = trained
+    ds = run.parent / "ds"
+    rows = [
+        {
+            "id": f"{c}/{k}.jpg",
+            "path": str(ds / c / f"{k}.jpg"),
+            "valence": v + 0.1 * k,
+            "arousal": 5.0 + 0.1 * k,
+        }
+        for c, v in (("joy", 7.0), ("fear", 2.5))
+        for k in range(8)
+    ]
+    with (tmp_path / "truth.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    by_id, by_path = tmp_path / "by_id.csv", tmp_path / "by_path.csv"
+    assert main(["predict", f"folder:{ds}", "--run", str(run), "--out", str(by_id), "-q"]) == 0
+    files = [str(ds / "joy" / f"{k}.jpg") for k in range(8)] + [
+        str(ds / "fear" / f"{k}.jpg") for k in range(8)
+    ]
+    assert main(["predict", *files, "--run", str(run), "--out", str(by_path), "-q"]) == 0
+    written = list(csv.DictReader(by_id.open()))
+    assert list(written[0]) == ["id", "path", "model", "valence_pred", "arousal_pred"]
+    assert sorted(r["id"] for r in written) == sorted(r["id"] for r in rows)  # the folder dataset's ids
+    assert all(r["id"] == r["path"] for r in csv.DictReader(by_path.open()))  # files: ids are their paths
+    capsys.readouterr()
+    args = ["--truth", f"csv:{tmp_path / 'truth.csv'}", "--bootstrap", "0", "--no-plots", "--json", "-q"]
+    for p in (by_id, by_path):
+        assert main(["evaluate", "--predictions", str(p), "--out", str(tmp_path / "rep"), *args]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["items"]["n"] == 16 and report["systems"][0]["valence"]["r"] > 0.9

@@ -17,11 +17,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         parents=[COMMON],
         help="compare runs: ranked table with bootstrap CIs, paired tests, plots",
-        description="Compare every model (system RUN/MODEL) of the given run directories on the same items. "
-        "Writes OUT/report.md, report.json, report.csv and PNG plots, and prints the ranked table. "
-        "Runs evaluated on different items or folds/splits are refused.",
+        description="Compare every model (system RUN/MODEL) of the given run directories on the same items: "
+        "the training side, then each eval set (--eval of regress/finetune), matched across runs by their "
+        "items. Writes OUT/report.md, report.json, report.csv and PNG plots, and prints the ranked tables. "
+        "Runs evaluated on different items or folds/splits are refused. With --predictions P.csv --truth "
+        "DATASET, scores predictions files (e.g. `evoked predict` output) against a dataset's ratings.",
     )
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME)")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run directories (runs/NAME)")
+    p.add_argument(
+        "--predictions",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="P.csv",
+        help="a predictions file (id, model, valence_pred, arousal_pred; path optional) to score against "
+        "--truth; repeatable (instead of RUN)",
+    )
+    p.add_argument(
+        "--truth",
+        default=None,
+        metavar="DATASET[:SPLIT]",
+        help="the dataset with ratings that --predictions are scored against (rows join by id, else by path)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -74,16 +91,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from evoked.data.lexicon import parse_category_map
-    from evoked.evaluate.report import console_table, evaluate
+    from evoked.errors import ConfigError
+    from evoked.evaluate.report import console_table, evaluate, evaluate_predictions, group_title
 
+    if args.predictions or args.truth:
+        if args.runs:
+            raise ConfigError(
+                "pass run directories, or --predictions P.csv --truth DATASET, not both (a run's predictions.csv "
+                "is a predictions file too)"
+            )
+        if not (args.predictions and args.truth):
+            raise ConfigError("--predictions and --truth go together: --predictions P.csv --truth DATASET")
+    elif not args.runs:
+        raise ConfigError(
+            "no run directories given; pass runs/NAME ..., or --predictions P.csv --truth DATASET"
+        )
     category_map = parse_category_map(args.category_map)
     with progress(args, args.bootstrap or None, "bootstrap", "resample") as bar:
 
         def on_progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        report = evaluate(
-            args.runs,
+        common = dict(
             out=args.out,
             lexicon=args.lexicon,
             nearest=args.nearest,
@@ -95,6 +124,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             on_progress=on_progress,
         )
+        if args.predictions:
+            report = evaluate_predictions(args.predictions, args.truth, **common)
+        else:
+            report = evaluate(args.runs, **common)
     if args.json:
         print_json(report)
         return 0
@@ -107,7 +140,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             else "no bootstrap"
         )
     )
+    print(f"{group_title(report)} ({report['items']['n']} items):")
     print(console_table(report))
+    for sub in report["eval_sets"]:
+        if "skipped" in sub:
+            print(f"{group_title(sub)} ({sub['items']['n']} items): {sub['skipped']}")
+            continue
+        print(
+            f"{group_title(sub)} ({sub['items']['n']} items, ranked by {sub['ranking']}, p vs {sub['reference']}):"
+        )
+        print(console_table(sub))
+        for note in sub["notes"]:
+            print(f"note: {note}")
     c = report["category"]
     if c.get("categories"):
         print(f"accuracy: VA -> {c['nearest']}-nearest category in lexicon {c['lexicon']['name']}")

@@ -53,6 +53,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--n-labels", type=int, default=None, help="two_stage: fine-tune on N VA-rated train items"
     )
     g.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        default=[],
+        metavar="DATASET[:SPLIT]",
+        help="also predict every item of DATASET (or of its SPLIT) with the chosen epoch and score it when it "
+        "has ratings (eval column of predictions.csv, evals in run.json); repeatable",
+    )
+    g.add_argument(
+        "--va-range",
+        default=None,
+        metavar="LO,HI",
+        help="the rating scale: ratings outside it are refused before training (default 1,9; two_stage: "
+        "stage 1's)",
+    )
+    g.add_argument(
         "--skip-bad-images",
         action="store_true",
         help="leave unreadable images out (counted) instead of failing",
@@ -84,8 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--freeze-bn",
-        action="store_true",
-        help="keep every batch-norm layer in eval mode (small batches; weights with folded batch norm)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep every batch-norm layer in eval mode (small batches; weights with folded batch norm). "
+        "Default: two_stage keeps stage 1's choice; otherwise on when the weights' batch norm is folded "
+        "(the reason is in run.json), else off",
     )
     g.add_argument("--size", type=int, default=None, help="input side in pixels (default 448; CLIP: its own)")
 
@@ -211,6 +230,8 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             eval_batch_size=args.eval_batch_size,
             skip_bad_images=args.skip_bad_images,
+            evals=args.evals,
+            va_range=args.va_range,
             resume=args.resume,
             overwrite=args.overwrite,
             on_check=on_check,
@@ -235,6 +256,17 @@ def _run(args: argparse.Namespace) -> int:
     cat = m.get("category", {})
     if "accuracy" in cat:
         print(f"category accuracy (VA -> nearest of {len(cat['categories'])}, cosine): {cat['accuracy']:.3f}")
+    for name, em in m.get("evals", {}).items():
+        if "skipped" in em:
+            print(f"eval {name}: {em['skipped']}")
+        else:
+            print(
+                f"eval {name} ({em['valence']['n']} items): valence r {em['valence']['r']:.3f} "
+                f"mse {em['valence']['mse']:.3f}, arousal r {em['arousal']['r']:.3f} mse {em['arousal']['mse']:.3f}"
+            )
+    reason = result.meta.get("freeze_bn_reason")
+    if reason and result.meta.get("batch_norm", {}).get("freeze_bn_from") == "folded batch norm":
+        print(f"note: --freeze-bn {reason}")
     left_out = {k: v for k, v in result.excluded.items() if v}
     if left_out:
         print("left out: " + ", ".join(f"{k} {v}" for k, v in left_out.items()))

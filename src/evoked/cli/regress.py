@@ -112,8 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         parents=[COMMON],
         help="predict VA of images with a model saved by `evoked regress`",
-        description="Extract the run's features exactly as its store recorded them, and print "
-        "`path valence arousal` per image. Unreadable images are reported with their reason.",
+        description="Extract the run's features exactly as its store recorded them, and write CSV with a "
+        "header: id, path, model, valence_pred, arousal_pred per image (ids: the dataset's for KIND:PATH, "
+        "the path below a folder, the path of a file), which `evoked evaluate --predictions P.csv --truth "
+        "DATASET` scores. Unreadable images are reported with their reason.",
     )
     p.add_argument("images", nargs="+", help="image files, folders, or a dataset spec KIND:PATH")
     p.add_argument("--run", type=Path, required=True, help="a run folder of `evoked regress`")
@@ -121,7 +123,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="P.csv", help="write the CSV (or JSON) here, not stdout"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="JSON (model, predictions: id, path, valence, arousal)"
+    )
     p.set_defaults(func=_predict)
 
 
@@ -242,6 +249,8 @@ def _regress(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import json
+
     from evoked.regress.predict import predict_images
 
     with progress(args, None, "predicting", "img") as bar:
@@ -253,11 +262,19 @@ def _predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_progress=bar.update,
         )
-    if args.json:
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="", encoding="utf-8") as f:
+            if args.json:
+                json.dump(result.to_dict(), f, indent=2)
+            else:
+                result.write_csv(f)
+        print(f"evoked: wrote {len(result.paths)} predictions to {args.out}", file=sys.stderr)
+    elif args.json:
         print_json(result.to_dict())
     else:
-        for path, (v, a) in zip(result.paths, result.va):
-            print(f"{path}\t{v:.3f}\t{a:.3f}")
+        result.write_csv(sys.stdout)
+    if not args.json or args.out is not None:
         for note in result.notes:
             print(f"evoked: note: {note}", file=sys.stderr)
         for path, reason in result.failures.items():

@@ -43,16 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from evoked.serve.app import ServeConfig, serve
-    from evoked.serve.predictions import run_predictions
+    from evoked.serve.predictions import store_predictions
 
-    predictions, run_name = (None, None)
+    predictions = kinds = run_name = None
     if args.run is not None:
-        predictions, run_name = run_predictions(args.run, args.store, args.model)
+        found = store_predictions(args.run, args.store, args.model)
+        predictions, kinds, run_name = found.va, found.kind, found.label
+        print("predictions from " + run_name + ": " + ", ".join(f"{n} {k}" for k, n in found.counts.items()))
     cfg = ServeConfig(
         store=str(args.store),
         feature=args.feature,
         index=str(args.index) if args.index else None,
         predictions=predictions,
+        prediction_kind=kinds,
         run_name=run_name,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,

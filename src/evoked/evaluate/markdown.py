@@ -35,7 +35,9 @@ def markdown_report(report: dict) -> str:
         "# Evaluation report",
         "",
         f"{len(systems)} system(s) from {len(runs)} run(s), scored on the same {it['n']} items of {dataset} "
-        f"({protocols}). Created {report['created']} by evoked {report['evoked_version']}.",
+        f"({protocols}"
+        + (f"; eval set {report['eval_set']}" if report.get("eval_set") else "")
+        + f"). Created {report['created']} by evoked {report['evoked_version']}.",
         "",
         f"Ranked by **{report['ranking']}**. "
         + (
@@ -55,6 +57,7 @@ def markdown_report(report: dict) -> str:
         tables.markdown(*tables.ranked_rows(report)),
         "",
     ]
+    lines += _eval_sets_section(report)
     lines += _paired_section(report)
     lines += _category_section(report)
     lines += _distribution_section(report)
@@ -87,6 +90,27 @@ def markdown_report(report: dict) -> str:
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _eval_sets_section(report: dict) -> list[str]:
+    """One ranked table per further eval set (rows of another store/dataset, matched by their items)."""
+    lines: list[str] = []
+    for sub in report.get("eval_sets", []):
+        names = sub.get("names") or [sub["eval_set"]]
+        lines += [f"## Eval set {sub['eval_set']}", ""]
+        if "skipped" in sub:
+            lines += [f"{sub['items']['n']} items: {sub['skipped']}.", ""]
+        else:
+            lines += [
+                f"{len(sub['systems'])} system(s) on the same {sub['items']['n']} items (named "
+                f"{', '.join(names)}; items fingerprint {sub['fingerprint'][:12]}), ranked by {sub['ranking']}; "
+                f"p against **{sub['reference']}**.",
+                "",
+                tables.markdown(*tables.ranked_rows(sub)),
+                "",
+            ]
+        lines += [f"- {n}" for n in sub["notes"]] + ([""] if sub["notes"] else [])
+    return lines
 
 
 def _paired_section(report: dict) -> list[str]:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from evoked import __version__
-from evoked.data.lexicon import load_lexicon
+from evoked.data.lexicon import Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
 from evoked.evaluate.compare import compare_systems, resolve_reference
+from evoked.evaluate.evalsets import eval_sets, membership_notes
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
 from evoked.evaluate.runs import CURVE_METRICS, Items, Run, System, align_systems, items_fingerprint, read_run
@@ -86,33 +87,179 @@ def evaluate(
         raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
 
     runs = [read_run(p) for p in paths]
-    items, systems, notes = align_systems(runs)
-    ref = resolve_reference(
-        reference, [s.name for s in systems], {r.name: [f"{r.name}/{m}" for m in r.predictions] for r in runs}
-    )
-    result = compare_systems(
-        items,
-        systems,
+    return evaluate_runs(
+        runs,
+        out=out_dir,
         lexicon=lex,
+        nearest=nearest,
+        bootstrap=int(bootstrap),
+        seed=seed,
+        reference=reference,
+        categories=categories,
+        plots=plots,
+        on_progress=on_progress,
+    )
+
+
+def evaluate_predictions(
+    files: Sequence[str | Path],
+    truth: str,
+    out: str | Path | None = None,
+    lexicon: str = "nrc",
+    *,
+    category_map: Mapping[str, str] | None = None,
+    **kw,
+) -> dict:
+    """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
+
+    `truth` is ``DATASET`` or ``DATASET:SPLIT``; rows join to its items by id, else by resolved path
+    (`evoked.evaluate.truth`). Several files are compared with each other on the same items.
+    """
+    from evoked.data import load_dataset
+    from evoked.evaluate.evalsets import parse_eval_spec
+    from evoked.evaluate.truth import predictions_run
+
+    if not files:
+        raise ConfigError("--truth scores predictions files: pass --predictions P.csv")
+    spec, split = parse_eval_spec(str(truth))
+    m = load_dataset(spec)
+    if not m.has_va.any():
+        raise ConfigError(
+            f"--truth {truth}: the dataset {m.name!r} has no VA ratings; give a dataset with valence/arousal"
+        )
+    lex = load_lexicon(lexicon)
+    if category_map:
+        lex = lex.with_aliases(category_map)
+    runs, used = [], set()
+    for f in files:
+        base, name, k = Path(f).stem, Path(f).stem, 2
+        while name in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name)
+        runs.append(predictions_run(f, m, split, name=name))
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a directory for the report")
+    notes = [n for r in runs for n in r.meta["notes"]]
+    truth_info = {"truth": {"dataset": m.name, "spec": spec, "split": split}}
+    return evaluate_runs(
+        runs, out=None if out is None else Path(out), lexicon=lex, extra_notes=notes, extra=truth_info, **kw
+    )
+
+
+def evaluate_runs(
+    runs: Sequence[Run],
+    *,
+    lexicon: Lexicon,
+    out: Path | None = None,
+    nearest: str = "cosine",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    reference: str | None = None,
+    categories: Sequence[str] | None = None,
+    plots: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    extra_notes: Sequence[str] = (),
+    extra: Mapping | None = None,
+) -> dict:
+    """`evaluate` on runs already read: the training side, then every eval set (docs/evaluate.md).
+
+    The training side (rows with an empty ``eval``) is compared as always. Each eval set, matched
+    across runs by its items (`evalsets.eval_sets`), gets its own ranked comparison in
+    ``report["eval_sets"]``. When the runs' training sides cannot be compared (other items) but they
+    share eval sets, the training side is left out with the reason in the notes; the top level of
+    the report is then the first eval set (``report["eval_set"]`` names it, "" = training side).
+    """
+    kw = dict(
+        lexicon=lexicon,
         nearest=nearest,
         categories=categories,
         bootstrap=int(bootstrap),
         seed=seed,
-        reference=ref,
         on_progress=on_progress,
     )
+    sets = eval_sets(runs)
+    notes: list[str] = []
+    top = None
+    side = [r for r in runs if r.predictions]
+    if side:
+        try:
+            top = _compare_group(side, reference=reference, given_reference=True, **kw)
+        except ConfigError as e:
+            if not sets:
+                raise
+            notes.append(f"training side not compared (each run's own rows): {e}")
+        else:
+            top["report"]["eval_set"] = ""
+    elif not sets:
+        raise ConfigError("the runs have no prediction rows to compare")
+    subs = []
+    for es in sets:
+        try:
+            group = _compare_group(es.runs(), reference=reference, given_reference=False, **kw)
+        except ConfigError as e:
+            raise ConfigError(f"eval set {es.name!r}: {e}") from e
+        sub = group["report"]
+        sub.update(eval_set=es.name, names=es.names, fingerprint=es.fingerprint)
+        sub["notes"] = membership_notes(es, runs) + sub["notes"]
+        if top is None and "skipped" not in sub:
+            top = group
+        else:
+            subs.append(sub)
+    if top is None:
+        raise ConfigError(
+            "nothing to score: the training sides cannot be compared and no eval set has ratings ("
+            + "; ".join(notes + [f"{s['eval_set']}: {s['skipped']}" for s in subs])
+            + ")"
+        )
     report = {
         "evoked_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: v for k, v in result.items() if k not in ("notes", "scored")},
-        "items": _items_summary(items, result),
+        **top["report"],
         "runs": [_run_summary(r) for r in runs],
         "curves": curve_summary(runs),
-        "notes": notes + result["notes"] + _protocol_notes(runs),
+        "eval_sets": subs,
     }
-    if out_dir is not None:
-        report["files"] = write_report(report, out_dir, items, systems, lex, plots=plots)
+    report["notes"] = report["notes"] + notes + list(extra_notes) + _protocol_notes(runs)
+    report.update(extra or {})
+    if out is not None:
+        report["files"] = write_report(report, Path(out), top["items"], top["systems"], lexicon, plots=plots)
     return report
+
+
+def _compare_group(runs: Sequence[Run], *, reference: str | None, given_reference: bool, **kw) -> dict:
+    """Align and score one group (the training side or one eval set): {report, items, systems}.
+
+    `reference` must name a system of the training side; an eval set uses it when it holds that
+    system, else its best one.
+    """
+    items, systems, notes = align_systems(runs)
+    names = [s.name for s in systems]
+    per_run = {r.name: [f"{r.name}/{m}" for m in r.predictions] for r in runs}
+    try:
+        ref = resolve_reference(reference, names, per_run)
+    except ConfigError:
+        if given_reference:
+            raise
+        ref = None
+        notes.append(f"--reference {reference} has no predictions here; the best system is the reference")
+    if not np.isfinite(items.true).any() and not (items.category != "").any():
+        return {
+            "report": {
+                "skipped": "no item has a rating: predictions only, nothing to score",
+                "items": {"n": len(items)},
+                "systems": [{"system": s.name, "run": s.run, "model": s.model} for s in systems],
+                "notes": notes,
+            },
+            "items": items,
+            "systems": systems,
+        }
+    result = compare_systems(items, systems, reference=ref, **kw)
+    report = {
+        **{k: v for k, v in result.items() if k not in ("notes", "scored")},
+        "items": _items_summary(items, result),
+        "notes": notes + result["notes"],
+    }
+    return {"report": report, "items": items, "systems": systems}
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -172,28 +319,71 @@ def _protocol_notes(runs: Sequence[Run]) -> list[str]:
     return notes
 
 
+#: run.json keys that differ between runs of one configuration (outcomes, bookkeeping, the seed)
+_NOT_SETTINGS = frozenset(
+    {
+        "name", "models", "created", "seconds", "fit_seconds", "history", "versions", "evoked_version",
+        "items_sha256", "seed", "seeds", "epochs_run", "best_epoch", "best_val_r_valence", "stopped_early",
+        "n_items", "n_labels", "n_train", "counts", "excluded", "bad_images", "target_missing", "checkpoint",
+        "init", "device", "selection", "parameters", "freeze_bn_reason", "batch_norm", "inherited", "evals",
+        "default_model", "model_info", "curve", "metrics", "out", "path",
+    }
+)  # fmt: skip
+
+
+def _settings(meta: Mapping, prefix: str = "") -> dict[str, str]:
+    """run.json flattened to ``a.b -> value`` without the keys of `_NOT_SETTINGS` (at any depth)."""
+    out: dict[str, str] = {}
+    for k, v in meta.items():
+        if k in _NOT_SETTINGS:
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_settings(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
 def curve_summary(runs: Sequence[Run]) -> list[dict]:
     """Low-resource curves: mean and sample std over seeds per (series, setting, n_labels).
 
     A series is ``RUN/MODEL`` when one run holds the whole curve (regress --n-labels). When a model's
     curve is spread over several runs that each hold one n_labels (one fine-tuning run per n_labels
-    and seed), those runs are pooled into one series named after the model, ``MODEL (K runs)``.
+    and seed), runs that differ in their seed alone are pooled into one series, ``MODEL (K runs)``;
+    runs whose other settings differ (run.json, outcomes aside: e.g. --freeze-bn) make separate
+    series named by what differs, ``MODEL [freeze_bn=true] (K runs)``.
     """
-    rows_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    rows_of: dict[tuple[str, str], list[tuple[Run, dict]]] = {}
     for run in runs:
         for row in run.curve:
-            rows_of.setdefault((row["model"], row["setting"]), []).append((run.name, row))
+            rows_of.setdefault((row["model"], row["setting"]), []).append((run, row))
     out = []
     for (model, setting), rows in rows_of.items():
         per_run: dict[str, set] = {}
-        for name, row in rows:
-            per_run.setdefault(name, set()).add(row["n_labels"])
+        for run, row in rows:
+            per_run.setdefault(run.name, set()).add(row["n_labels"])
         pooled = len(per_run) > 1 and all(len(v) == 1 for v in per_run.values())
-        groups: dict[tuple[str, int], list[dict]] = {}
-        for name, row in rows:
-            series = f"{model} ({len(per_run)} runs)" if pooled else f"{name}/{model}"
-            groups.setdefault((series, row["n_labels"]), []).append(row)
-        for (series, n_labels), group in groups.items():
+        series_of: dict[str, str] = {run.name: f"{run.name}/{model}" for run, _ in rows}
+        if pooled:
+            configs = {run.name: _settings(run.meta) for run, _ in rows}
+            keys = sorted({k for c in configs.values() for k in c})
+            differing = [k for k in keys if len({c.get(k, "-") for c in configs.values()}) > 1]
+            groups: dict[tuple, list[str]] = {}
+            for name, c in configs.items():
+                groups.setdefault(tuple(c.get(k, "-") for k in differing), []).append(name)
+            for values, names in groups.items():
+                label = ", ".join(f"{k}={_shown(v)}" for k, v in zip(differing, values))
+                series = f"{model} [{label}] ({len(names)} runs)" if label else f"{model} ({len(names)} runs)"
+                series_of.update({n: series for n in names})
+        cells: dict[tuple[str, int], list[dict]] = {}
+        for run, row in rows:
+            cells.setdefault((series_of[run.name], row["n_labels"]), []).append(row)
+        for (series, n_labels), group in cells.items():
             entry = {"system": series, "setting": setting, "n_labels": n_labels, "seeds": len(group)}
             for m in CURVE_METRICS:
                 v = np.array([r[m] for r in group], dtype=float)
@@ -230,9 +420,13 @@ def write_report(
         files.update(_write_plots(report, out, items, systems, lexicon))
     files.update({"markdown": "report.md", "json": "report.json", "csv": "report.csv"})
     headers, rows = tables.csv_rows(report)
+    rows = [[*r, report.get("eval_set", "")] for r in rows]
+    for sub in report.get("eval_sets", []):
+        if "skipped" not in sub:
+            rows += [[*r, sub["eval_set"]] for r in tables.csv_rows(sub)[1]]
     with (out / "report.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(headers)
+        w.writerow([*headers, "eval_set"])
         w.writerows([["" if isinstance(c, float) and math.isnan(c) else c for c in r] for r in rows])
     report["files"] = files
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
@@ -278,6 +472,7 @@ def _write_plots(report: dict, out: Path, items: Items, systems: Sequence[System
         labels=labels,
         anchors=anchors,
         anchor_source=f"lexicon {lexicon.name}",
+        n_systems=len(ranked),  # the title names the systems shown when they are fewer
     )
     files["va_plane"] = "va_plane.png"
     if report["curves"]:
@@ -290,3 +485,12 @@ def console_table(report: dict) -> str:
     """The ranked table for a terminal (two decimals, fewer columns than report.md)."""
     headers, rows = tables.ranked_rows(report, digits=2, compact=True)
     return tables.plain(headers, rows)
+
+
+def group_title(report: dict) -> str:
+    """How a report (or one of its eval sets) names the items it scores."""
+    name = report.get("eval_set", "")
+    truth = report.get("truth")
+    if truth and not name:  # a predictions file scored against a dataset
+        return truth["dataset"] + (f", {truth['split']} split" if truth.get("split") else "")
+    return "training side" if not name else f"eval set {name}"

@@ -33,6 +33,9 @@ REQUIRED_COLUMNS = (
     "arousal_pred",
     "category_true",
 )
+#: optional columns (docs/runs.md): which eval set a row belongs to ("" = training side) and its kind
+EVAL_COLUMNS = ("eval", "kind")
+KINDS = ("oof", "held-out", "transfer")
 CURVE_COLUMNS = ("model", "setting", "n_labels", "seed")
 CURVE_METRICS = ("r_valence", "r_arousal", "mse_valence", "mse_arousal")
 PRED_P = "pred_p_"
@@ -58,6 +61,7 @@ class Predictions:
     true_categories: tuple[str, ...] = ()
     p_pred: np.ndarray | None = None  # (n, K') over `pred_categories`
     pred_categories: tuple[str, ...] = ()
+    kind: np.ndarray | None = None  # (n,) str: oof, held-out or transfer
 
 
 @dataclass
@@ -65,8 +69,16 @@ class Run:
     path: Path
     name: str
     meta: dict
-    predictions: dict[str, Predictions]  # model -> rows
+    predictions: dict[str, Predictions]  # model -> training-side rows (eval "")
     curve: list[dict] = field(default_factory=list)
+    evals: dict[str, dict[str, Predictions]] = field(default_factory=dict)  # eval name -> model -> rows
+
+    def eval_info(self, name: str) -> dict:
+        """The run.json ``evals`` entry of eval set `name` ({} when run.json does not describe it)."""
+        for e in self.meta.get("evals") or []:
+            if isinstance(e, dict) and e.get("name") == name:
+                return e
+        return {}
 
 
 @dataclass
@@ -127,8 +139,23 @@ def _int(value: str, where: str, column: str) -> int:
         raise DatasetError(f"{where}: {column} {value!r} is not an integer (-1 for none)") from None
 
 
+def infer_kind(fold: int, split: str, eval_name: str) -> str:
+    """The kind of a row written without a ``kind`` column (runs made before it existed)."""
+    if eval_name:
+        return "transfer"
+    return "oof" if fold >= 0 else "held-out"
+
+
 def read_predictions(path: Path) -> dict[str, Predictions]:
-    """predictions.csv -> {model: Predictions}. Raises `DatasetError` naming the file and line."""
+    """predictions.csv -> {model: Predictions} of the training-side rows (``eval`` empty or absent)."""
+    return read_prediction_groups(path).get("", {})
+
+
+def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
+    """predictions.csv -> {eval name: {model: Predictions}}; "" is the training side.
+
+    Raises `DatasetError` naming the file and line.
+    """
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -141,24 +168,35 @@ def read_predictions(path: Path) -> dict[str, Predictions]:
             )
         pred_cats = tuple(c[len(PRED_P) :] for c in header if c.startswith(PRED_P))
         true_cats = tuple(c[len(TRUE_P) :] for c in header if c.startswith(TRUE_P))
-        rows: dict[str, dict[str, list]] = {}
-        seen: dict[str, set] = {}
+        rows: dict[tuple[str, str], dict[str, list]] = {}
+        seen: dict[tuple[str, str], set] = {}
         for lineno, raw in enumerate(reader, 2):
             row = {k.strip(): (v or "") for k, v in raw.items() if k is not None}
             where = f"{path}:{lineno}"
             model, item = row["model"].strip(), row["id"]
+            eval_name = row.get("eval", "").strip()
             if not model or item == "":
                 raise DatasetError(f"{where}: empty model or id; every row names its model and item id")
-            if item in seen.setdefault(model, set()):
+            key = (eval_name, model)
+            if item in seen.setdefault(key, set()):
+                where_set = f" in eval set {eval_name!r}" if eval_name else ""
                 raise DatasetError(
-                    f"{where}: model {model!r} predicts item {item!r} twice; each model has one row per item"
+                    f"{where}: model {model!r} predicts item {item!r} twice{where_set}; each model has one "
+                    "row per item (per eval set)"
                 )
-            seen[model].add(item)
+            seen[key].add(item)
             r = rows.setdefault(
-                model, {k: [] for k in ("ids", "fold", "split", "true", "pred", "cat", "pt", "pp")}
+                key, {k: [] for k in ("ids", "fold", "split", "true", "pred", "cat", "pt", "pp", "kind")}
             )
+            fold = _int(row["fold"], where, "fold")
+            kind = row.get("kind", "").strip() or infer_kind(fold, row["split"].strip(), eval_name)
+            if kind not in KINDS:
+                raise DatasetError(
+                    f"{where}: kind {kind!r} is not one of {', '.join(KINDS)} (see docs/runs.md)"
+                )
+            r["kind"].append(kind)
             r["ids"].append(item)
-            r["fold"].append(_int(row["fold"], where, "fold"))
+            r["fold"].append(fold)
             r["split"].append(row["split"].strip())
             r["true"].append([_float(row[f"{d}_true"], where, f"{d}_true") for d in ("valence", "arousal")])
             r["pred"].append([_float(row[f"{d}_pred"], where, f"{d}_pred") for d in ("valence", "arousal")])
@@ -167,15 +205,16 @@ def read_predictions(path: Path) -> dict[str, Predictions]:
             r["pp"].append([_float(row[PRED_P + c], where, PRED_P + c) for c in pred_cats])
     if not rows:
         raise DatasetError(f"{path} has no prediction rows")
-    out = {}
-    for model, r in rows.items():
+    out: dict[str, dict[str, Predictions]] = {}
+    for (eval_name, model), r in rows.items():
         n = len(r["ids"])
         p_true = np.array(r["pt"], dtype=np.float64).reshape(n, -1) if true_cats else None
         p_pred = np.array(r["pp"], dtype=np.float64).reshape(n, -1) if pred_cats else None
         # the columns are shared by all models of the file: a model that left them empty has none
         p_true = None if p_true is not None and np.isnan(p_true).all() else p_true
         p_pred = None if p_pred is not None and np.isnan(p_pred).all() else p_pred
-        out[model] = Predictions(
+        out.setdefault(eval_name, {})[model] = Predictions(
+            kind=np.array(r["kind"], dtype=object),
             ids=np.array(r["ids"], dtype=object),
             fold=np.array(r["fold"], dtype=np.int64),
             split=np.array(r["split"], dtype=object),
@@ -237,16 +276,42 @@ def read_run(path: str | Path) -> Run:
     pred_path = path / "predictions.csv"
     if not pred_path.is_file():
         raise DatasetError(f"{path} has no predictions.csv; was the run interrupted before it finished?")
-    predictions = read_predictions(pred_path)
+    groups = read_prediction_groups(pred_path)
+    predictions = groups.pop("", {})
     listed = [str(m) for m in meta.get("models") or []]
-    absent = [m for m in listed if m not in predictions]
+    present = set(predictions) | {m for g in groups.values() for m in g}
+    absent = [m for m in listed if m not in present]
     if absent:
         log.warning("%s: run.json lists model(s) %s without rows in predictions.csv", path, ", ".join(absent))
     curve = read_curve(path / "curve.csv") if (path / "curve.csv").is_file() else []
-    return Run(path=path, name=path.resolve().name, meta=meta, predictions=predictions, curve=curve)
+    return Run(
+        path=path, name=path.resolve().name, meta=meta, predictions=predictions, curve=curve, evals=groups
+    )
 
 
 # ---------------------------------------------------------------------------------------------- writing
+
+
+def json_safe(o):
+    """A strict-JSON copy: NaN/inf -> null, numpy scalars and arrays -> Python, tuples -> lists."""
+    if isinstance(o, Mapping):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def write_json(path: Path, obj) -> None:
+    """Write `obj` as strict JSON (no NaN/Infinity: they become null), indented, UTF-8."""
+    Path(path).write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _fmt(x) -> str:
@@ -264,9 +329,11 @@ def write_run(
     """Write run.json, predictions.csv (and curve.csv) in the format of docs/runs.md.
 
     `predictions` maps a model name to columns: ``id, fold, split, valence_true, arousal_true,
-    valence_pred, arousal_pred, category_true`` and optionally ``pred_p_<category>`` and
-    ``true_p_<category>``. run.json gets ``models``, ``name`` and ``items_sha256`` (of the first
-    model's items) unless `meta` sets them.
+    valence_pred, arousal_pred, category_true`` and optionally ``eval`` (the eval set of a row, ""
+    for the training side), ``kind`` (inferred from fold/eval when absent), ``pred_p_<category>``
+    and ``true_p_<category>``. run.json gets ``models``, ``name``, ``evals`` (empty) and
+    ``items_sha256`` (of the first model's training-side items) unless `meta` sets them; it is
+    strict JSON (NaN written as null).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -274,22 +341,31 @@ def write_run(
     if not models:
         raise ConfigError("write_run needs predictions of at least one model")
     extra = sorted({c for cols in predictions.values() for c in cols if c.startswith((PRED_P, TRUE_P))})
-    header = ["model", *REQUIRED_COLUMNS[1:], *extra]
+    header = ["model", *REQUIRED_COLUMNS[1:], *EVAL_COLUMNS, *extra]
     with (path / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for model, cols in predictions.items():
             n = len(cols["id"])
             for i in range(n):
-                w.writerow([model] + [_fmt(cols[c][i]) if c in cols else "" for c in header[1:]])
+                values = {c: _fmt(cols[c][i]) if c in cols else "" for c in header[1:]}
+                if not values["kind"]:
+                    values["kind"] = infer_kind(int(cols["fold"][i]), str(cols["split"][i]), values["eval"])
+                w.writerow([model] + [values[c] for c in header[1:]])
     first = predictions[models[0]]
+    side = [k for k in range(len(first["id"])) if not ("eval" in first and first["eval"][k])]
     full = {
         "name": path.name,
         "models": models,
-        "items_sha256": items_fingerprint(first["id"], first["fold"], first["split"]),
+        "items_sha256": items_fingerprint(
+            [first["id"][k] for k in side],
+            [first["fold"][k] for k in side],
+            [first["split"][k] for k in side],
+        ),
+        "evals": [],
         **dict(meta),
     }
-    (path / "run.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+    write_json(path / "run.json", full)
     if curve:
         with (path / "curve.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

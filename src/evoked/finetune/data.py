@@ -342,6 +342,20 @@ def _try_decode(path: str) -> str | None:
     return None
 
 
+def find_bad_images(
+    paths: list[str], *, workers: int = 4, on_progress: Callable[[int], None] | None = None
+) -> dict[str, str]:
+    """{path: reason} for every image of `paths` that cannot be decoded."""
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, reason in zip(paths, pool.map(_try_decode, paths)):
+            if reason is not None:
+                bad[path] = reason
+            if on_progress is not None:
+                on_progress(1)
+    return bad
+
+
 def check_images(
     data: FinetuneData,
     *,
@@ -352,13 +366,7 @@ def check_images(
     """Decode every image once before training. A bad image is a DatasetError listing them all,
     or, with `skip_bad`, left out of its part and counted (``excluded["bad_image_<part>"]``)."""
     paths = sorted({p for part in data.parts.values() for p in part.paths.tolist()})
-    bad: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path, reason in zip(paths, pool.map(_try_decode, paths)):
-            if reason is not None:
-                bad[path] = reason
-            if on_progress is not None:
-                on_progress(1)
+    bad = find_bad_images(paths, workers=workers, on_progress=on_progress)
     if not bad:
         return data
     listed = []

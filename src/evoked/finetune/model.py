@@ -203,3 +203,29 @@ def set_train_mode(net: VANet, frozen_norms: list[nn.Module]) -> None:
     net.train()
     for m in frozen_norms:
         m.eval()
+
+
+def folded_norm_layers(net: VANet, tol: float = 1e-3) -> list[str]:
+    """Names of the encoder's batch-norm layers that look folded into the convolution before them.
+
+    A folded layer is identity-with-bias: weight 1, running mean 0, running variance 1 (or 1 - eps)
+    and a bias that is not all zero (the folded bias). Its running statistics were never measured on
+    data, so training it in train mode normalises by batch statistics the weights were not made for
+    and the network collapses to a constant. A freshly initialised layer has the same statistics but
+    a zero bias, and trains normally: it is not counted.
+    """
+    names = []
+    for name, m in net.encoder.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._NormBase) or not m.track_running_stats:
+            continue
+        if m.running_mean is None or m.running_var is None or m.weight is None or m.bias is None:
+            continue
+        with torch.no_grad():
+            identity = (
+                bool((m.running_mean.abs() <= tol).all())
+                and bool(((m.running_var - 1).abs() <= tol).all())
+                and bool(((m.weight - 1).abs() <= tol).all())
+            )
+            if identity and bool((m.bias.abs() > tol).any()):
+                names.append(name)
+    return names

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,9 +27,20 @@ import torch
 from evoked import __version__
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.lexicon import parse_category_map
-from evoked.errors import ConfigError
+from evoked.data.va_range import check_va_range, parse_va_range
+from evoked.errors import ConfigError, DatasetError
 from evoked.extract.backbone import Preprocess, WeightsInfo, parse_preprocess_overrides
-from evoked.finetune.data import MODES, TASKS, FinetuneData, Part, check_images, make_transform, prepare_data
+from evoked.finetune.data import (
+    MODES,
+    TASKS,
+    FinetuneData,
+    Part,
+    check_images,
+    find_bad_images,
+    make_transform,
+    prepare_data,
+)
+from evoked.finetune.evals import keep_rows, load_evals
 from evoked.finetune.model import (
     FREEZE_AUTO,
     FREEZE_NONE,
@@ -36,6 +48,7 @@ from evoked.finetune.model import (
     VANet,
     build_encoder,
     feature_dim,
+    folded_norm_layers,
     freeze_before,
     native_size,
     resolve_freeze_point,
@@ -57,6 +70,8 @@ DEFAULT_ALPHA = {"one_stage": 0.5, "two_stage": 0.9}
 OUTPUTS = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "models/last.pt", "models/best.pt")
 # settings that may change when a run is resumed; everything else must match
 _RESUMABLE = ("epochs", "workers", "eval_batch_size", "device", "precision")
+# settings that checkpoints of earlier versions do not record: absent there, they match their default
+_ADDED_LATER = {"va_range": [1.0, 9.0], "evals": []}
 
 
 @dataclass
@@ -337,7 +352,7 @@ def finetune(
     checkpoint: str | Path | None = None,
     from_run: str | Path | None = None,
     freeze_until: str | None = None,
-    freeze_bn: bool = False,
+    freeze_bn: bool | None = None,
     size: int | None = None,
     lexicon: str | Lexicon = "nrc",
     category_map: Mapping[str, str] | Sequence[str] | None = None,
@@ -359,6 +374,8 @@ def finetune(
     eval_batch_size: int = 32,
     check_workers: int = 4,
     skip_bad_images: bool = False,
+    evals: Sequence[str | Manifest] = (),
+    va_range: str | Sequence[float] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     on_check: Callable[[int, int], None] | None = None,
@@ -372,7 +389,11 @@ def finetune(
     (and categories for multi); two_stage loads `checkpoint` (or ``from_run/models/best.pt``), freezes
     the encoder before `freeze_until` (``auto``: layer4 for ResNets) and fine-tunes on `n_labels` of
     the `dimensional` set's VA-rated train items (plus the categorical items, category loss only, for
-    multi). Both stop early on the validation valence r and predict the dimensional test split.
+    multi). Both stop early on the validation valence r and predict the dimensional test split,
+    and every item of each `evals` dataset (``SPEC[:SPLIT]``, see `finetune.evals`).
+    `freeze_bn` None: inherited from the checkpoint (two_stage), else turned on when the encoder's
+    batch norm is folded (`folded_norm_layers`), with the reason in run.json. Ratings outside
+    `va_range` (``"LO,HI"``, default 1,9; two_stage: the checkpoint's) are refused before training.
     Callbacks: ``on_check(done, total)`` images checked, ``on_batch(epoch, batch, n_batches, loss)``,
     ``on_epoch(record)``, ``on_predict(done, total)`` test images predicted.
     """
@@ -393,7 +414,7 @@ def finetune(
         milestones=tuple(milestones),
         gamma=gamma,
         patience=patience,
-        freeze_bn=freeze_bn,
+        freeze_bn=bool(freeze_bn),
         alpha=alpha,
         seed=seed,
         eval_batch_size=eval_batch_size,
@@ -413,6 +434,12 @@ def finetune(
     ckpt_path = _resolve_checkpoint(mode, checkpoint, from_run)
     ckpt = load_checkpoint(ckpt_path, "--checkpoint") if ckpt_path else None
     lex = _lexicon(lexicon, category_map)
+    stage1 = (ckpt or {}).get("meta", {}).get("config", {})
+    inherited: dict = {}
+    if va_range is None and stage1.get("va_range"):
+        va_range = stage1["va_range"]
+        inherited["va_range"] = list(va_range)
+    scale = parse_va_range(va_range)
 
     # ---- labels
     cat_m = _load_manifest(categorical)
@@ -432,16 +459,26 @@ def finetune(
         seed=seed,
     )
     cfg.cls_loss = data.cls_loss
+    _check_scale(dim_m, scale)
+    training_ids = [*data.train.ids.tolist(), *data.val.ids.tolist()]
+    eval_sets = load_evals(evals, training_ids=training_ids, va_range=scale)
 
     # ---- network
     encoder, init = _encoder(backbone=backbone, weights=weights, overrides=overrides, ckpt=ckpt)
     if size is None:
         size = native_size(encoder) or (int(ckpt["meta"]["size"]) if ckpt else DEFAULT_SIZE)
+        if ckpt and not native_size(encoder):
+            inherited["size"] = size
+    if ckpt:
+        inherited["preprocess"] = "stage 1's" + (" with --preprocess overrides" if overrides else "")
     supervised = data.train.va[data.train.va_mask]
     va_mean = supervised.mean(axis=0) if len(supervised) else None
     net = _assemble(
         encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed, va_mean=va_mean
     )
+    cfg.freeze_bn, bn = _resolve_freeze_bn(freeze_bn, net, stage1)
+    if bn["freeze_bn_from"] == "stage 1":
+        inherited["freeze_bn"] = cfg.freeze_bn
     freeze_default = FREEZE_AUTO if mode == "two_stage" else FREEZE_NONE
     point = resolve_freeze_point(encoder, freeze_until or freeze_default)
     params = freeze_before(net, point)
@@ -468,7 +505,9 @@ def finetune(
         "soft": soft,
         "classes": list(data.classes),
         "n_labels": n_labels,
+        "va_range": list(scale),
         "parts_sha256": {k: _ids_sha256(p) for k, p in data.parts.items()},
+        "evals": [e.name for e in eval_sets],
         **cfg.to_dict(),
         "device": dev.type,
         "precision": prec,
@@ -479,7 +518,11 @@ def finetune(
         resume_state = load_checkpoint(out / "models" / "last.pt", "--resume")
         before = resume_state["meta"].get("config", {})
         diff = sorted(
-            k for k in set(before) | set(config) if k not in _RESUMABLE and before.get(k) != config.get(k)
+            k
+            for k in set(before) | set(config)
+            if k not in _RESUMABLE
+            and before.get(k) != config.get(k)
+            and not (k in _ADDED_LATER and k not in before and config.get(k) == _ADDED_LATER[k])
         )
         if diff:
             raise ConfigError(
@@ -501,6 +544,7 @@ def finetune(
             on_check(done, n_paths)
 
     data = check_images(data, skip_bad=skip_bad_images, workers=check_workers, on_progress=_checked)
+    eval_sets = _check_eval_images(eval_sets, data, skip_bad_images, check_workers)
     if overwrite:
         _clear_outputs(out)
 
@@ -538,6 +582,22 @@ def finetune(
         on_epoch=on_epoch,
     )
 
+    if outcome.collapsed:
+        h = outcome.history[-1]
+        raise ConfigError(
+            f"the network predicts a constant: in every one of the {len(outcome.history)} epoch(s) the "
+            f"validation predictions hardly vary (valence std {h['val_pred_std_valence']:.2g} against a "
+            f"ratings std of {float(np.nanstd(data.val.va[:, 0])):.2g}), so there is no epoch to keep and no "
+            "output was written. "
+            + (
+                "Batch norm was frozen (--freeze-bn); try a lower --lr or more --epochs."
+                if cfg.freeze_bn
+                else "Batch norm trained in train mode: if the weights have batch norm folded into the "
+                "convolutions, or batches are small, pass --freeze-bn; else try a lower --lr."
+            )
+            + f" The last epoch is in {models_dir / 'last.pt'}; rerun with --overwrite."
+        )
+
     # ---- predict the test split with the best epoch
     best = load_checkpoint(models_dir / "best.pt", "best checkpoint")
     net.load_state_dict(best["model"])
@@ -560,6 +620,12 @@ def finetune(
         workers=workers,
         on_progress=_predicted,
     )
+    eval_preds = []
+    for e in eval_sets:
+        pred_e, _ = predict(
+            net, e.part, eval_tf, device=dev, precision=prec, batch_size=eval_batch_size, workers=workers
+        )
+        eval_preds.append((e, pred_e))
     result = _write_outputs(
         out=out,
         mode=mode,
@@ -577,8 +643,88 @@ def finetune(
         ckpt_path=ckpt_path,
         seed=seed,
         seconds=time.perf_counter() - t_start,
+        eval_preds=eval_preds,
+        bn=bn,
+        inherited=inherited,
     )
     return result
+
+
+def _check_scale(dim_m: Manifest, scale: tuple[float, float]) -> None:
+    """Refuse ratings outside the scale in the dimensional dataset (every split: trained, chosen, scored)."""
+    rated = np.flatnonzero(dim_m.has_va)
+    check_va_range(
+        dim_m.ids[rated],
+        dim_m.valence[rated],
+        dim_m.arousal[rated],
+        scale,
+        source=f"--dimensional {dim_m.name}",
+    )
+
+
+def _resolve_freeze_bn(given: bool | None, net: VANet, stage1: dict) -> tuple[bool, dict]:
+    """Whether every batch-norm layer stays in eval mode, and why (recorded in run.json).
+
+    Given explicitly: as given (a warning when the batch norm is folded and it is off). Else a
+    two_stage run keeps stage 1's choice when stage 1 froze it; else folded batch norm turns it on,
+    because training folded layers in train mode collapses the network to a constant.
+    """
+    folded = folded_norm_layers(net)
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._NormBase) for m in net.encoder.modules())
+    info: dict = {"layers": n_bn, "folded_layers": len(folded), "folded_examples": folded[:3]}
+    if given is not None:
+        value, source = bool(given), "given"
+        reason = "--freeze-bn given" if value else "--no-freeze-bn given"
+        if not value and folded:
+            log.warning(
+                "--no-freeze-bn: %d of %d batch-norm layers look folded (e.g. %s); training them in train "
+                "mode usually collapses the network to a constant",
+                len(folded),
+                n_bn,
+                folded[0],
+            )
+    elif stage1.get("freeze_bn"):
+        value, source, reason = True, "stage 1", "inherited from the stage-1 checkpoint (it froze batch norm)"
+    elif folded:
+        value, source = True, "folded batch norm"
+        reason = (
+            f"{len(folded)} of {n_bn} batch-norm layers are folded (weight 1, running mean 0, running var 1, "
+            f"a folded bias; e.g. {folded[0]}): turned on, since training them in train mode collapses the "
+            "network (pass --no-freeze-bn to train them anyway)"
+        )
+        log.warning("--freeze-bn %s", reason)
+    elif "freeze_bn" in stage1:
+        value, source, reason = False, "stage 1", "inherited from the stage-1 checkpoint (off)"
+    else:
+        value, source, reason = False, "default", "default (no folded batch norm found)"
+    info.update(freeze_bn=value, freeze_bn_from=source, reason=reason)
+    return value, info
+
+
+def _check_eval_images(eval_sets: list, data: FinetuneData, skip_bad: bool, workers: int) -> list:
+    """Decode every --eval image before training; a bad one fails, or is left out and counted."""
+    paths = sorted({p for e in eval_sets for p in e.part.paths.tolist()})
+    if not paths:
+        return eval_sets
+    bad = find_bad_images(paths, workers=workers)
+    if not bad:
+        return eval_sets
+    shown = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:10])
+    if not skip_bad:
+        raise DatasetError(
+            f"{len(bad)} --eval image(s) cannot be read: {shown}. Fix or remove them, or pass "
+            "--skip-bad-images to leave them out (they are counted in run.json)"
+        )
+    out = []
+    for e in eval_sets:
+        keep = np.array([p not in bad for p in e.part.paths.tolist()], dtype=bool)
+        if (~keep).any():
+            data.excluded[f"bad_image_eval_{e.name}"] = int((~keep).sum())
+            e = keep_rows(e, keep)
+        if not len(e.part):
+            raise DatasetError(f"--eval {e.spec}: no readable images left")
+        out.append(e)
+    return out
 
 
 def _sha256_file(path: Path) -> str:
@@ -607,9 +753,12 @@ def _write_outputs(
     ckpt_path,
     seed,
     seconds,
+    eval_preds=(),
+    bn=None,
+    inherited=None,
 ) -> FinetuneResult:
     from evoked.evaluate.metrics import va_metrics
-    from evoked.evaluate.runs import write_run
+    from evoked.evaluate.runs import write_json, write_run
 
     name = model_name(mode, task)
     probs = _probabilities(logits, data.cls_loss) if logits is not None else None
@@ -643,6 +792,10 @@ def _write_outputs(
         "size": config["size"],
         "freeze_until": config["freeze_until"],
         "freeze_bn": config["freeze_bn"],
+        "freeze_bn_reason": (bn or {}).get("reason"),
+        "batch_norm": bn,
+        "inherited": inherited or {},
+        "va_range": config["va_range"],
         "parameters": params,
         "lexicon": lex.describe(),
         "soft": config["soft"],
@@ -661,6 +814,17 @@ def _write_outputs(
             "patience": config["patience"],
             "early_stopping": "validation valence Pearson r",
         },
+        "selection": {
+            "epoch": {
+                "rows": f"the val split of {dim_m.name} (never test, never an --eval set)",
+                "n": len(data.val),
+                "metric": "validation valence Pearson r; an epoch with constant predictions is never chosen",
+                "patience": config["patience"],
+            },
+            "default_model": "none to choose: the run has one model",
+            "scored": "the test split of the dimensional dataset and the --eval sets, after the epoch was chosen",
+        },
+        "evals": [e.describe() for e, _ in eval_preds],
         "epochs_run": outcome.epochs_run,
         "best_epoch": outcome.best_epoch,
         "best_val_r_valence": outcome.best_score,
@@ -677,6 +841,22 @@ def _write_outputs(
         "versions": _versions(),
     }
     cols = _prediction_columns(data.test, va_pred, probs, data.classes)
+    n_test = len(cols["id"])
+    cols["eval"], cols["kind"] = [""] * n_test, ["held-out"] * n_test
+    for e, pred_e in eval_preds:
+        ecols = _prediction_columns(e.part, pred_e, None, ())
+        ecols["split"] = list(e.splits)
+        ecols["eval"], ecols["kind"] = [e.name] * len(e.part), ["transfer"] * len(e.part)
+        for c in cols:
+            cols[c] = list(cols[c]) + list(
+                ecols.get(c, [math.nan if c.startswith(("pred_p_", "true_p_")) else ""] * len(e.part))
+            )
+        if e.has_ratings:
+            metrics.setdefault("evals", {})[e.name] = va_metrics(e.part.va, pred_e)
+        else:
+            metrics.setdefault("evals", {})[e.name] = {
+                "skipped": f"{e.spec} has no VA ratings: predicted only"
+            }
     curve = None
     if config["n_labels"] is not None:
         curve = [
@@ -692,9 +872,7 @@ def _write_outputs(
             }
         ]
     write_run(out, meta, {name: cols}, curve=curve)
-    (out / "metrics.json").write_text(
-        json.dumps({name: metrics}, indent=2, default=_json_default) + "\n", "utf-8"
-    )
+    write_json(out / "metrics.json", {name: metrics})
     return FinetuneResult(
         out=out,
         model=name,
@@ -704,11 +882,3 @@ def _write_outputs(
         excluded=data.excluded,
         meta=json.loads((out / "run.json").read_text("utf-8")),
     )
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -90,6 +90,11 @@ class Outcome:
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
 
+    @property
+    def collapsed(self) -> bool:
+        """Every epoch predicted a constant on the validation split: there is no epoch to keep."""
+        return bool(self.history) and all(h.get("val_constant") for h in self.history)
+
 
 # ---------------------------------------------------------------------------------------------- devices
 
@@ -257,8 +262,32 @@ def load_checkpoint(path: Path, what: str) -> dict:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _score(r: float) -> float:
-    return float("-inf") if np.isnan(r) else float(r)
+def _score(r: float, constant: bool = False) -> float:
+    """Early-stopping score: an epoch that predicts a constant is never the best one."""
+    return float("-inf") if constant or np.isnan(r) else float(r)
+
+
+#: validation predictions that spread less than 1% of the ratings do are "constant" (no usable signal)
+CONSTANT_RATIO = 1e-2
+
+
+def constant_prediction(true: np.ndarray, pred: np.ndarray) -> bool:
+    """True when the (n, 2) predictions are not finite, or constant on every dimension whose
+    ratings vary.
+
+    Relative to the spread of the ratings, so it does not depend on the scale: a network that
+    collapsed predicts the same VA (to within rounding noise) for every image. A dimension whose
+    ratings do not vary (a validation set of one item) cannot tell, and is not judged.
+    """
+    if not np.isfinite(pred).all():
+        return True
+    flat = []
+    for k in range(pred.shape[1]):
+        known = np.isfinite(true[:, k])
+        spread = float(np.std(true[known, k])) if known.sum() > 1 else 0.0
+        if spread > 0:
+            flat.append(float(np.std(pred[:, k])) <= CONSTANT_RATIO * spread)
+    return bool(flat) and all(flat)
 
 
 def train_network(
@@ -353,7 +382,16 @@ def train_network(
             workers=cfg.workers,
         )
         r_v, r_a = pearson(val.va[:, 0], pred[:, 0])[0], pearson(val.va[:, 1], pred[:, 1])[0]
-        score = _score(r_v)
+        constant = constant_prediction(val.va, pred)
+        if constant:
+            log.warning(
+                "epoch %d: the validation predictions are constant (valence std %.2g, ratings std %.2g); "
+                "this epoch cannot be the best one",
+                epoch,
+                float(np.std(pred[:, 0])) if np.isfinite(pred).all() else float("nan"),
+                float(np.nanstd(val.va[:, 0])),
+            )
+        score = _score(r_v, constant)
         improved = best is None or score > best
         if improved:
             best, best_epoch, bad = score, epoch, 0
@@ -371,6 +409,9 @@ def train_network(
             "val_r_arousal": r_a,
             "val_mse_valence": mse(val.va[:, 0], pred[:, 0]),
             "val_mse_arousal": mse(val.va[:, 1], pred[:, 1]),
+            "val_pred_std_valence": float(np.std(pred[:, 0])),
+            "val_pred_std_arousal": float(np.std(pred[:, 1])),
+            "val_constant": constant,
             "lr": lr,
             "improved": improved,
             "seconds": time.perf_counter() - t0,

@@ -9,6 +9,7 @@ that cannot be read is reported with its reason, never skipped silently.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoked.data.datasets import IMAGE_EXTENSIONS, list_images, load_dataset
+from evoked.data.datasets import list_images, load_dataset
 from evoked.errors import ConfigError, DatasetError, DecodeError
 from evoked.regress.rundir import load_run_model
 
@@ -33,44 +34,61 @@ class Prediction:
     va: np.ndarray  # (n, 2): valence, arousal
     failures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # per path: the dataset id, or the path below its folder
 
     def to_dict(self) -> dict:
         return {
             "model": self.model,
             "predictions": [
-                {"path": p, "valence": float(v), "arousal": float(a)}
-                for p, (v, a) in zip(self.paths, self.va)
+                {"id": i, "path": p, "valence": float(v), "arousal": float(a)}
+                for i, p, (v, a) in zip(self.ids, self.paths, self.va)
             ],
             "failures": self.failures,
             "notes": self.notes,
         }
 
+    def write_csv(self, f) -> None:
+        """The predictions file `evoked evaluate --predictions P.csv --truth DATASET` scores."""
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for i, p, (v, a) in zip(self.ids, self.paths, self.va):
+            w.writerow([i, p, self.model, repr(float(v)), repr(float(a))])
 
-def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Image files from files, folders (recursively) and dataset specs (``KIND:PATH``)."""
+
+#: the columns of `evoked predict`'s CSV output
+CSV_COLUMNS = ("id", "path", "model", "valence_pred", "arousal_pred")
+
+
+def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str], list[str]]:
+    """Image files from files, folders (recursively) and dataset specs (``KIND:PATH``), their ids
+    and notes. An id is the dataset's id for a dataset spec, the path below the folder for a folder
+    (as a folder dataset names its items), and the path as given for a file."""
     paths: list[Path] = []
+    ids: list[str] = []
     notes: list[str] = []
     for item in images:
         p = Path(item)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.is_file():  # an image, or any other file: decoding says whether it is an image
             paths.append(p)
+            ids.append(str(p))
         elif p.is_dir():
             found, others = list_images(p)
             if others:
                 notes.append(f"{p}: {len(others)} files that are not images were left out")
             paths += found
-        elif p.is_file():
-            paths.append(p)  # any other file: decoding says whether it is an image
+            ids += [f.relative_to(p).as_posix() for f in found]
         else:
             try:
-                paths += load_dataset(str(item)).abspaths()
+                m = load_dataset(str(item))
             except DatasetError as e:
                 raise ConfigError(
                     f"{item}: not an image file, a folder or a dataset spec (KIND:PATH) ({e})"
                 ) from e
+            paths += m.abspaths()
+            ids += [str(i) for i in m.ids.tolist()]
     if not paths:
         raise ConfigError(f"no images found in {', '.join(map(str, images))}")
-    return paths, notes
+    return paths, ids, notes
 
 
 class _RecordedConfigs:
@@ -132,7 +150,8 @@ def predict_images(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     estimator, meta = load_run_model(run, model)
-    paths, notes = collect_images(images)
+    paths, ids, notes = collect_images(images)
+    id_of = {str(p): i for p, i in zip(paths, ids)}
     dev = torch.device(resolve_device(device))
     backbones = _backbones(meta)
     for bb in backbones:
@@ -173,4 +192,4 @@ def predict_images(
         if on_progress is not None:
             on_progress(len(batch))
     va = np.concatenate(preds) if preds else np.zeros((0, 2))
-    return Prediction(meta["name"], done_paths, va, failures, notes)
+    return Prediction(meta["name"], done_paths, va, failures, notes, ids=[id_of[p] for p in done_paths])

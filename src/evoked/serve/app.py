@@ -52,6 +52,7 @@ class ServeConfig:
     feature: str
     index: str | None = None
     predictions: np.ndarray | None = None  # (N, 2) predicted VA per store row, NaN where none
+    prediction_kind: np.ndarray | None = None  # (N,) oof, held-out, transfer or fitted (serve/predictions.py)
     run_name: str | None = None
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -112,6 +113,8 @@ class _State:
         pred = self.cfg.predictions
         if pred is not None and not np.isnan(pred[h.row]).any():
             d["pred_valence"], d["pred_arousal"] = float(pred[h.row, 0]), float(pred[h.row, 1])
+            if self.cfg.prediction_kind is not None:
+                d["pred_kind"] = str(self.cfg.prediction_kind[h.row])
         d["thumb"] = f"/api/thumb/{h.row}"
         d["image"] = f"/api/image/{h.row}"
         return d
@@ -204,6 +207,8 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
             p = cfg.predictions[rows]
             out["pred_valence"] = [None if np.isnan(v) else round(float(v), 4) for v in p[:, 0]]
             out["pred_arousal"] = [None if np.isnan(v) else round(float(v), 4) for v in p[:, 1]]
+            if cfg.prediction_kind is not None:
+                out["pred_kind"] = [str(k) or None for k in cfg.prediction_kind[rows]]
         return JSONResponse(out)
 
     def hits(found: list[Hit], query: dict) -> JSONResponse:

@@ -1,14 +1,32 @@
-"""Predicted VA for every item of a store, from a regression run's saved model."""
+"""Predicted VA for every item of a store, from a regression run's saved model, with its kind.
+
+`store_predictions` says for every item which kind of prediction the page shows (docs/serve.md):
+
+- ``oof`` / ``held-out``: the run's predictions.csv row of the item (out of fold under --cv, a
+  held-out split row under --split), when the store is the run's training store: the honest
+  number, made by a model that never saw the item;
+- ``transfer``: the row of an eval set of the run (``regress --eval``) when the store is that
+  eval store;
+- ``fitted``: every other item, predicted by the final model (fitted on all training rows, so
+  in-sample for the items it was trained on).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from evoked.errors import ConfigError
 from evoked.features.store import open_store
+
+log = logging.getLogger(__name__)
+
+KINDS = ("oof", "held-out", "transfer", "fitted")
 
 
 def _comparable(config: dict) -> dict:
@@ -22,10 +40,85 @@ def _same(a: dict, b: dict) -> bool:
     return _comparable(a) == _comparable(b)
 
 
+@dataclass
+class StorePredictions:
+    va: np.ndarray  # (N, 2) per store row, NaN where none
+    kind: np.ndarray  # (N,) one of KINDS, "" where there is no prediction
+    label: str  # RUN/MODEL
+    counts: dict[str, int] = field(default_factory=dict)  # kind -> items
+
+
+def _same_store(info: dict, path: Path, uuid: str | None) -> bool:
+    """Whether a run.json store record (store, store_uuid) names this store file."""
+    if uuid and info.get("store_uuid"):
+        return info["store_uuid"] == uuid
+    recorded = info.get("store")
+    return bool(recorded) and os.path.realpath(str(recorded)) == os.path.realpath(path)
+
+
+def store_predictions(
+    run_dir: str | os.PathLike, store: str | os.PathLike, model: str | None = None, chunk_rows: int = 65536
+) -> StorePredictions:
+    """The final model's predictions for every row of `store`, replaced by the run's out-of-fold,
+    held-out or transfer predictions (predictions.csv) for the items it has them for."""
+    from evoked.evaluate.runs import read_run
+
+    va, name = _fitted(run_dir, store, model, chunk_rows)
+    kind = np.where(np.isfinite(va).all(axis=1), "fitted", "").astype(object)
+    run = read_run(run_dir)
+    with open_store(store) as s:
+        ids = [str(i) for i in s.ids.tolist()]
+        uuid = s.attrs.get("store_uuid")
+    row_of = {i: k for k, i in enumerate(ids)}
+    groups = []
+    if _same_store(run.meta, Path(store), uuid) and name in run.predictions:
+        groups.append(("training side", run.predictions[name]))
+    for e in run.meta.get("evals") or []:
+        if (
+            isinstance(e, dict)
+            and _same_store(e, Path(store), uuid)
+            and name in run.evals.get(e.get("name"), {})
+        ):
+            groups.append((f"eval set {e['name']}", run.evals[e["name"]][name]))
+    for what, p in groups:
+        missing = 0
+        for item, pred, k in zip(p.ids.tolist(), p.pred, p.kind.tolist()):
+            row = row_of.get(str(item))
+            if row is None:
+                missing += 1
+            elif np.isfinite(pred).all():
+                va[row], kind[row] = pred, k
+        if missing:
+            log.warning(
+                "%s of %s: %d item(s) of predictions.csv are not in %s", what, run_dir, missing, store
+            )
+    if not groups:
+        log.info(
+            "%s is neither the training store nor an eval store of %s: every prediction is fitted",
+            store,
+            run_dir,
+        )
+    kinds, counts = np.unique(kind[kind != ""].astype(str), return_counts=True)
+    label = f"{os.path.basename(os.path.normpath(run_dir))}/{name}"
+    return StorePredictions(va, kind, label, {str(k): int(c) for k, c in zip(kinds, counts)})
+
+
 def run_predictions(
     run_dir: str | os.PathLike, store: str | os.PathLike, model: str | None = None, chunk_rows: int = 65536
 ) -> tuple[np.ndarray, str]:
-    """(N, 2) predictions for the store's rows (NaN where a row has no features) and a label.
+    """(N, 2) predictions of the final model for the store's rows (NaN where none) and a label.
+
+    These are in-sample for the rows the model was fitted on; `store_predictions` says which
+    prediction is which and uses the run's out-of-fold ones where it has them.
+    """
+    pred, name = _fitted(run_dir, store, model, chunk_rows)
+    return pred, f"{os.path.basename(os.path.normpath(run_dir))}/{name}"
+
+
+def _fitted(
+    run_dir: str | os.PathLike, store: str | os.PathLike, model: str | None, chunk_rows: int
+) -> tuple[np.ndarray, str]:
+    """(N, 2) predictions for the store's rows (NaN where a row has no features) and the model name.
 
     The store must hold the run's features, extracted with the same configuration as the store
     the run was fitted on (backbone, weights, preprocessing), else the predictions would be noise.
@@ -51,5 +144,4 @@ def run_predictions(
             ok = np.isfinite(x).all(axis=1)
             if ok.any():
                 pred[rows[ok]] = estimator.predict(x[ok])
-    name = meta.get("name", model or "model")
-    return pred, f"{os.path.basename(os.path.normpath(run_dir))}/{name}"
+    return pred, str(meta.get("name", model or "model"))

@@ -1,0 +1,171 @@
+"""`evoked evaluate --predictions P.csv --truth DATASET`: score a predictions file against any dataset.
+
+A predictions file has at least the columns ``id, model, valence_pred, arousal_pred`` (``path``
+optional): what `evoked predict` writes, and also any run's predictions.csv. The JSON of
+``evoked predict --json`` is read too. Each row is joined to an item of the truth dataset:
+
+1. by ``id``, when it is one of the dataset's ids;
+2. else by ``path``: the row's path, resolved (relative paths against the predictions file's
+   folder), equal to the resolved path of one of the dataset's images.
+
+A row that matches no item is an error naming the count and the first ids (nothing is scored on
+a guess); with ``--truth DATASET:SPLIT`` rows of items outside that split are left out and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from evoked.data import Manifest
+from evoked.errors import ConfigError, DatasetError
+from evoked.evaluate.runs import Predictions, Run
+
+NEEDED = ("id", "model", "valence_pred", "arousal_pred")
+
+
+def _number(value, where: str, column: str) -> float:
+    if value is None or (
+        isinstance(value, str) and value.strip().lower() in ("", "nan", "na", "none", "null")
+    ):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {column} {value!r} is not a number") from None
+
+
+def read_prediction_rows(path: Path) -> list[dict]:
+    """[{id, path, model, valence_pred, arousal_pred}] from a predictions CSV or `predict --json` output."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"--predictions {str(path)!r}: no such file")
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(path.read_text("utf-8"))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("predictions"), list):
+            raise DatasetError(
+                f"{path}: expected the JSON of `evoked predict --json` (model, predictions: [...])"
+            )
+        model = str(obj.get("model") or path.stem)
+        rows = []
+        for k, p in enumerate(obj["predictions"]):
+            where = f"{path}: predictions[{k}]"
+            rows.append(
+                {
+                    "id": str(p.get("id") or ""),
+                    "path": str(p.get("path") or ""),
+                    "model": model,
+                    "valence_pred": _number(p.get("valence_pred", p.get("valence")), where, "valence"),
+                    "arousal_pred": _number(p.get("arousal_pred", p.get("arousal")), where, "arousal"),
+                }
+            )
+        return rows
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in NEEDED if c not in header]
+        if missing:
+            raise DatasetError(
+                f"{path}: missing column(s) {', '.join(missing)}; a predictions file needs "
+                f"{', '.join(NEEDED)} (path optional), as `evoked predict` writes"
+            )
+        rows = []
+        for lineno, raw in enumerate(reader, 2):
+            row = {k.strip(): (v or "") for k, v in raw.items() if k is not None}
+            where = f"{path}:{lineno}"
+            if row.get("eval", "").strip():
+                continue  # a run's eval-set rows: score its training side, or pass that run to evaluate
+            rows.append(
+                {
+                    "id": row["id"],
+                    "path": row.get("path", ""),
+                    "model": row["model"].strip() or path.stem,
+                    "valence_pred": _number(row["valence_pred"], where, "valence_pred"),
+                    "arousal_pred": _number(row["arousal_pred"], where, "arousal_pred"),
+                }
+            )
+    if not rows:
+        raise DatasetError(f"{path} has no prediction rows")
+    return rows
+
+
+def _resolve(p: str, base: Path) -> str:
+    q = Path(p).expanduser()
+    return os.path.normcase(os.path.realpath(q if q.is_absolute() else base / q))
+
+
+def match_items(rows: list[dict], truth: Manifest, base: Path, source: str) -> np.ndarray:
+    """The truth row of every prediction row (by id, else by resolved path); refuses unmatched rows."""
+    by_id = {str(i): k for k, i in enumerate(truth.ids.tolist())}
+    by_path = {os.path.normcase(os.path.realpath(p)): k for k, p in enumerate(truth.abspaths())}
+    index = np.full(len(rows), -1, dtype=np.int64)
+    unmatched = []
+    for n, r in enumerate(rows):
+        k = by_id.get(str(r["id"]))
+        if k is None and r["path"]:
+            k = by_path.get(_resolve(r["path"], base))
+        if k is None:
+            unmatched.append(r["id"] or r["path"])
+        else:
+            index[n] = k
+    if unmatched:
+        shown = ", ".join(repr(u) for u in unmatched[:5])
+        raise DatasetError(
+            f"{source}: {len(unmatched)} of {len(rows)} prediction row(s) match no item of {truth.name!r} "
+            f"(e.g. {shown}): a row joins by id, else by its path resolved against the predictions file's "
+            "folder. Predict the dataset itself (`evoked predict --run RUN KIND:PATH`) so the ids are its ids, "
+            "or score against the dataset the images come from"
+        )
+    return index
+
+
+def predictions_run(
+    path: str | Path, truth: Manifest, split: str | None = None, name: str | None = None
+) -> Run:
+    """A predictions file joined to `truth`, as a run `evaluate_runs` compares (fold -1, kind transfer)."""
+    path = Path(path)
+    rows = read_prediction_rows(path)
+    index = match_items(rows, truth, path.resolve().parent, f"--predictions {path}")
+    keep = np.ones(len(rows), dtype=bool) if split is None else truth.split[index] == split
+    notes = []
+    if not keep.any():
+        raise ConfigError(
+            f"--predictions {path}: none of its items is in the {split!r} split of {truth.name!r}"
+        )
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} prediction row(s) of items outside the {split!r} split left out")
+    models: dict[str, list[int]] = {}
+    for n in np.flatnonzero(keep):
+        models.setdefault(rows[n]["model"], []).append(int(n))
+    preds = {}
+    for model, ns in models.items():
+        ks = index[ns]
+        if len(set(ks.tolist())) < len(ks):
+            dup = next(truth.ids[k] for k in ks if (ks == k).sum() > 1)
+            raise DatasetError(
+                f"--predictions {path}: model {model!r} predicts item {dup!r} more than once (by id or path)"
+            )
+        preds[model] = Predictions(
+            ids=truth.ids[ks].astype(object),
+            fold=np.full(len(ks), -1, dtype=np.int64),
+            split=truth.split[ks].astype(object),
+            true=np.stack([truth.valence[ks], truth.arousal[ks]], axis=1).astype(np.float64),
+            pred=np.array([[rows[n]["valence_pred"], rows[n]["arousal_pred"]] for n in ns], dtype=np.float64),
+            category=np.array([c or "" for c in truth.category[ks].tolist()], dtype=object),
+            kind=np.full(len(ks), "transfer", dtype=object),
+        )
+    meta = {
+        "kind": "predictions",
+        "dataset": truth.name,
+        "protocol": {"kind": "predictions file", "file": str(path), "truth": truth.name, "split": split},
+        "notes": notes,
+    }
+    return Run(path=path, name=name or path.stem, meta=meta, predictions=preds)
