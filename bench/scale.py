@@ -97,7 +97,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def split_of(rows: np.ndarray) -> np.ndarray:
     """80% train, 20% test by a hash of the row number (the same split whatever the block order)."""
     mixed = _splitmix64(np.asarray([12345], dtype=np.uint64))[0]
-    unit = (_splitmix64(np.asarray(rows, dtype=np.uint64) ^ mixed) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    unit = (_splitmix64(np.asarray(rows, dtype=np.uint64) ^ mixed) >> np.uint64(11)).astype(
+        np.float64
+    ) * 2.0**-53
     return np.where(unit < 0.8, "train", "test")
 
 
@@ -191,7 +193,14 @@ def phase_regress(store: Path, model: str, out: Path) -> dict:
     params = ["mlp.epochs=1", "mlp.device=cpu"] if model == "mlp" else []
     t0 = time.perf_counter()
     res = run_regress(
-        store, features=[FEATURE], out=out, models=model, split="test", params=params, overwrite=True, stream=True
+        store,
+        features=[FEATURE],
+        out=out,
+        models=model,
+        split="test",
+        params=params,
+        overwrite=True,
+        stream=True,
     )
     m = res.models[0]
     return {

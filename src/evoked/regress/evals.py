@@ -161,7 +161,7 @@ def open_eval(
     if not len(rows):
         raise ConfigError(f"{what}: no item of {path.name} has features; complete its extraction first")
     va = va_ratings(labels)[rows]
-    check_va_range(ids[rows], va[:, 0], va[:, 1], va_range, source=str(path))
+    check_va_range(ids[rows].tolist(), va[:, 0], va[:, 1], va_range, source=str(path))
     overlap = int(np.isin(ids[rows], list(train_ids)).sum())
     if overlap:
         log.warning(

@@ -126,8 +126,8 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fmt(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.6g}"
+def _fmt(x: float) -> str:  # 9 significant digits: a reread prediction matches to 1e-8
+    return "nan" if not math.isfinite(x) else f"{x:.9g}"
 
 
 def write_predictions(path: Path, rows: Iterable[dict]) -> int:

@@ -136,7 +136,7 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
     targets = make_targets(labels, opts.target, **(opts.target_kw if opts.stage1 is None else {}))
     ids = st.ids.astype(str)
     va = va_ratings(labels)
-    check_va_range(ids, va[:, 0], va[:, 1], opts.va_range, source=str(path))
+    check_va_range(ids.tolist(), va[:, 0], va[:, 1], opts.va_range, source=str(path))
     info = describe_store(st, path, resolved)
     log_ranges = probability_ranges(resolved, info["feature_dims"]) if opts.log_probs else ()
     log_features = probability_features(resolved) if opts.log_probs else []
