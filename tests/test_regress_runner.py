@@ -81,7 +81,13 @@ def test_cv_run_folder_follows_docs_runs_md(store: Path, tmp_path: Path):
     for key in RUN_KEYS:
         assert key in run, key
     assert run["kind"] == "regress" and run["name"] == "cv" and run["models"] == ["ridge", "knn"]
-    assert run["protocol"] == {"kind": "cv", "folds": 3, "seed": 0, "folds_source": "assigned", "includes_test": True}
+    assert run["protocol"] == {
+        "kind": "cv",
+        "folds": 3,
+        "seed": 0,
+        "folds_source": "assigned",
+        "includes_test": True,
+    }
     assert run["features"] == ["net/pool", "net/probs"] and run["target"] == {"kind": "va"}
     assert run["log_probs"] == ["net/probs"] and run["feature_dims"] == {"net/pool": 16, "net/probs": 10}
     rows = read_predictions(out)
