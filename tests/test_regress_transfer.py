@@ -230,3 +230,17 @@ def test_cli_prints_the_transfer_scores(halves, tmp_path: Path, capsys):
     text = capsys.readouterr().out
     assert f"eval B: {N} items, transfer" in text and "chosen on the CV rows" in text
     assert main(["evaluate", str(out), "-q"]) == 0
+
+
+def test_streamed_eval_predictions_equal_the_in_memory_ones(halves, tmp_path: Path):
+    a, b, _ = halves
+    kw = dict(features=["net/pool"], models="ridge,knn", cv=3, evals=[str(b)])
+    streamed = run_regress(a, out=tmp_path / "s", stream=True, chunk_rows=64, **kw)
+    memory = run_regress(a, out=tmp_path / "m", **kw)
+    assert streamed.run["estimators"] == memory.run["estimators"] and "streaming" in streamed.run
+    s, m = read(tmp_path / "s"), read(tmp_path / "m")
+    assert [(r["model"], r["eval"], r["id"]) for r in s] == [(r["model"], r["eval"], r["id"]) for r in m]
+    for rs, rm in zip(s, m):
+        tol = 1e-6 if rs["model"] == "ridge" else 1e-4
+        assert abs(float(rs["valence_pred"]) - float(rm["valence_pred"])) < tol
+        assert abs(float(rs["arousal_pred"]) - float(rm["arousal_pred"])) < tol
