@@ -36,7 +36,7 @@ from evoked.regress.chunks import ChunkRows, MemoryRows, StoreSource, chunk_rows
 from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
-from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features  # noqa: F401
+from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
 from evoked.regress.protocol import Fold, Plan, plan_cv, plan_fit_only, plan_split, selection_folds
 from evoked.regress.registry import build_pipeline
 from evoked.regress.targets import Targets, aux_matrix, make_targets, va_ratings
