@@ -201,6 +201,7 @@ def phase_regress(store: Path, model: str, out: Path) -> dict:
         params=params,
         overwrite=True,
         stream=True,
+        va_range="-100,100",  # the synthetic ratings are linear in the features, not on a 1-9 scale
     )
     m = res.models[0]
     return {
