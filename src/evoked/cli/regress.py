@@ -243,7 +243,8 @@ def _regress(args: argparse.Namespace) -> int:
                 f"{_fmt(c['r_valence'])} ± {_fmt(c['r_valence_std'])}  {_fmt(c['r_arousal'])} ± {_fmt(c['r_arousal_std'])}"
             )
     how = run["selection"]["default_model"]["rows"]
-    print(f"  default model for `evoked predict`: {run['default_model']} (chosen on {how})")
+    why = how[len("none (") : -1] if how.startswith("none (") else f"chosen on {how}"
+    print(f"  default model for `evoked predict`: {run['default_model']} ({why})")
     cv = run["selection"].get("cv")
     if cv and cv["left_out_test"]:
         print(
