@@ -229,7 +229,7 @@ def test_cli_prints_the_transfer_scores(halves, tmp_path: Path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert f"eval B: {N} items, transfer" in text and "chosen on the CV rows" in text
-    assert main(["evaluate", str(out), "-q"]) == 0
+    assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "-q"]) == 0
 
 
 def test_streamed_eval_predictions_equal_the_in_memory_ones(halves, tmp_path: Path):
