@@ -17,7 +17,7 @@ from evoked.evaluate.runs import items_fingerprint
 from evoked.regress import build_pipeline
 from evoked.regress.protocol import plan_cv
 from evoked.regress.rundir import CURVE_COLUMNS, PREDICTION_COLUMNS, load_run_model
-from evoked.regress.runner import _stage1_rows, run_regress
+from evoked.regress.runner import _Fitter, run_regress
 from storeutil import make_store
 
 N = 150
@@ -81,7 +81,13 @@ def test_cv_run_folder_follows_docs_runs_md(store: Path, tmp_path: Path):
     for key in RUN_KEYS:
         assert key in run, key
     assert run["kind"] == "regress" and run["name"] == "cv" and run["models"] == ["ridge", "knn"]
-    assert run["protocol"] == {"kind": "cv", "folds": 3, "seed": 0, "folds_source": "assigned"}
+    assert run["protocol"] == {
+        "kind": "cv",
+        "folds": 3,
+        "seed": 0,
+        "folds_source": "assigned",
+        "includes_test": True,
+    }
     assert run["features"] == ["net/pool", "net/probs"] and run["target"] == {"kind": "va"}
     assert run["log_probs"] == ["net/probs"] and run["feature_dims"] == {"net/pool": 16, "net/probs": 10}
     rows = read_predictions(out)
@@ -278,8 +284,13 @@ def test_stage1_same_never_uses_an_evaluated_item():
         store_fold=np.full(n, -1),
         category=np.array([""] * n, dtype=object),
     )
+    from types import SimpleNamespace as NS
+
+    va = np.where(has_va[:, None], 5.0, np.nan) * np.ones((n, 2))
+    tr = NS(ids=np.arange(n), ok=ok, finite=ok, has_va=has_va, labels={}, va=va)
+    fitter = _Fitter(NS(aux=None), tr, plan, NS(targets=NS(mask=has_cat)))
     for fold in plan.folds:
-        rows = _stage1_rows(plan, fold.train, ok & has_cat, has_va, np.array([""] * n))
+        rows = fitter.stage1_rows(fold.train)
         assert not set(rows) & set(fold.eval)
         assert set(np.flatnonzero(has_cat & ~has_va)) <= set(rows)  # unrated items always help
 
@@ -341,7 +352,7 @@ def test_stage1_from_another_store_checks_the_extractor(store: Path, tmp_path: P
         cfg = json.loads(f["features/net"].attrs["config"])
         cfg["preprocess"] = {"resize": 999}
         f["features/net"].attrs["config"] = json.dumps(cfg)
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match="extracted differently.*preprocess"):
         run_regress(store, features=["net/pool"], out=tmp_path / "r2", cv=3, stage1=str(other))
 
 

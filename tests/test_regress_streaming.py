@@ -1,4 +1,4 @@
-"""Streaming regressors: exact against the in-memory ones, and `evoked regress --stream` end to end."""
+"""Fitting from chunks: exact against the in-memory fits, and `evoked regress --stream` end to end."""
 
 from __future__ import annotations
 
@@ -8,27 +8,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from evoked.errors import ConfigError
 from evoked.features.store import open_store
+from evoked.regress import build_pipeline
+from evoked.regress.chunks import ArraySource, StoreSource, fit_pipeline_chunks, predict_chunks
 from evoked.regress.knn import FaissKNNRegressor
-from evoked.regress.linear import RidgeLOO
+from evoked.regress.linear import RIDGE_ALPHAS, RidgeLOO
+from evoked.regress.mlp import TorchMLPRegressor
 from evoked.regress.rundir import load_run_model
-from evoked.regress.streaming import (
-    ArraySource,
-    IndexKNNRegressor,
-    StoreSource,
-    StreamingMLPRegressor,
-    StreamingRidge,
-    accumulate,
-    hash_folds,
-    run_regress_streaming,
-)
+from evoked.regress.runner import run_regress
 from storeutil import make_store
+
+
+def run_regress_streaming(store, **kw):
+    return run_regress(store, stream=True, **kw)
+
+
+def chunked(name, X, y, chunk_rows=97, **params):
+    """The registered pipeline of `name` fitted from chunks of X (as a store would serve them)."""
+    source = ArraySource(np.asarray(X), chunk_rows=chunk_rows)
+    pipe = build_pipeline(name, params=params)
+    return fit_pipeline_chunks(pipe, source, np.arange(len(X)), np.asarray(y, dtype=np.float64))
 
 
 def linear_data(n=1500, d=30, seed=0, offset=True):
@@ -42,47 +46,25 @@ def linear_data(n=1500, d=30, seed=0, offset=True):
     return X, y
 
 
-@parametrize_with_checks([StreamingRidge(), IndexKNNRegressor(n_neighbors=3)])
-def test_sklearn_estimator_rules(estimator, check):
-    check(estimator)
-
-
 @pytest.mark.parametrize("alpha", [0.01, 3.0, 1000.0])
-def test_streamed_ridge_equals_scaler_plus_ridge(alpha):
+def test_ridge_from_chunks_equals_scaler_plus_ridge(alpha):
     X, y = linear_data()
     ref = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(X, y)
-    est = StreamingRidge(alphas=[alpha]).fit(X, y)
+    est = chunked("ridge", X, y, alphas=[alpha])  # many small chunks, large uneven means
     np.testing.assert_allclose(est.predict(X), ref.predict(X), rtol=0, atol=1e-9)
-    # the same statistics accumulated over many small chunks
-    cells = accumulate(ArraySource(X, chunk_rows=97), y, np.zeros(len(X), dtype=np.int64), 1)
-    chunked = StreamingRidge(alphas=[alpha]).fit_moments(cells, [0], [])
-    np.testing.assert_allclose(chunked.predict(X), ref.predict(X), rtol=0, atol=1e-9)
 
 
-def test_ridge_cv_error_is_exact_k_fold_cv_of_the_pipeline():
+def test_ridge_from_chunks_chooses_alpha_by_the_same_leave_one_out():
     X, y = linear_data(n=800, d=12, seed=1)
-    est = StreamingRidge(cv=4, random_state=3).fit(X, y)
-    folds = hash_folds(np.arange(len(X)), 4, 3)
-    sse = np.zeros((len(est.alphas), 2))
-    for g in range(4):
-        tr, te = folds != g, folds == g
-        for i, a in enumerate(est.alphas):
-            p = make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(X[tr], y[tr])
-            sse[i] += ((p.predict(X[te]) - y[te]) ** 2).sum(axis=0)
-    np.testing.assert_allclose(est.cv_mse_, sse / len(X), rtol=1e-8)
-    best = np.asarray(est.alphas)[np.argmin(sse, axis=0)]
-    np.testing.assert_array_equal(est.alpha_, best)
-
-
-def test_streamed_ridge_agrees_with_ridge_loo_and_gcv():
-    X, y = linear_data(n=2000, d=40, seed=2)
-    loo = make_pipeline(StandardScaler(), RidgeLOO()).fit(X, y)
-    for cv in (5, "gcv"):
-        est = StreamingRidge(cv=cv).fit(X, y)
-        # the criteria may pick neighbouring alphas; the models must agree closely anyway
-        assert np.all(np.abs(np.log10(est.alpha_) - np.log10(loo[-1].alpha_)) <= 1.0)
-        for t in range(2):
-            assert np.corrcoef(est.predict(X)[:, t], loo.predict(X)[:, t])[0, 1] > 0.999
+    X = X.astype(np.float32)
+    memory = make_pipeline(StandardScaler(), RidgeLOO()).fit(X, y)
+    est = chunked("ridge", X, y, chunk_rows=61)
+    np.testing.assert_allclose(est[-1].loo_mse_, memory[-1].loo_mse_, rtol=1e-5)
+    np.testing.assert_array_equal(est[-1].alpha_, memory[-1].alpha_)
+    np.testing.assert_allclose(est.predict(X), memory.predict(X), rtol=0, atol=1e-6)
+    for t in range(2):  # and scikit-learn's RidgeCV (leave-one-out over the same alphas) agrees
+        cv = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X.astype(np.float64), y[:, t])
+        assert cv[-1].alpha_ == est[-1].alpha_[t]
 
 
 def test_ridge_from_a_store_matches_in_memory(tmp_path: Path):
@@ -91,24 +73,33 @@ def test_ridge_from_a_store_matches_in_memory(tmp_path: Path):
     with open_store(path) as st:
         source = StoreSource(st, ["g/x"], chunk_rows=256)
         assert source.chunk_rows == 256 and len(source.ranges()) == 3
-        cells = accumulate(source, y, np.zeros(len(X), dtype=np.int64), 1)
         Xs = st.read("g/x")
-    est = StreamingRidge(alphas=[10.0]).fit_moments(cells, [0], [])
-    ref = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(Xs.astype(np.float64), y)
-    np.testing.assert_allclose(est.predict(Xs), ref.predict(Xs.astype(np.float64)), atol=1e-8)
+        est = fit_pipeline_chunks(build_pipeline("ridge"), source, np.arange(len(X)), y)
+        streamed = predict_chunks(est, source, np.arange(100, 200))
+    ref = build_pipeline("ridge").fit(Xs, y)
+    np.testing.assert_allclose(streamed, ref.predict(Xs[100:200]), atol=1e-6)
 
 
-def test_streamed_mlp_learns_a_linear_signal():
+def test_mlp_from_chunks_learns_a_linear_signal():
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((2500, 16)) * 4 + 10).astype(np.float32)
     w = rng.standard_normal((16, 2))
     y = 5 + (X - 10) @ w * 0.2 + 0.2 * rng.standard_normal((2500, 2))
-    est = StreamingMLPRegressor(epochs=25, hidden_layer_sizes=(64, 32), dropout=0.0, device="cpu")
-    est.fit(X[:2000], y[:2000])
+    est = chunked(
+        "mlp",
+        X[:2000],
+        y[:2000],
+        chunk_rows=512,
+        epochs=25,
+        hidden_layer_sizes=(64, 32),
+        dropout=0.0,
+        device="cpu",
+    )
+    assert isinstance(est[-1], TorchMLPRegressor) and est[-1].get_params()["lr"] == 3e-4  # the same defaults
     pred = est.predict(X[2000:])
     for t in range(2):
         assert np.corrcoef(pred[:, t], y[2000:, t])[0, 1] > 0.9
-    assert est.n_iter_[0] <= 25 and est.best_epoch_[0] >= 1
+    assert est[-1].n_iter_[0] <= 25 and est[-1].best_epoch_[0] >= 1
     again = pickle.loads(pickle.dumps(est))
     np.testing.assert_allclose(again.predict(X[2000:]), pred)
 
@@ -129,34 +120,14 @@ def test_knn_through_the_index_matches_exact_knn():
     y = 5 + X[:, :2] * 0.5 + 0.1 * rng.standard_normal((1200, 2))
     train, test = slice(0, 1000), slice(1000, None)
     exact = make_pipeline(StandardScaler(), FaissKNNRegressor(n_neighbors=10)).fit(X[train], y[train])
-    est = IndexKNNRegressor(n_neighbors=10).fit(X[train], y[train])
-    assert est.index_kind_ == "flat"
+    est = chunked("knn", X[train], y[train], n_neighbors=10)
+    assert est[-1].index_kind_ == "flat"
     np.testing.assert_allclose(est.predict(X[test]), exact.predict(X[test]), atol=1e-5)
-    auto = IndexKNNRegressor().fit(X[train], y[train])
+    auto = chunked("knn", X[train], y[train])
     ref = make_pipeline(StandardScaler(), FaissKNNRegressor()).fit(X[train], y[train])
-    assert auto.n_neighbors_ == ref[-1].n_neighbors_
-    # an approximate index (IVF, nprobe tuned to recall 0.95) stays close to exact
-    ivf = IndexKNNRegressor(n_neighbors=10, kind="ivf").fit(X[train], y[train])
-    assert ivf.index_kind_ == "ivf" and ivf.index_recall_ >= 0.95
-    assert np.abs(ivf.predict(X[test]) - exact.predict(X[test])).mean() < 0.05
-    again = pickle.loads(pickle.dumps(ivf))
-    np.testing.assert_allclose(again.predict(X[test]), ivf.predict(X[test]))
-
-
-def test_restricted_knn_never_answers_with_excluded_rows():
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((600, 8)).astype(np.float32)
-    y = rng.standard_normal((600, 2))
-    est = IndexKNNRegressor(n_neighbors=5).fit(X, y)
-    allowed = np.arange(600) % 3 != 0
-    sub = est.restricted(allowed)
-    q = (X - est.x_mean_) / est.x_scale_
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    ids, _ = sub._search(q, 5)
-    assert allowed[ids].all()
-    scaler = StandardScaler().fit(X)  # as the index: scaled with every row's statistics, no labels
-    held_in = FaissKNNRegressor(n_neighbors=5).fit(scaler.transform(X[allowed]), y[allowed])
-    np.testing.assert_allclose(sub.predict(X[:50]), held_in.predict(scaler.transform(X[:50])), atol=1e-5)
+    assert auto[-1].n_neighbors_ == ref[-1].n_neighbors_
+    again = pickle.loads(pickle.dumps(auto))
+    np.testing.assert_allclose(again.predict(X[test]), auto.predict(X[test]))
 
 
 @pytest.fixture(scope="module")
@@ -181,32 +152,37 @@ def store(tmp_path_factory) -> Path:
     )
 
 
-def test_run_regress_streaming_matches_the_in_memory_run(store: Path, tmp_path: Path):
-    from evoked.regress.runner import run_regress
-
-    kw = dict(features=["m/pool,m/probs"], cv=5, seed=0)
-    streamed = run_regress_streaming(
-        store, out=tmp_path / "s", models="ridge,knn,mlp", params=["mlp.epochs=8"], **kw
-    )
-    memory = run_regress(store, out=tmp_path / "m", models="ridge,knn", **kw)
+def test_streamed_and_in_memory_runs_of_one_model_agree(store: Path, tmp_path: Path):
+    kw = dict(features=["m/pool,m/probs"], cv=5, seed=0, models="ridge,knn,mlp", params=["mlp.device=cpu"])
+    streamed = run_regress_streaming(store, out=tmp_path / "s", chunk_rows=256, **kw)
+    memory = run_regress(store, out=tmp_path / "m", **kw)
     assert streamed.counts == memory.counts
-    s_pred = _read_csv(tmp_path / "s" / "predictions.csv")
-    m_pred = _read_csv(tmp_path / "m" / "predictions.csv")
+    s_pred, m_pred = (
+        _read_csv(tmp_path / "s" / "predictions.csv"),
+        _read_csv(tmp_path / "m" / "predictions.csv"),
+    )
     assert s_pred["ridge"]["folds"] == m_pred["ridge"]["folds"]  # the same CV folds
-    for model in ("ridge", "knn"):
-        s, m = streamed.metrics()[model], memory.metrics()[model]
-        for dim in ("valence", "arousal"):
-            assert abs(s[dim]["r"] - m[dim]["r"]) < 0.02
-    assert streamed.metrics()["mlp"]["valence"]["r"] > 0.8
-    run = json.loads((tmp_path / "s" / "run.json").read_text())
-    assert run["streaming"]["chunk_rows"] > 0 and run["log_probs"] == ["m/probs"]
+    ids = sorted(m_pred["ridge"]["pred"])
+    for model, atol in (("ridge", 1e-6), ("knn", 1e-4)):
+        a = np.array([s_pred[model]["pred"][i] for i in ids])
+        b = np.array([m_pred[model]["pred"][i] for i in ids])
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+    s_run, m_run = (json.loads((tmp_path / x / "run.json").read_text()) for x in "sm")
+    assert s_run["estimators"] == m_run["estimators"]  # the same estimators ran
+    assert s_run["estimators"]["mlp"] == "evoked.regress.mlp.TorchMLPRegressor"
+    assert s_run["model_info"]["ridge"]["alpha"] == m_run["model_info"]["ridge"]["alpha"]
+    for dim in ("valence", "arousal"):  # the MLP: same hyperparameters and seed, other batches
+        assert abs(streamed.metrics()["mlp"][dim]["r"] - memory.metrics()["mlp"][dim]["r"]) < 0.01
+    assert s_run["streaming"]["chunk_rows"] == 256 and s_run["log_probs"] == ["m/probs"]
     # the saved models are pipelines that `evoked predict` loads like any other
     with open_store(store) as st:
         X = st.read(["m/pool", "m/probs"], rows=np.arange(10, 60))
     for model in ("ridge", "knn", "mlp"):
         est, meta = load_run_model(tmp_path / "s", model)
         assert meta["streaming"] is True and est.predict(X).shape == (50, 2)
-        assert np.isfinite(est.predict(X)).all()
+        np.testing.assert_allclose(
+            est.predict(X), load_run_model(tmp_path / "m", model)[0].predict(X), atol=0.5
+        )
 
 
 def test_split_and_fit_only_protocols(store: Path, tmp_path: Path):
@@ -220,7 +196,7 @@ def test_split_and_fit_only_protocols(store: Path, tmp_path: Path):
 
 
 def test_options_that_need_memory_are_refused(store: Path, tmp_path: Path, capsys):
-    with pytest.raises(ConfigError, match="does not stream.*Dask"):
+    with pytest.raises(ConfigError, match="does not fit from chunks.*Dask"):
         run_regress_streaming(store, features=["m/pool"], out=tmp_path / "x", models="svr")
     with pytest.raises(ConfigError, match="bad parameter for model 'ridge'"):
         run_regress_streaming(store, features=["m/pool"], out=tmp_path / "x", params=["ridge.nope=1"])
@@ -261,6 +237,7 @@ def _read_csv(path: Path) -> dict:
     out: dict = {}
     with path.open() as f:
         for row in csv.DictReader(f):
-            m = out.setdefault(row["model"], {"folds": {}})
+            m = out.setdefault(row["model"], {"folds": {}, "pred": {}})
             m["folds"][row["id"]] = row["fold"]
+            m["pred"][row["id"]] = (float(row["valence_pred"]), float(row["arousal_pred"]))
     return out

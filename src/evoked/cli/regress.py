@@ -64,6 +64,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate on this split of the store (train on the ones before)",
     )
     p.add_argument(
+        "--cv-include-test",
+        action="store_true",
+        help="with --cv on a store with a split: fold the test rows in too (by default they are left out)",
+    )
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="STORE[:SPLIT]",
+        help="repeatable: predict every item (of SPLIT) of another store with the same features, scored "
+        "against its ratings (transfer; see docs/regress.md)",
+    )
+    p.add_argument(
+        "--va-range",
+        default=None,
+        metavar="LO,HI",
+        help="the rating scale; ratings outside it are refused (1,9)",
+    )
+    p.add_argument(
         "--pca", default=None, help="PCA after scaling: components (256) or variance fraction (0.95)"
     )
     p.add_argument(
@@ -94,8 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stream",
         action="store_true",
-        help="read the features chunk by chunk (stores larger than memory; models ridge, mlp, mlp-kim, knn; "
-        "see docs/scale.md)",
+        help="read the features chunk by chunk (stores larger than memory; models ridge, mlp, mlp-kim, knn, "
+        "with the same hyperparameters as in memory; see docs/scale.md)",
     )
     p.add_argument(
         "--max-memory",
@@ -136,46 +155,9 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _use_streaming(args: argparse.Namespace) -> bool:
-    """--stream, or --max-memory SIZE that the features would not fit in; options that need the
-    matrix in memory are refused before any work."""
-    from evoked.errors import ConfigError
-    from evoked.regress.streaming import streaming_needed
-
-    stream = args.stream or (
-        args.max_memory is not None and streaming_needed(args.store, args.feature, args.max_memory)
-    )
-    if stream:
-        used = {"--pca": args.pca, "--stage1": args.stage1, "--n-labels": args.n_labels, "--aux": args.aux}
-        bad = [k for k, v in used.items() if v not in (None, "")]
-        if bad:
-            why = "--stream" if args.stream else f"--max-memory {args.max_memory} (the features do not fit)"
-            raise ConfigError(
-                f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} the features in memory and "
-                f"cannot run with {why}; drop {'it' if len(bad) == 1 else 'them'}"
-            )
-    return stream
-
-
 def _regress(args: argparse.Namespace) -> int:
     from evoked.regress.runner import run_regress
 
-    common = dict(
-        features=args.feature,
-        out=args.out,
-        models=args.model,
-        target=args.target,
-        lexicon=args.lexicon,
-        soft=args.soft,
-        category_map=args.category_map,
-        cv=args.cv,
-        split=args.split,
-        params=args.param,
-        seed=args.seed,
-        log_probs=args.log_probs,
-        overwrite=args.overwrite,
-    )
-    stream = _use_streaming(args)
     with progress(args, None, "fitting", "fit") as bar:
 
         def on_progress(done: int, total: int, what: str) -> None:
@@ -184,25 +166,35 @@ def _regress(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
 
-        if stream:
-            from evoked.regress.streaming import run_regress_streaming
-
-            result = run_regress_streaming(
-                args.store, max_memory=args.max_memory or "2GB", on_progress=on_progress, **common
-            )
-        else:
-            result = run_regress(
-                args.store,
-                pca=args.pca,
-                stage1=args.stage1,
-                stage1_target=args.stage1_target,
-                two_stage_method=args.two_stage_method,
-                n_labels=args.n_labels,
-                seeds=args.seeds,
-                aux=args.aux,
-                on_progress=on_progress,
-                **common,
-            )
+        result = run_regress(
+            args.store,
+            features=args.feature,
+            out=args.out,
+            models=args.model,
+            target=args.target,
+            lexicon=args.lexicon,
+            soft=args.soft,
+            category_map=args.category_map,
+            cv=args.cv,
+            split=args.split,
+            cv_include_test=args.cv_include_test,
+            params=args.param,
+            seed=args.seed,
+            log_probs=args.log_probs,
+            overwrite=args.overwrite,
+            pca=args.pca,
+            stage1=args.stage1,
+            stage1_target=args.stage1_target,
+            two_stage_method=args.two_stage_method,
+            n_labels=args.n_labels,
+            seeds=args.seeds,
+            aux=args.aux,
+            evals=args.eval,
+            va_range=args.va_range,
+            stream=args.stream,
+            max_memory=args.max_memory,
+            on_progress=on_progress,
+        )
     if args.json:
         print_json(
             {
@@ -210,6 +202,8 @@ def _regress(args: argparse.Namespace) -> int:
                 "metrics": result.metrics(),
                 "counts": result.counts,
                 "curve": result.curve,
+                "evals": {m.name: m.eval_metrics for m in result.models},
+                "default_model": result.run["default_model"],
             }
         )
         return 0
@@ -236,6 +230,17 @@ def _regress(args: argparse.Namespace) -> int:
         f"  items {result.counts['items']}, evaluated {result.counts.get('evaluated', 0)}; left out: "
         + (", ".join(f"{k} {v}" for k, v in left_out.items()) or "none")
     )
+    for ev in run["evals"]:
+        if not ev["has_ratings"]:
+            print(f"  eval {ev['name']}: {ev['n_items']} items predicted (no ratings: not scored)")
+            continue
+        print(f"  eval {ev['name']}: {ev['n_items']} items, transfer")
+        for m in result.models:
+            e = m.eval_metrics.get(ev["name"]) or {}
+            v, a = e.get("valence", {}), e.get("arousal", {})
+            print(
+                f"  {m.name:<{width}}  {_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  {_fmt(a.get('mse')):>7}"
+            )
     if result.curve:
         print("  low-resource curve (mean ± std over seeds):")
         print(f"  {'model':<{width}}  {'setting':<11}  {'n':>5}  {'r_val':>13}  {'r_aro':>13}")
@@ -244,7 +249,14 @@ def _regress(args: argparse.Namespace) -> int:
                 f"  {c['model']:<{width}}  {c['setting']:<11}  {c['n_labels']:>5}  "
                 f"{_fmt(c['r_valence'])} ± {_fmt(c['r_valence_std'])}  {_fmt(c['r_arousal'])} ± {_fmt(c['r_arousal_std'])}"
             )
-    print(f"  default model for `evoked predict`: {run['default_model']}")
+    how = run["selection"]["default_model"]["rows"]
+    why = how[len("none (") : -1] if how.startswith("none (") else f"chosen on {how}"
+    print(f"  default model for `evoked predict`: {run['default_model']} ({why})")
+    cv = run["selection"].get("cv")
+    if cv and cv["left_out_test"]:
+        print(
+            f"  the {cv['left_out_test']} test-split items were left out of the CV (--cv-include-test folds them in)"
+        )
     return 0
 
 

@@ -17,7 +17,6 @@ from evoked.regress.two_stage import TwoStageRegressor
 
 _LAZY = {
     "run_regress": "evoked.regress.runner",
-    "run_regress_streaming": "evoked.regress.streaming",
     "predict_images": "evoked.regress.predict",
     "load_run_model": "evoked.regress.rundir",
 }
@@ -42,7 +41,6 @@ __all__ = [
     "load_run_model",
     "predict_images",
     "run_regress",
-    "run_regress_streaming",
     "list_regressors",
     "make_regressor",
     "make_targets",

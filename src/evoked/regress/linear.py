@@ -54,11 +54,15 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X, y):
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+    def _alphas(self) -> np.ndarray:
         alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
         if alphas.size == 0 or (alphas <= 0).any() or not np.isfinite(alphas).all():
             raise ValueError(f"alphas must be positive and finite, got {self.alphas!r}")
+        return alphas
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        alphas = self._alphas()
         self._single_output = y.ndim == 1
         Y = y.reshape(len(y), -1).astype(np.float64)
         n, d = X.shape
@@ -68,10 +72,8 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
         Xc = X.astype(np.float64)
         Xc -= x_mean
         if n < 2:  # nothing to leave out: the mean predictor
-            self.alpha_ = np.full(Y.shape[1], alphas[len(alphas) // 2])
-            self.loo_mse_ = np.full((len(alphas), Y.shape[1]), np.nan)
-            coef = np.zeros((d, Y.shape[1]))
-        elif n > d:
+            return self._finish(alphas, None, np.zeros((d, Y.shape[1])), x_mean, y_mean)
+        if n > d:
             lam, V = _eigh(Xc.T @ Xc)
             B = V.T @ (Xc.T @ Yc)  # (d, t)
             # P only serves the alpha search, so float32 is enough (and halves the largest product);
@@ -87,13 +89,47 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
             self.loo_mse_ = self._loo(alphas, lam, U, B, Yc, n, shrink=True)
             best = self._best(alphas)
             coef = np.stack([Xc.T @ (U @ (B[:, t] / (lam + a))) for t, a in enumerate(best)], axis=1)
+        return self._finish(alphas, self.loo_mse_, coef, x_mean, y_mean)
+
+    def fit_chunks(self, view, Y):
+        """The same fit from chunks of (standardised) rows (`evoked.regress.chunks.RowView`): one
+        pass accumulates the centred scatter and cross products, a second computes the exact
+        leave-one-out error of every alpha chunk by chunk (the d x d path of `fit`)."""
+        from evoked.regress.chunks import Moments
+
+        alphas = self._alphas()
+        T = Moments.empty(view.d, Y.shape[1])
+        for r, x in view:
+            T.add(x, Y[r])
+        self.n_features_in_, self._single_output = view.d, False
+        if T.n < 2:
+            return self._finish(alphas, None, np.zeros((view.d, Y.shape[1])), T.mean_x, T.mean_y)
+        lam, V = _eigh(T.m2)
+        B = V.T @ T.cxy
+        V32, shift = V.astype(np.float32), (T.mean_x.astype(np.float32) @ V.astype(np.float32))[None, :]
+        sse = np.zeros((len(alphas), Y.shape[1]))
+        for r, x in view:
+            P = np.asarray(x, dtype=np.float32) @ V32 - shift
+            sse += self._loo(alphas, lam, P, B, Y[r] - T.mean_y, T.n, shrink=False) * len(r)
+        self.loo_mse_ = sse / T.n
+        best = self._best(alphas)
+        coef = np.stack([V @ (B[:, t] / (lam + a)) for t, a in enumerate(best)], axis=1)
+        return self._finish(alphas, self.loo_mse_, coef, T.mean_x, T.mean_y)
+
+    def _finish(self, alphas, loo_mse, coef, x_mean, y_mean):
+        t = coef.shape[1]
+        if loo_mse is None:
+            self.alpha_ = np.full(t, alphas[len(alphas) // 2])
+            self.loo_mse_ = np.full((len(alphas), t), np.nan)
         self.coef_ = coef.T  # (t, d) like scikit-learn
         self.intercept_ = y_mean - x_mean @ coef
         if self._single_output:
             self.coef_, self.intercept_ = self.coef_[0], float(self.intercept_[0])
         self.alpha_ = self.alpha_[0] if (self._single_output or not self.alpha_per_target) else self.alpha_
         idx = [int(np.flatnonzero(alphas == a)[0]) for a in np.atleast_1d(self.alpha_)]
-        scores = -self.loo_mse_[idx, np.arange(len(idx))] if n >= 2 else np.full(len(idx), np.nan)
+        scores = (
+            -self.loo_mse_[idx, np.arange(len(idx))] if loo_mse is not None else np.full(len(idx), np.nan)
+        )
         per_target = self.alpha_per_target and not self._single_output
         self.best_score_ = scores if per_target else float(np.mean(scores))
         return self
@@ -111,7 +147,7 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
         H = (basis * basis) @ W.astype(dtype) + 1.0 / n  # (n, A)
         t = Yc.shape[1]
         WB = (W[:, :, None] * B[:, None, :]).reshape(len(lam), -1)  # (k, A*t)
-        fits = (basis @ WB.astype(dtype)).reshape(n, len(alphas), t)
+        fits = (basis @ WB.astype(dtype)).reshape(len(basis), len(alphas), t)  # n: all rows (a chunk is part)
         looe = (Yc[:, None, :] - fits) / np.maximum(1.0 - H, 1e-12)[:, :, None]
         return (looe.astype(np.float64) ** 2).mean(axis=0)
 
@@ -138,6 +174,8 @@ def linear(seed: int = 0) -> LinearRegression:
     return LinearRegression()
 
 
-@register_regressor("ridge", help="ridge regression, alpha per target by exact leave-one-out (one eigh)")
+@register_regressor(
+    "ridge", chunks=True, help="ridge regression, alpha per target by exact leave-one-out (one eigh)"
+)
 def ridge(alphas=RIDGE_ALPHAS, seed: int = 0) -> RidgeLOO:
     return RidgeLOO(alphas=alphas)

@@ -85,6 +85,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         epochs: int = 60,
         batch_size: int = 128,
         validation_fraction: float = 0.1,
+        max_validation_rows: int = 20_000,
         patience: int = 8,
         n_ensemble: int = 1,
         aux_weight: float = 1.0,
@@ -98,6 +99,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
+        self.max_validation_rows = max_validation_rows
         self.patience = patience
         self.n_ensemble = n_ensemble
         self.aux_weight = aux_weight
@@ -115,7 +117,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction}: must be in [0, 1)")
-        if self.epochs < 1 or self.batch_size < 1 or self.n_ensemble < 1:
+        if self.epochs < 1 or self.batch_size < 1 or self.n_ensemble < 1 or self.max_validation_rows < 0:
             raise ValueError(
                 f"epochs={self.epochs}, batch_size={self.batch_size}, n_ensemble={self.n_ensemble}: must be >= 1"
             )
@@ -141,9 +143,78 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
             self.n_aux_ = A.shape[1]
         weight = np.r_[np.ones(Y.shape[1]), np.full(self.n_aux_, float(self.aux_weight))]
         X = np.ascontiguousarray(X, dtype=np.float32)
+        Z = Z.astype(np.float32)
         device = torch.device(resolve_device(self.device))
+
+        def data(seed):
+            train_idx, val_idx = self._split(len(X), seed)
+            xt, zt = (torch.from_numpy(a[train_idx]).to(device) for a in (X, Z))
+
+            def batches(gen, epoch):
+                order = torch.randperm(len(xt), generator=gen).to(device)
+                for start in range(0, len(xt), self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    yield xt[idx], zt[idx]
+
+            val = tuple(torch.from_numpy(a[val_idx]).to(device) for a in (X, Z[:, : Y.shape[1]]))
+            return batches, val
+
+        self._train(data, X.shape[1], Z.shape[1], weight, device)
+        return self
+
+    def fit_chunks(self, view, Y):
+        """The same training from chunks of standardised rows (`evoked.regress.chunks.RowView`):
+        the same validation rows (kept in memory, at most `max_validation_rows`), each epoch's
+        batches drawn from shuffled chunks (chunk order random, rows shuffled within a chunk)."""
+        import torch
+
+        self._check_params()
+        Yr = Y[view.rows].astype(np.float64)
+        self._single_output, self.n_features_in_, self.n_aux_ = False, view.d, 0
+        self.y_mean_ = Yr.mean(axis=0)
+        std = Yr.std(axis=0)
+        self.y_scale_ = np.where(std > 0, std, 1.0)
+        Z = ((Y - self.y_mean_) / self.y_scale_).astype(np.float32)
+        device = torch.device(resolve_device(self.device))
+
+        def data(seed):
+            _, val_pos = self._split(view.n, seed)
+            val_rows = np.sort(view.rows[val_pos])
+            is_val = np.zeros(view.source.n, dtype=bool)
+            is_val[val_rows] = True
+            xv = np.empty((len(val_rows), view.d), dtype=np.float32)
+            for r, x in view:
+                v = is_val[r]
+                xv[np.searchsorted(val_rows, r[v])] = x[v]
+
+            def batches(gen, epoch):
+                for r, x in view.shuffled(np.random.default_rng([seed, epoch])):
+                    keep = ~is_val[r]
+                    xt, zt = (
+                        torch.from_numpy(np.ascontiguousarray(x[keep])).to(device),
+                        torch.from_numpy(Z[r[keep]]).to(device),
+                    )
+                    order = torch.randperm(len(xt), generator=gen).to(device)
+                    for start in range(0, len(xt), self.batch_size):
+                        idx = order[start : start + self.batch_size]
+                        yield xt[idx], zt[idx]
+
+            return batches, (torch.from_numpy(xv).to(device), torch.from_numpy(Z[val_rows]).to(device))
+
+        self._train(data, view.d, Y.shape[1], np.ones(Y.shape[1]), device)
+        return self
+
+    def _split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) positions among n rows: the same for in-memory and chunked fits."""
+        n_val = min(int(round(n * self.validation_fraction)), int(self.max_validation_rows))
+        if n_val < 1 or n - n_val < 2:
+            n_val = 0  # too few rows to hold some out: train on all for the full epochs
+        perm = np.random.default_rng(seed).permutation(n)
+        return perm[n_val:], perm[:n_val]
+
+    def _train(self, data, d: int, n_out: int, weight, device) -> None:
         members = [
-            self._train_one(X, Z.astype(np.float32), weight, Y.shape[1], self.random_state + i, device)
+            self._train_one(data, d, n_out, weight, self.random_state + i, device)
             for i in range(self.n_ensemble)
         ]
         self.state_dicts_ = [m["state"] for m in members]
@@ -153,43 +224,35 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         self.validation_loss_curve_ = members[0]["val_curve"]
         self.device_ = str(device)
         log.debug("mlp: epochs %s, best %s, on %s", self.n_iter_, self.best_epoch_, device)
-        return self
 
-    def _train_one(self, X, Z, weight, n_main: int, seed: int, device) -> dict:
-        """One network: its weights (numpy), epochs run, best epoch and loss curves."""
+    def _train_one(self, data, d: int, n_out: int, weight, seed: int, device) -> dict:
+        """One network: its weights (numpy), epochs run, best epoch and loss curves. `data(seed)`
+        gives the epoch's batches (a function of the generator and the epoch) and the validation
+        tensors; the first `len(val z columns)` outputs are the ones early stopping watches."""
         import torch
 
         hidden = tuple(int(h) for h in self.hidden_layer_sizes)
-        n = len(X)
-        n_val = int(round(n * self.validation_fraction))
-        if n_val < 1 or n - n_val < 2:
-            n_val = 0  # too few rows to hold some out: train on all for the full epochs
-        perm = np.random.default_rng(seed).permutation(n)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        batches, (xv, zv) = data(seed)
+        n_main = zv.shape[1]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            module = _build(X.shape[1], hidden, Z.shape[1], self.dropout).to(device)
+            module = _build(d, hidden, n_out, self.dropout).to(device)
             opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             w = torch.tensor(weight, dtype=torch.float32, device=device)
-            xt = torch.from_numpy(X[train_idx]).to(device)
-            zt = torch.from_numpy(Z[train_idx]).to(device)
-            xv = torch.from_numpy(X[val_idx]).to(device)
-            zv = torch.from_numpy(Z[val_idx, :n_main]).to(device)
             gen = torch.Generator().manual_seed(seed)
             best, best_epoch, best_loss, bad, curve, val_curve = None, 0, float("inf"), 0, [], []
             for epoch in range(self.epochs):
                 module.train()
-                order = torch.randperm(len(xt), generator=gen).to(device)
-                total = 0.0
-                for start in range(0, len(xt), self.batch_size):
-                    idx = order[start : start + self.batch_size]
-                    loss = _weighted_mse(module(xt[idx]), zt[idx], w)
+                total, count = 0.0, 0
+                for xb, zb in batches(gen, epoch):
+                    loss = _weighted_mse(module(xb), zb, w)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * len(idx)
-                curve.append(total / max(len(xt), 1))
-                if n_val:
+                    total += float(loss.detach()) * len(xb)
+                    count += len(xb)
+                curve.append(total / max(count, 1))
+                if len(xv):
                     module.eval()
                     with torch.no_grad():
                         vloss = float(torch.nn.functional.mse_loss(module(xv)[:, :n_main], zv))
@@ -235,13 +298,15 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         return out[:, 0] if self._single_output else out
 
 
-@register_regressor("mlp", help="torch MLP, hidden layers (256, 128), early stopping (GPU when available)")
+@register_regressor(
+    "mlp", chunks=True, help="torch MLP, hidden layers (256, 128), early stopping (GPU when available)"
+)
 def mlp(seed: int = 0, **params) -> TorchMLPRegressor:
     return TorchMLPRegressor(random_state=seed, **params)
 
 
 @register_regressor(
-    "mlp-kim", help="torch MLP with three hidden layers (512, 256, 128), after Kim et al. 2018"
+    "mlp-kim", chunks=True, help="torch MLP with three hidden layers (512, 256, 128), after Kim et al. 2018"
 )
 def mlp_kim(seed: int = 0, **params) -> TorchMLPRegressor:
     params.setdefault("hidden_layer_sizes", KIM_HIDDEN)

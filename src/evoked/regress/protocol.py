@@ -7,7 +7,12 @@ Rows are left out for a reason, and every reason is counted (`Plan.counts`):
 - ``non-finite features``: the row is ok but has NaN/inf values;
 - ``no training label``: the target has no value for the row (no rating, no category, ...);
 - ``not evaluable (no VA rating)``: cannot be scored (may still train with a category target);
-- ``outside the store's folds`` / ``outside the splits``: the store's assignment leaves them out.
+- ``outside the store's folds`` / ``outside the splits``: the store's assignment leaves them out;
+- ``test split (left out of the CV)``: under ``--cv K`` on a store with a split, the test rows
+  neither train nor are scored, unless ``--cv-include-test``.
+
+`Plan.excluded` marks the rows no fit of the run trains on (the test split, or the evaluated
+split): stage 1 of ``--stage1 same`` and the category-labelled extra rows respect it too.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Plan:
     eval_split: str  # "" under CV
     protocol: dict  # as recorded in run.json
     counts: dict[str, int] = field(default_factory=dict)
+    excluded: np.ndarray | None = None  # bool per row: no fit of the run trains on it
 
     @property
     def eval_rows(self) -> np.ndarray:
@@ -78,14 +84,23 @@ def plan_cv(
     has_va: np.ndarray,
     store_fold: np.ndarray,
     category: np.ndarray,
+    split: np.ndarray | None = None,
+    include_test: bool = False,
     seed: int = 0,
 ) -> Plan:
     """K-fold CV over the evaluable rows; the store's own folds when it has exactly K of them.
 
-    Rows with a training label but no VA rating (a category target) train in every fold.
+    Rows with a training label but no VA rating (a category target) train in every fold. On a
+    store with a split the test rows are left out (neither trained on nor scored; the saved model
+    never sees them) unless `include_test`.
     """
     m = usable_rows(ok, finite, has_target, has_va)
     counts = _counts(ok, finite, has_target, has_va)
+    split = np.asarray(split if split is not None else [""] * len(ok), dtype=object).astype(str)
+    excluded = (split == "test") if not include_test else np.zeros(len(ok), dtype=bool)
+    if (excluded & m["features"]).any():
+        counts["test split (left out of the CV)"] = int((excluded & m["features"]).sum())
+    m = {k: v & ~excluded for k, v in m.items()}
     evaluable = m["eval"]
     present = sorted(set(store_fold[store_fold >= 0].tolist()))
     if present == list(range(k)):
@@ -123,10 +138,12 @@ def plan_cv(
         plan_folds.append(Fold(f, train, eval_rows[folds[eval_rows] == f]))
     final = np.flatnonzero((evaluable & m["train"]) | extra)
     protocol = {"kind": "cv", "folds": int(k), "seed": int(seed), "folds_source": source}
+    protocol["includes_test"] = bool(include_test or "test" not in split)
     if extra.any():
         counts["training only (no VA rating)"] = int(extra.sum())
     counts["evaluated"] = int(len(eval_rows))
-    return Plan(plan_folds, final, {int(r): int(folds[r]) for r in eval_rows}, "", protocol, counts)
+    eval_fold = {int(r): int(folds[r]) for r in eval_rows}
+    return Plan(plan_folds, final, eval_fold, "", protocol, counts, excluded)
 
 
 def plan_split(
@@ -165,7 +182,11 @@ def plan_split(
         )
     counts["evaluated"] = int(len(eval_rows))
     protocol = {"kind": "split", "train": train_splits, "eval": name}
-    return Plan([Fold(0, train, eval_rows)], train, {int(r): -1 for r in eval_rows}, name, protocol, counts)
+    excluded = ~np.isin(split, train_splits)
+    plan = Plan(
+        [Fold(0, train, eval_rows)], train, {int(r): -1 for r in eval_rows}, name, protocol, counts, excluded
+    )
+    return plan
 
 
 def plan_fit_only(*, ok: np.ndarray, finite: np.ndarray, has_target: np.ndarray, has_va: np.ndarray) -> Plan:
@@ -176,4 +197,26 @@ def plan_fit_only(*, ok: np.ndarray, finite: np.ndarray, has_target: np.ndarray,
     if not len(train):
         raise ConfigError("no item has both features and a training label; check --target and the store")
     counts["evaluated"] = 0
-    return Plan([], train, {}, "", {"kind": "fit-only"}, counts)
+    return Plan([], train, {}, "", {"kind": "fit-only"}, counts, np.zeros(len(ok), dtype=bool))
+
+
+def selection_folds(
+    plan: Plan, split: np.ndarray, has_va: np.ndarray, seed: int, k: int = 5
+) -> tuple[list[Fold], str]:
+    """Folds that choose the default model under a split, on the training rows only: fitted on
+    train and scored on val when the evaluated split is test (and val has rated rows), else a
+    `k`-fold CV over the training rows (never the evaluated rows)."""
+    split = np.asarray(split, dtype=object).astype(str)
+    train = plan.final_train
+    rated = train[has_va[train]]
+    if plan.protocol.get("eval") == "test":
+        fit, score = train[split[train] == "train"], rated[split[rated] == "val"]
+        if len(fit) and len(score):
+            return [Fold(0, fit, score)], "the val rows, models fitted on the train rows"
+    k = min(k, len(rated))
+    if k < 2:
+        return [], "none (too few rated training rows)"
+    folds = assign_folds(None, k, seed, len(rated))
+    unrated = train[~has_va[train]]
+    out = [Fold(f, np.sort(np.r_[rated[folds != f], unrated]), rated[folds == f]) for f in range(k)]
+    return out, f"{k}-fold CV over the {'+'.join(plan.protocol['train'])} rows"

@@ -32,18 +32,20 @@ class RegressorEntry:
     name: str
     factory: Factory
     help: str
+    chunks: bool = False  # the estimator has ``fit_chunks(view, Y)``: it can fit from store chunks
 
 
 _REGISTRY: dict[str, RegressorEntry] = {}
 
 
-def register_regressor(name: str, *, help: str = "") -> Callable[[Factory], Factory]:
-    """Register `factory(**params) -> estimator` under `name`."""
+def register_regressor(name: str, *, help: str = "", chunks: bool = False) -> Callable[[Factory], Factory]:
+    """Register `factory(**params) -> estimator` under `name`; `chunks`: its estimator can also be
+    fitted from chunks of a store (``fit_chunks``, see `evoked.regress.chunks`)."""
 
     def deco(fn: Factory) -> Factory:
         if name in _REGISTRY:
             raise ConfigError(f"regressor {name!r} is registered twice")
-        _REGISTRY[name] = RegressorEntry(name, fn, help)
+        _REGISTRY[name] = RegressorEntry(name, fn, help, chunks)
         return fn
 
     return deco
@@ -77,6 +79,11 @@ def check_regressor_names(names: list[str]) -> None:
             close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}")
+
+
+def fits_from_chunks(name: str) -> bool:
+    check_regressor_names([name])
+    return _REGISTRY[name].chunks
 
 
 def make_regressor(name: str, **params) -> BaseEstimator:

@@ -41,8 +41,10 @@ __all__ = [
     "write_predictions",
 ]
 
-# the columns `evoked evaluate` reads: one definition for writer and reader
-PREDICTION_COLUMNS = REQUIRED_COLUMNS
+# the columns `evoked evaluate` reads: one definition for writer and reader; then which eval set a
+# row belongs to ("" = the training side) and its kind (oof, held-out, transfer), docs/runs.md
+EVAL_COLUMNS = ("eval", "kind")
+PREDICTION_COLUMNS = REQUIRED_COLUMNS + EVAL_COLUMNS
 CURVE_COLUMNS = CURVE_KEYS + CURVE_METRICS
 _PACKAGES = (
     "numpy",
@@ -124,8 +126,8 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fmt(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.6g}"
+def _fmt(x: float) -> str:  # 9 significant digits: a reread prediction matches to 1e-8
+    return "nan" if not math.isfinite(x) else f"{x:.9g}"
 
 
 def write_predictions(path: Path, rows: Iterable[dict]) -> int:
@@ -145,6 +147,8 @@ def write_predictions(path: Path, rows: Iterable[dict]) -> int:
                     _fmt(r["valence_pred"]),
                     _fmt(r["arousal_pred"]),
                     r["category_true"],
+                    r.get("eval", ""),
+                    r.get("kind", ""),
                 ]
             )
             n += 1

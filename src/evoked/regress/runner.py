@@ -1,40 +1,53 @@
 """`run_regress`: fit and evaluate VA regressors on cached features, and write a run folder.
 
-The steps, in order: check every option (before reading any feature), open the store, build the
-targets, plan the protocol (CV folds, a split, or fit only), fit each model on each fold and
-predict the held-out items, fit the model that is saved, optionally the two-stage models and the
-low-resource curve, then write ``run.json``, ``predictions.csv``, ``metrics.json``, ``curve.csv``
-and ``models/`` as docs/runs.md describes.
+One path for every run. The steps, in order: check every option (`RegressOptions`, before reading
+any feature), open the training store and every ``--eval`` store (same extraction, checked), build
+the targets and refuse ratings outside the scale, plan the protocol (CV folds over the training
+side, a split, or fit only), then for each model: fit it on each fold and predict the held-out
+items, fit the model that is saved (on training-side rows only), predict every item of each eval
+store; optionally the two-stage models and the low-resource curve. The run's default model is
+chosen on training-side rows only. Then ``run.json``, ``predictions.csv``, ``metrics.json``,
+``curve.csv`` and ``models/`` as docs/runs.md describes.
+
+The rows come from one of two sources (`evoked.regress.chunks`): the feature matrix in memory, or
+the store read a chunk at a time (``stream=True``, or ``max_memory`` smaller than the matrix) for
+the families that fit from chunks. The same ``--model`` means the same estimator and the same
+hyperparameters either way.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
 from evoked.evaluate.metrics import va_metrics
 from evoked.features.store import OK, FeatureStore, open_store
 from evoked.regress import rundir
-from evoked.regress.curve import CurveSpec, parse_n_labels, run_curve, summarize_curve
+from evoked.regress.chunks import ChunkRows, MemoryRows, StoreSource, chunk_rows_for, streaming_needed
+from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
-from evoked.regress.protocol import Plan, plan_cv, plan_fit_only, plan_split
-from evoked.regress.registry import build_pipeline, check_regressor_names, make_regressor, parse_pca
-from evoked.regress.targets import AUX_KINDS, Targets, aux_matrix, make_targets, va_ratings
+from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
+from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
+from evoked.regress.protocol import Fold, Plan, plan_cv, plan_fit_only, plan_split, selection_folds
+from evoked.regress.registry import build_pipeline
+from evoked.regress.targets import Targets, aux_matrix, make_targets, va_ratings
 from evoked.regress.transforms import check_probabilities, probability_features, probability_ranges
-from evoked.regress.two_stage import METHODS, TwoStageRegressor
+from evoked.regress.two_stage import TwoStageRegressor
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]
 TWO_STAGE_PREFIX = "two_stage:"
+SELECTION_METRIC = "mean Pearson r over valence and arousal"
 
 
 @dataclass
@@ -45,6 +58,7 @@ class ModelResult:
     n_train: float  # training rows per fit (mean over folds)
     n_eval: int
     info: dict = field(default_factory=dict)
+    eval_metrics: dict = field(default_factory=dict)  # eval name -> va_metrics on its rated items
 
 
 @dataclass
@@ -60,50 +74,6 @@ class RegressResult:
 
     def metrics(self) -> dict:
         return {m.name: m.metrics for m in self.models}
-
-
-# ---------------------------------------------------------------------------------------- options
-
-
-def parse_features(features: Sequence[str]) -> list[str]:
-    """``["a/x,b/y", "c"]`` -> ``["a/x", "b/y", "c"]`` (repeatable and comma-separated)."""
-    out = [f.strip() for item in features for f in str(item).split(",") if f.strip()]
-    if not out:
-        raise ConfigError("no --feature given; name one or more store outputs, e.g. --feature resnet50/pool")
-    return out
-
-
-def parse_models(models: Sequence[str] | str) -> list[str]:
-    items = [models] if isinstance(models, str) else list(models)
-    out = [m.strip() for item in items for m in str(item).split(",") if m.strip()]
-    if not out:
-        raise ConfigError("no --model given; e.g. --model ridge,svr")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"--model lists a model twice: {','.join(out)}")
-    check_regressor_names(out)
-    return out
-
-
-def parse_params(items: Sequence[str] | dict | None, models: Sequence[str]) -> dict[str, dict]:
-    """``["svr.C=3", "mlp.hidden_layer_sizes=(512,256)"]`` -> ``{"svr": {"C": 3}, ...}``."""
-    if isinstance(items, dict):
-        out = {k: dict(v) for k, v in items.items()}
-    else:
-        out: dict[str, dict] = {}
-        for item in items or ():
-            key, sep, value = item.partition("=")
-            model, dot, param = key.strip().partition(".")
-            if not sep or not dot or not param:
-                raise ConfigError(f"--param {item!r}: expected MODEL.NAME=VALUE, e.g. svr.C=3")
-            try:
-                parsed = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
-                parsed = value.strip()  # a bare word is a string (e.g. knn.weights=uniform)
-            out.setdefault(model, {})[param] = parsed
-    for model in out:
-        if model not in models:
-            raise ConfigError(f"--param for {model!r}, which is not in --model {','.join(models)}")
-    return out
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -134,12 +104,76 @@ def describe_store(st: FeatureStore, path: str | os.PathLike, resolved: Sequence
     }
 
 
-def _read_features(store: FeatureStore, features: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, ok, finite): every row's features (NaN where not ok), its status, and finiteness."""
-    X = store.read(features)
-    ok = store.status == OK
-    finite = np.isfinite(X).all(axis=1)
-    return X, ok, finite
+@dataclass
+class _Training:
+    """The training store, read: labels, targets and the rows' source (in memory or chunks)."""
+
+    resolved: list[str]
+    labels: dict
+    targets: Targets
+    ids: np.ndarray
+    va: np.ndarray
+    ok: np.ndarray
+    finite: np.ndarray
+    data: MemoryRows | ChunkRows
+    info: dict
+    log_ranges: tuple
+    log_features: list[str]
+    budget: int | None = None
+
+    @property
+    def has_va(self) -> np.ndarray:
+        return ~np.isnan(self.va).any(axis=1)
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.data.X
+
+
+def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
+    resolved = st.resolve_features(opts.feature_names)
+    labels = st.labels()
+    targets = make_targets(labels, opts.target, **(opts.target_kw if opts.stage1 is None else {}))
+    ids = st.ids.astype(str)
+    va = va_ratings(labels)
+    check_va_range(ids.tolist(), va[:, 0], va[:, 1], opts.va_range, source=str(path))
+    info = describe_store(st, path, resolved)
+    log_ranges = probability_ranges(resolved, info["feature_dims"]) if opts.log_probs else ()
+    log_features = probability_features(resolved) if opts.log_probs else []
+    ok = st.status == OK
+    if not opts.stream:
+        X = st.read(resolved)
+        check_probabilities(X, log_ranges, log_features)
+        finite = np.isfinite(X).all(axis=1)
+        return _Training(
+            resolved, labels, targets, ids, va, ok, finite, MemoryRows(X), info, log_ranges, log_features
+        )
+    from evoked.features.index_build import parse_bytes
+
+    budget = parse_bytes(opts.max_memory or DEFAULT_MAX_MEMORY)
+    d = sum(info["feature_dims"].values())
+    rows_cap = max(st.block_size, budget // (16 * 4 * max(d, 1)))
+    chunk = min(opts.chunk_rows or chunk_rows_for(d, st.block_size), rows_cap)
+    source = StoreSource(st, resolved, log_ranges=log_ranges, chunk_rows=chunk)
+    finite = np.zeros(len(ids), dtype=bool)
+    for a, b in source.ranges():  # which ok rows are finite (the plan needs it), probabilities checked
+        X = source.read_raw(a, b)
+        finite[a:b] = np.isfinite(X).all(axis=1)
+        check_probabilities(X[finite[a:b] & ok[a:b]], log_ranges, log_features)
+    return _Training(resolved, labels, targets, ids, va, ok, finite, ChunkRows(source), info, log_ranges,
+                     log_features, budget)  # fmt: skip
+
+
+def _plan(opts: RegressOptions, tr: _Training) -> Plan:
+    common = dict(ok=tr.ok, finite=tr.finite, has_target=tr.targets.mask, has_va=tr.has_va)
+    if opts.split is not None:
+        return plan_split(opts.split, split=tr.labels["split"], **common)
+    if opts.cv == 0:
+        return plan_fit_only(**common)
+    return plan_cv(
+        opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
+        include_test=opts.cv_include_test, seed=opts.seed, **common,
+    )  # fmt: skip
 
 
 @dataclass
@@ -154,36 +188,18 @@ class _Stage1Source:
 
 
 def _open_stage1_store(
-    path: str,
-    resolved: list[str],
-    main: FeatureStore,
-    target_kind: str,
-    target_kw: dict,
-    eval_ids: set[str],
+    path: str, resolved: list[str], main: FeatureStore, target_kind: str, target_kw: dict, eval_ids: set[str]
 ) -> _Stage1Source:
     other_path = Path(path)
     with open_store(other_path) as other:
+        what = f"--stage1 {path}"
         if other.attrs.get("store_uuid") == main.attrs.get("store_uuid"):
-            raise ConfigError(f"--stage1 {path} is the evaluated store itself; use --stage1 same")
-        try:
-            other_features = other.resolve_features(resolved)
-        except ConfigError as e:
-            raise ConfigError(
-                f"--stage1 {path}: {e}; it needs the same features as the evaluated store"
-            ) from e
-        for group in sorted({f.split("/")[0] for f in resolved}):
-            a, b = extractor_config(main, group), extractor_config(other, group)
-            if a != b:
-                raise ConfigError(
-                    f"--stage1 {path}: feature group {group!r} was extracted with another configuration "
-                    f"({b}) than in {main.path.name} ({a}); extract both with the same backbone, weights and "
-                    "preprocessing"
-                )
-        for f in resolved:
-            if other.dataset(f).shape[1] != main.dataset(f).shape[1]:
-                raise ConfigError(f"--stage1 {path}: {f} has another dimension than in {main.path.name}")
+            raise ConfigError(f"{what} is the evaluated store itself; use --stage1 same")
+        other_features = resolve_in(other, resolved, what)
+        check_same_extraction(main, other, other_features, what)
         targets = make_targets(other.labels(), target_kind, **target_kw)
-        X, ok, finite = _read_features(other, other_features)
+        X = other.read(other_features)
+        ok, finite = other.status == OK, np.isfinite(X).all(axis=1)
         overlap = np.isin(other.ids.astype(str), list(eval_ids))
         rows = np.flatnonzero(ok & finite & targets.mask & ~overlap)
         desc = {
@@ -203,13 +219,35 @@ def _open_stage1_store(
     return _Stage1Source("store", targets, X, rows, desc)
 
 
+def _open_evals(opts: RegressOptions, st: FeatureStore, tr: _Training, stack: ExitStack) -> list[EvalSet]:
+    out = []
+    train_ids = set(tr.ids.tolist())
+    for spec, name in zip(opts.evals, eval_names(opts.evals)):
+        other = stack.enter_context(open_store(parse_eval(spec)[0]))
+        ev = open_eval(spec, name, other, st, tr.resolved, train_ids, opts.va_range)
+        if tr.data.chunked:
+            ev.data = ChunkRows(
+                StoreSource(
+                    other, ev.features, log_ranges=tr.log_ranges, chunk_rows=tr.data.source.chunk_rows
+                )
+            )
+        else:
+            X = other.read(ev.features)
+            finite = np.isfinite(X[ev.rows]).all(axis=1)
+            if not finite.all():
+                log.warning(
+                    "--eval %s: %d item(s) have non-finite features and are not predicted",
+                    spec,
+                    int((~finite).sum()),
+                )
+                for key in ("rows", "ids", "va", "item_split", "category"):
+                    setattr(ev, key, getattr(ev, key)[finite])
+            ev.data = MemoryRows(X)
+        out.append(ev)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- fitting
-
-
-def _fit(est, X, y, **fit_params):
-    t0 = time.perf_counter()
-    est.fit(X, y, **fit_params)
-    return est, time.perf_counter() - t0
 
 
 class _Progress:
@@ -222,19 +260,119 @@ class _Progress:
             self.fn(self.done, self.total, what)
 
 
-def _stage1_rows(plan: Plan, fold_train: np.ndarray | None, usable: np.ndarray, has_va: np.ndarray, split):
-    """Stage-1 rows of ``--stage1 same`` for one fit: never an evaluated item of that fit.
+class _Fitter:
+    """Fits one model family (plain, or as the stage 2 of two-stage) on any set of training rows."""
 
-    CV: the fold's training rows plus rows that have no VA rating (they are never evaluated).
-    Split: the training splits. The saved model (fold_train None): every usable row.
-    """
-    if fold_train is None:
-        return np.flatnonzero(usable)
-    if plan.protocol["kind"] == "split":
-        return np.flatnonzero(usable & np.isin(split, plan.protocol["train"]))
-    in_train = np.zeros(len(usable), dtype=bool)
-    in_train[fold_train] = True
-    return np.flatnonzero(usable & (in_train | ~has_va))
+    def __init__(self, opts: RegressOptions, tr: _Training, plan: Plan, source: _Stage1Source | None):
+        self.opts, self.tr, self.plan, self.source = opts, tr, plan, source
+        self.aux = aux_matrix(tr.labels, opts.aux) if opts.aux else None
+        self.stage1_fitted: dict = {}  # (model, key) -> fitted stage-1 pipeline (the curve adapts them)
+        self._s1_store: dict = {}
+
+    def make(self, m: str):
+        params = dict(self.opts.model_params.get(m, {}))
+        pipe = build_pipeline(
+            m, pca=self.opts.pca, params=params, seed=self.opts.seed, log_ranges=self.tr.log_ranges
+        )
+        if (
+            self.tr.budget is not None
+            and "memory_budget" in pipe[-1].get_params()
+            and "memory_budget" not in params
+        ):
+            pipe[-1].set_params(memory_budget=self.tr.budget)  # the k-NN index of a chunked run
+        return pipe
+
+    def fit(self, m: str, rows: np.ndarray, key=None):
+        est = self.make(m)
+        kw = {"model__aux": self.aux[rows]} if self.aux is not None and accepts_aux(est) else {}
+        return self.tr.data.fit(est, rows, self.tr.targets.y, **kw)
+
+    def stage1_rows(self, train: np.ndarray) -> np.ndarray:
+        """Stage-1 rows of ``--stage1 same`` for a fit: its training rows and the rows without VA
+        rating (never evaluated), never a row the run leaves out (`Plan.excluded`)."""
+        tr, t1 = self.tr, self.source.targets
+        in_train = np.zeros(len(tr.ids), dtype=bool)
+        in_train[train] = True
+        usable = tr.ok & tr.finite & t1.mask & ~self.plan.excluded
+        return np.flatnonzero(usable & (in_train | ~tr.has_va))
+
+    def fit_two_stage(self, m: str, train: np.ndarray, key) -> TwoStageRegressor:
+        tr, src = self.tr, self.source
+        if src.kind == "same":
+            rows1 = self.stage1_rows(train)
+            s1 = MemoryRows(tr.X).fit(self.make(m), rows1, src.targets.y)
+        else:
+            if m not in self._s1_store:
+                self._s1_store[m] = self.make(m).fit(src.X[src.rows], src.targets.y[src.rows])
+            s1 = self._s1_store[m]
+        self.stage1_fitted[(m, key)] = s1
+        rated = train[tr.has_va[train]]
+        return TwoStageRegressor(s1, method=self.opts.two_stage_method, prefit=True).fit(
+            tr.X[rated], tr.va[rated]
+        )
+
+    def fitter(self, name: str):
+        if name.startswith(TWO_STAGE_PREFIX):
+            return lambda rows, key: self.fit_two_stage(name[len(TWO_STAGE_PREFIX) :], rows, key)
+        return lambda rows, key: self.fit(name, rows, key)
+
+
+def _cross(fit, data, folds: Sequence[Fold], step, label: str, key="fold"):
+    """Fit on each fold's training rows and predict its held-out rows: (rows, predictions, fitted
+    per fold, seconds, training sizes)."""
+    rows, preds, fitted, seconds, sizes = [], [], {}, 0.0, []
+    for fold in folds:
+        t0 = time.perf_counter()
+        est = fit(fold.train, (key, fold.index))
+        seconds += time.perf_counter() - t0
+        fitted[fold.index], sizes = est, sizes + [len(fold.train)]
+        if len(fold.eval):
+            rows.append(fold.eval)
+            preds.append(data.predict(est, fold.eval))
+        step(f"{label} {key} {fold.index}")
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return rows, np.concatenate(preds) if preds else np.zeros((0, 2)), fitted, seconds, sizes
+
+
+def _score(truth: np.ndarray, pred: np.ndarray) -> dict:
+    rated = ~np.isnan(truth).any(axis=1)
+    return va_metrics(truth[rated], pred[rated]) if rated.sum() >= 2 else {}
+
+
+def _mean_r(metrics: dict) -> float:
+    return (
+        float(np.nan_to_num((metrics["valence"]["r"] + metrics["arousal"]["r"]) / 2, nan=-9))
+        if metrics
+        else -9.0
+    )
+
+
+def _choose_default(results, fitter, opts, tr, plan, progress) -> tuple[str, dict]:
+    """The run's default model, chosen on training-side rows only (never the scored rows of a
+    split, never the test rows, never an eval store), and how."""
+    names = [r.name for r in results]
+    if len(names) == 1:
+        return names[0], {"rows": "none (the only model)"}
+    kind = plan.protocol["kind"]
+    if kind == "fit-only":
+        return names[0], {"rows": "none (no evaluation: the first model)"}
+    if kind == "cv":
+        scores = {r.name: _mean_r(r.metrics) for r in results}
+        how = {"rows": "the CV rows, out of fold" + ("" if plan.protocol["includes_test"] else " (train+val; test left out)"),
+               "n": int(len(plan.eval_rows))}  # fmt: skip
+    else:
+        folds, rows_how = selection_folds(plan, tr.labels["split"], tr.has_va, opts.seed)
+        if not folds:
+            return names[0], {"rows": rows_how + ": the first model"}
+        scores = {}
+        for name in names:
+            rows, pred, _, _, _ = _cross(
+                fitter.fitter(name), tr.data, folds, progress.step, name, key="selection"
+            )
+            scores[name] = _mean_r(_score(tr.va[rows], pred))
+        how = {"rows": rows_how, "n": int(sum(len(f.eval) for f in folds))}
+    best = max(names, key=lambda n: scores[n])
+    return best, {**how, "metric": SELECTION_METRIC, "scores": scores}
 
 
 # ------------------------------------------------------------------------------------- run folder
@@ -244,90 +382,73 @@ def write_outputs(
     out_path: Path,
     results: Sequence[ModelResult],
     predictions: dict[str, np.ndarray],
-    va: np.ndarray,
-    eval_rows: np.ndarray,
-    eval_ids: np.ndarray,
-    eval_folds: Sequence[int],
-    split_col: Sequence[str],
-    categories: np.ndarray,
+    tr: _Training,
+    plan: Plan,
+    evals: Sequence[EvalSet],
+    eval_predictions: dict[tuple[str, str], np.ndarray],
     extra_metrics: dict | None = None,
-) -> str:
-    """predictions.csv and metrics.json of a run; returns the default model (the best r valence +
-    r arousal, else the first)."""
-    order = [r.name for r in results]
+) -> None:
+    """predictions.csv (training-side rows, then each eval store's) and metrics.json of a run."""
+    rows = plan.eval_rows
+    kind = "oof" if plan.protocol["kind"] == "cv" else "held-out"
 
     def prediction_rows():
-        for name in order:
-            p = predictions[name]
-            for i, r in enumerate(eval_rows):
-                yield {
-                    "model": name,
-                    "id": eval_ids[i],
-                    "fold": eval_folds[i],
-                    "split": split_col[i],
-                    "valence_true": va[r, 0],
-                    "arousal_true": va[r, 1],
-                    "valence_pred": p[i, 0],
-                    "arousal_pred": p[i, 1],
-                    "category_true": str(categories[r] or ""),
-                }
+        for r in results:
+            p = predictions[r.name]
+            for i, row in enumerate(rows):
+                yield {"model": r.name, "id": tr.ids[row], "fold": plan.eval_fold[int(row)], "split": plan.eval_split,
+                       "valence_true": tr.va[row, 0], "arousal_true": tr.va[row, 1], "valence_pred": p[i, 0],
+                       "arousal_pred": p[i, 1], "category_true": str(tr.labels["category"][row] or ""),
+                       "eval": "", "kind": kind}  # fmt: skip
+            for ev in evals:
+                p = eval_predictions[(r.name, ev.name)]
+                for i in range(len(ev.rows)):
+                    yield {"model": r.name, "id": ev.ids[i], "fold": -1, "split": ev.item_split[i],
+                           "valence_true": ev.va[i, 0], "arousal_true": ev.va[i, 1], "valence_pred": p[i, 0],
+                           "arousal_pred": p[i, 1], "category_true": str(ev.category[i] or ""),
+                           "eval": ev.name, "kind": "transfer"}  # fmt: skip
 
     rundir.write_predictions(out_path / "predictions.csv", prediction_rows())
-    rundir.write_json(
-        out_path / "metrics.json", {**{r.name: r.metrics for r in results}, **(extra_metrics or {})}
-    )
-    scored = [r for r in results if r.metrics]
-    if not scored:
-        return order[0]
-    best = max(
-        scored, key=lambda r: np.nan_to_num(r.metrics["valence"]["r"] + r.metrics["arousal"]["r"], nan=-9)
-    )
-    return best.name
+    metrics = {r.name: r.metrics for r in results}
+    if evals:
+        metrics["_evals"] = {
+            ev.name: {r.name: r.eval_metrics.get(ev.name, {}) for r in results} for ev in evals
+        }
+    rundir.write_json(out_path / "metrics.json", {**metrics, **(extra_metrics or {})})
 
 
 def run_record(
-    name: str,
-    store_info: dict,
-    resolved: Sequence[str],
-    targets,
-    protocol: dict,
-    items_sha256: str,
-    results: Sequence[ModelResult],
-    default_model: str,
-    model_params: dict,
-    seed: int,
-    counts: dict,
-    *,
-    pca,
-    log_probs: Sequence[str],
-    aux,
+    name, tr: _Training, targets, plan: Plan, results, default_model, opts: RegressOptions
 ) -> dict:
-    """run.json of a regression run (docs/runs.md), without the fields one runner alone adds."""
+    """run.json of a regression run (docs/runs.md)."""
+    rows = plan.eval_rows
+    folds = [plan.eval_fold[int(r)] for r in rows]
     return {
         "kind": "regress",
         "name": name,
         "created": rundir.now(),
         "evoked_version": rundir.versions()["evoked"],
-        "dataset": store_info["dataset"],
-        "store": store_info["store"],
-        "store_uuid": store_info["store_uuid"],
-        "features": list(resolved),
+        "dataset": tr.info["dataset"],
+        "store": tr.info["store"],
+        "store_uuid": tr.info["store_uuid"],
+        "features": list(tr.resolved),
         "target": targets.description,
-        "protocol": protocol,
-        "items_sha256": items_sha256,
+        "protocol": plan.protocol,
+        "items_sha256": rundir.items_fingerprint(tr.ids[rows], folds, [plan.eval_split] * len(rows)),
         "models": [r.name for r in results],
         "versions": rundir.versions(),
         # fields beyond docs/runs.md
         "default_model": default_model,
-        "feature_dims": store_info["feature_dims"],
-        "extractors": store_info["extractors"],
-        "extractor_configs": store_info["extractor_configs"],
-        "pca": pca,
-        "log_probs": list(log_probs),
-        "aux": aux,
-        "params": model_params,
-        "seed": seed,
-        "counts": counts,
+        "feature_dims": tr.info["feature_dims"],
+        "extractors": tr.info["extractors"],
+        "extractor_configs": tr.info["extractor_configs"],
+        "pca": opts.pca,
+        "log_probs": list(tr.log_features),
+        "aux": opts.aux,
+        "params": opts.model_params,
+        "seed": opts.seed,
+        "va_range": list(opts.va_range),
+        "counts": plan.counts,
         "target_missing": targets.missing,
         "fit_seconds": {r.name: round(r.fit_seconds, 3) for r in results},
         "n_train": {r.name: r.n_train for r in results},
@@ -335,339 +456,173 @@ def run_record(
     }
 
 
+def _estimator_name(est) -> str:
+    final = est.steps[-1][1] if hasattr(est, "steps") else est
+    return f"{type(final).__module__}.{type(final).__qualname__}"
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
 def run_regress(
-    store: str | os.PathLike,
-    *,
-    features: Sequence[str],
-    out: str | os.PathLike,
-    models: Sequence[str] | str = ("ridge",),
-    target: str = "va",
-    lexicon: str | None = None,
-    soft: bool = False,
-    category_map: Sequence[str] | dict | None = None,
-    cv: int | None = None,
-    split: str | None = None,
-    pca: int | float | str | None = None,
-    params: Sequence[str] | dict | None = None,
-    seed: int = 0,
-    stage1: str | None = None,
-    stage1_target: str = "category-va",
-    two_stage_method: str = "residual",
-    n_labels: Sequence[int | str] | str | None = None,
-    seeds: int = 5,
-    log_probs: bool = True,
-    aux: str | None = None,
-    overwrite: bool = False,
-    name: str | None = None,
-    on_progress: ProgressFn | None = None,
+    store: str | os.PathLike, *, on_progress: ProgressFn | None = None, **options
 ) -> RegressResult:
     """Fit `models` on `features` of a store, evaluate them, and write the run folder `out`.
 
-    Protocols: ``cv=K`` (5 when neither is given; the store's folds when it has K), ``split="test"`` (train on
-    train+val, evaluate on test) or ``cv=0`` (fit only). Evaluation is always against the VA ratings.
-    Two-stage (`stage1` = ``"same"`` or another store): every model M is also run as
-    ``two_stage:M``. `n_labels` (``"0,25,100,all"``) adds the low-resource curve over `seeds` seeds.
-    `log_probs`: probability outputs (``*/probs``, ``*/scene``) enter the models as log(p + 1e-4).
-    `aux` (``"distribution"`` or ``"category"``): auxiliary targets learnt alongside VA by the models
-    that can (mlp, mlp-kim, and the mlp member of ensemble), in the main evaluation and the saved model.
+    Options are the fields of `RegressOptions` (the flags of `evoked regress`, docs/regress.md).
+    Protocols: ``cv=K`` (5 when neither is given; the store's folds when it has K; a store's test
+    split is left out unless ``cv_include_test``), ``split="test"`` (train on train+val, evaluate
+    on test) or ``cv=0`` (fit only). Evaluation is always against the VA ratings. ``evals``
+    (``["B.h5", "C.h5:test"]``): every item of each eval store is predicted by each saved model
+    and scored against that store's ratings. Two-stage (`stage1` = ``"same"`` or another store):
+    every model M is also run as ``two_stage:M``. `n_labels` (``"0,25,100,all"``) adds the
+    low-resource curve over `seeds` seeds. ``stream=True`` (or a `max_memory` the features do
+    not fit in) reads the features chunk by chunk.
     """
     t_start = time.perf_counter()
-    # -- every option first, before any feature is read -------------------------------------------
-    feature_names = parse_features(features)
-    model_names = parse_models(models)
-    model_params = parse_params(params, model_names)
-    pca = parse_pca(pca)
-    for m in model_names:  # unknown parameters fail here, not after minutes of fitting
-        make_regressor(m, **model_params.get(m, {}))
-    if split is not None and cv is not None:
-        raise ConfigError("--split and --cv are alternatives; give one of them")
-    if split is None:
-        cv = 5 if cv is None else int(cv)
-        if cv < 0 or cv == 1:
-            raise ConfigError(f"--cv {cv}: use K >= 2 folds, or 0 to fit without evaluation")
-    if two_stage_method not in METHODS:
-        raise ConfigError(f"--two-stage-method {two_stage_method!r}: use one of {', '.join(METHODS)}")
-    curve_ns = parse_n_labels(n_labels) if n_labels not in (None, "", ()) else None
-    if curve_ns is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: must be at least 1")
-    if stage1 is not None:
-        if target != "va":
-            raise ConfigError(
-                "two-stage adapts on VA ratings: use --target va with --stage1 (the category-derived VA "
-                "of stage 1 is set by --stage1-target, --lexicon and --soft)"
-            )
-        if stage1_target != "category-va":
-            raise ConfigError(f"--stage1-target {stage1_target!r}: only category-va is supported")
-        if stage1 != "same" and not Path(stage1).is_file():
-            raise ConfigError(f"--stage1 {stage1!r}: use 'same' or the path of another feature store")
-    if curve_ns is not None and split is None and cv == 0:
-        raise ConfigError("--n-labels needs an evaluation: use --cv K or --split test")
-    if aux not in (None, *AUX_KINDS):
-        raise ConfigError(f"--aux {aux!r}: use one of {', '.join(AUX_KINDS)}")
-    if aux is not None:
-        takers = [m for m in model_names if accepts_aux(make_regressor(m, **model_params.get(m, {})))]
-        if not takers:
-            raise ConfigError(
-                f"--aux: none of {', '.join(model_names)} learns auxiliary targets; use mlp or mlp-kim"
-            )
-        ignored = [m for m in model_names if m not in takers]
-        if ignored:
-            log.warning("--aux %s is used by %s only, not by %s", aux, ", ".join(takers), ", ".join(ignored))
-    out_path = rundir.prepare_out(out, overwrite)
-    target_kw = {"lexicon": lexicon, "soft": soft, "category_map": category_map}
+    opts = RegressOptions(**options)
+    if not opts.stream and opts.max_memory is not None:
+        opts.stream = streaming_needed(store, parse_features(opts.features), opts.max_memory)
+    opts.check()
+    for spec in opts.evals:
+        eval_names([spec])  # a missing eval store fails before any work
+    out_path = rundir.prepare_out(opts.out, opts.overwrite)
 
-    with open_store(store) as st:
-        resolved = st.resolve_features(feature_names)
-        labels = st.labels()
-        main_kw = target_kw if stage1 is None else {}
-        targets = make_targets(labels, target, **main_kw)
-        # label problems (unknown words, no distributions) fail here, before the features are read
-        t1 = make_targets(labels, stage1_target, **target_kw) if stage1 == "same" else None
-        aux_targets = aux_matrix(labels, aux) if aux else None
-        X, ok, finite = _read_features(st, resolved)
-        ids = st.ids.astype(str)
-        va = va_ratings(labels)
-        has_va = ~np.isnan(va).any(axis=1)
-        common = dict(ok=ok, finite=finite, has_target=targets.mask, has_va=has_va)
-        if split is not None:
-            plan = plan_split(split, split=labels["split"], **common)
-        elif cv == 0:
-            plan = plan_fit_only(**common)
-        else:
-            plan = plan_cv(cv, store_fold=labels["fold"], category=labels["category"], seed=seed, **common)
-        eval_rows = plan.eval_rows
+    with ExitStack() as stack:
+        st = stack.enter_context(open_store(store))
+        tr = _read(st, store, opts)
+        t1 = make_targets(tr.labels, opts.stage1_target, **opts.target_kw) if opts.stage1 == "same" else None
+        plan = _plan(opts, tr)
+        evals = _open_evals(opts, st, tr, stack)
         source = None
         if t1 is not None:
             source = _Stage1Source("same", t1, description={"source": "same", "items": int(t1.n)})
-        elif stage1 is not None:
-            source = _open_stage1_store(stage1, resolved, st, stage1_target, target_kw, set(ids[eval_rows]))
-        store_info = describe_store(st, store, resolved)
-    log_ranges = probability_ranges(resolved, store_info["feature_dims"]) if log_probs else ()
-    log_features = probability_features(resolved) if log_probs else []
-    check_probabilities(X, log_ranges, log_features)
-    curve_spec = None
-    if curve_ns is not None:
-        rated = [np.intersect1d(f.train, np.flatnonzero(has_va)) for f in plan.folds]
-        curve_spec = CurveSpec.build(curve_ns, [len(r) for r in rated], seeds, seed)
-    log.info(
-        "%s: %d features (%d dims), %s, %d evaluated items",
-        Path(store).name,
-        len(resolved),
-        X.shape[1],
-        plan.protocol,
-        len(eval_rows),
-    )
+        elif opts.stage1 is not None:
+            eval_ids = set(tr.ids[plan.eval_rows]) | {i for ev in evals for i in ev.ids}
+            source = _open_stage1_store(
+                opts.stage1, tr.resolved, st, opts.stage1_target, opts.target_kw, eval_ids
+            )
+        result = _fit_and_write(opts, tr, plan, evals, source, out_path, on_progress)
+    result.seconds = time.perf_counter() - t_start
+    return result
 
-    # -- fitting ----------------------------------------------------------------------------------
-    n_fits_model = len(plan.folds) + (0 if plan.protocol["kind"] == "split" else 1)
-    total = len(model_names) * n_fits_model * (2 if source else 1)
+
+def _fit_and_write(
+    opts, tr: _Training, plan: Plan, evals, source, out_path: Path, on_progress
+) -> RegressResult:
+    curve_spec = None
+    if opts.curve_ns is not None:
+        rated = [np.intersect1d(f.train, np.flatnonzero(tr.has_va)) for f in plan.folds]
+        curve_spec = CurveSpec.build(opts.curve_ns, [len(r) for r in rated], opts.seeds, opts.seed)
+    log.info("%s: %d features, %s, %d evaluated items, %d eval stores, %s", Path(tr.info["store"]).name,
+             len(tr.resolved), plan.protocol, len(plan.eval_rows), len(evals),
+             "in chunks" if tr.data.chunked else "in memory")  # fmt: skip
+    names = [n for m in opts.model_names for n in [m] + ([TWO_STAGE_PREFIX + m] if source else [])]
+    n_fits = len(plan.folds) + (0 if plan.protocol["kind"] == "split" else 1)
+    total = len(names) * n_fits
     if curve_spec is not None:
-        total += len(model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
+        total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
     rundir.start_run_dir(out_path)
-    models_dir = out_path / "models"
-    y_train = targets.y
-    results: list[ModelResult] = []
-    predictions: dict[str, np.ndarray] = {}
-    stage1_fitted: dict[tuple[str, int], object] = {}  # (model, fold) -> fitted stage-1 pipeline
-    saved_meta_common = {
-        "features": resolved,
-        "target": targets.description,
-        "protocol": plan.protocol,
-        "pca": pca,
-        "log_probs": log_features,
-        "aux": aux,
-        **store_info,
-    }
-
-    def fitted_model_meta(name: str, family: str, est, n_rows: int, what: str, extra: dict | None = None):
-        return {
-            "family": family,
-            "params": model_params.get(family, {}),
-            "seed": seed,
-            **saved_meta_common,
-            "fitted_on": {"items": int(n_rows), "what": what},
-            "info": describe_fitted(est),
-            "versions": rundir.versions(),
-            "created": rundir.now(),
-            **(extra or {}),
-        }
-
+    fitter = _Fitter(opts, tr, plan, source)
+    eval_rows = plan.eval_rows
+    pos = np.full(len(tr.ids), -1, dtype=np.int64)
+    pos[eval_rows] = np.arange(len(eval_rows))
     final_what = {
-        "cv": "every usable item (the CV folds only measure it)",
+        "cv": "the training-side items the CV folds cover (the folds only measure it)",
         "split": f"the {'+'.join(plan.protocol.get('train', []))} items",
         "fit-only": "every usable item",
     }[plan.protocol["kind"]]
-
-    for m in model_names:
-        make = lambda m=m: build_pipeline(  # noqa: E731
-            m, pca=pca, params=model_params.get(m), seed=seed, log_ranges=log_ranges
-        )
+    results, predictions, eval_predictions, saved = [], {}, {}, {}
+    for name in names:
+        fit = fitter.fitter(name)
+        rows, p, fitted, seconds, sizes = _cross(fit, tr.data, plan.folds, progress.step, name)
         pred = np.full((len(eval_rows), 2), np.nan)
-        pos = {int(r): i for i, r in enumerate(eval_rows)}
-        seconds, sizes = 0.0, []
-        est = None
-
-        def fit_kw(rows, est):
-            return {"model__aux": aux_targets[rows]} if aux_targets is not None and accepts_aux(est) else {}
-
-        for fold in plan.folds:
-            est = make()
-            est, s = _fit(est, X[fold.train], y_train[fold.train], **fit_kw(fold.train, est))
-            seconds += s
-            sizes.append(len(fold.train))
-            pred[[pos[int(r)] for r in fold.eval]] = est.predict(X[fold.eval])
-            progress.step(f"{m} fold {fold.index}")
-        if plan.protocol["kind"] != "split":
-            est = make()
-            est, s = _fit(
-                est, X[plan.final_train], y_train[plan.final_train], **fit_kw(plan.final_train, est)
-            )
-            seconds += s
-            progress.step(f"{m} final")
-            if not sizes:
-                sizes.append(len(plan.final_train))
-        info = describe_fitted(est)
-        rundir.save_model(models_dir, m, est, fitted_model_meta(m, m, est, len(plan.final_train), final_what))
-        predictions[m] = pred
-        results.append(
-            ModelResult(
-                m,
-                va_metrics(va[eval_rows], pred) if len(eval_rows) else {},
-                seconds,
-                float(np.mean(sizes)),
-                len(eval_rows),
-                info,
-            )
-        )
-        log.info("%s: %.1f s", m, seconds)
-
-        if source is None:
-            continue
-        # -- two-stage: stage 1 on category-derived VA, stage 2 on the VA-rated training items ---
-        ts_name = TWO_STAGE_PREFIX + m
-        pred2 = np.full((len(eval_rows), 2), np.nan)
-        seconds2 = 0.0
-        s1_usable = None
-        if source.kind == "same":
-            s1_usable = ok & finite & source.targets.mask
+        pred[pos[rows]] = p
+        if plan.protocol["kind"] == "split":
+            final = fitted[0]
         else:
-            s1_fit, s = _fit(make(), source.X[source.rows], source.targets.y[source.rows])
-            seconds2 += s
-        fits = [(fold.index, fold.train, fold.eval) for fold in plan.folds]
-        if plan.protocol["kind"] != "split":
-            fits.append((-1, plan.final_train, None))
-        for index, train, ev in fits:
-            if source.kind == "same":
-                rows1 = _stage1_rows(
-                    plan, train if ev is not None else None, s1_usable, has_va, labels["split"]
-                )
-                s1, s = _fit(make(), X[rows1], source.targets.y[rows1])
-                seconds2 += s
-            else:
-                s1 = s1_fit
-            stage1_fitted[(m, index)] = s1
-            rated = np.intersect1d(train, np.flatnonzero(has_va))
-            est2, s = _fit(TwoStageRegressor(s1, method=two_stage_method, prefit=True), X[rated], va[rated])
-            seconds2 += s
-            if ev is not None:
-                pred2[[pos[int(r)] for r in ev]] = est2.predict(X[ev])
-            progress.step(f"{ts_name} {'final' if ev is None else f'fold {index}'}")
-        s1_rows = (
-            len(source.rows)
-            if source.kind == "store"
-            else int(len(_stage1_rows(plan, None, s1_usable, has_va, labels["split"])))
-        )
-        extra = {
-            "two_stage": {
-                "method": two_stage_method,
-                "stage1": {**source.description, "target": source.targets.description, "items": s1_rows},
-                "stage2_items": int(len(np.intersect1d(plan.final_train, np.flatnonzero(has_va)))),
+            t0 = time.perf_counter()
+            final = fit(plan.final_train, ("fold", -1))
+            seconds += time.perf_counter() - t0
+            progress.step(f"{name} final")
+            sizes = sizes or [len(plan.final_train)]
+        info = {**describe_fitted(final), "estimator": _estimator_name(final)}
+        res = ModelResult(name, _score(tr.va[eval_rows], pred) if len(eval_rows) else {}, seconds,
+                          float(np.mean(sizes)), len(eval_rows), info)  # fmt: skip
+        for ev in evals:
+            eval_predictions[(name, ev.name)] = ev.data.predict(final, ev.rows)
+            res.eval_metrics[ev.name] = _score(ev.va, eval_predictions[(name, ev.name)])
+        predictions[name], saved[name] = pred, final
+        results.append(res)
+        log.info("%s: %.1f s", name, seconds)
+    default_model, default_how = _choose_default(results, fitter, opts, tr, plan, progress)
+
+    saved_common = {"features": tr.resolved, "target": tr.targets.description, "protocol": plan.protocol,
+                    "pca": opts.pca, "log_probs": tr.log_features, "aux": opts.aux, "streaming": tr.data.chunked,
+                    **tr.info}  # fmt: skip
+    for r in results:
+        family = r.name.removeprefix(TWO_STAGE_PREFIX)
+        meta = {"family": family, "params": opts.model_params.get(family, {}), "seed": opts.seed, **saved_common,
+                "fitted_on": {"items": int(len(plan.final_train)), "what": final_what}, "info": r.info,
+                "versions": rundir.versions(), "created": rundir.now()}  # fmt: skip
+        if r.name.startswith(TWO_STAGE_PREFIX):
+            s1_items = (
+                len(source.rows) if source.kind == "store" else len(fitter.stage1_rows(plan.final_train))
+            )
+            meta["two_stage"] = {
+                "method": opts.two_stage_method,
+                "stage1": {
+                    **source.description,
+                    "target": source.targets.description,
+                    "items": int(s1_items),
+                },
+                "stage2_items": int(len(np.intersect1d(plan.final_train, np.flatnonzero(tr.has_va)))),
             }
-        }
-        rundir.save_model(
-            models_dir,
-            ts_name,
-            est2,
-            fitted_model_meta(ts_name, m, est2, len(plan.final_train), final_what, extra),
-        )
-        predictions[ts_name] = pred2
-        results.append(
-            ModelResult(
-                ts_name,
-                va_metrics(va[eval_rows], pred2) if len(eval_rows) else {},
-                seconds2,
-                float(np.mean(sizes)),
-                len(eval_rows),
-                describe_fitted(est2),
-            )
-        )
+        rundir.save_model(out_path / "models", r.name, saved[r.name], meta)
 
-    # -- low-resource curve --------------------------------------------------------------------------
-    curve_rows: list[dict] = []
-    curve_summary: list[dict] = []
+    curve_rows, curve_summary = [], []
     if curve_spec is not None:
-        for m in model_names:
+        for m in opts.model_names:
             curve_rows += run_curve(
-                model=m,
-                make=lambda m=m: build_pipeline(
-                    m, pca=pca, params=model_params.get(m), seed=seed, log_ranges=log_ranges
-                ),
-                X=X,
-                va=va,
-                plan=plan,
-                spec=curve_spec,
-                stage1={f.index: stage1_fitted[(m, f.index)] for f in plan.folds} if source else None,
-                method=two_stage_method,
-                on_fit=progress.step,
-            )
+                model=m, make=lambda m=m: fitter.make(m), X=tr.X, va=tr.va, plan=plan, spec=curve_spec,
+                stage1={f.index: fitter.stage1_fitted[(m, ("fold", f.index))] for f in plan.folds} if source else None,
+                method=opts.two_stage_method, on_fit=progress.step,
+            )  # fmt: skip
         curve_summary = summarize_curve(curve_rows)
-
-    # -- the run folder --------------------------------------------------------------------------------
-    eval_ids = ids[eval_rows]
-    eval_folds = [plan.eval_fold[int(r)] for r in eval_rows]
-    split_col = [plan.eval_split] * len(eval_rows)
-    extra_metrics = {"_curve": curve_summary} if curve_summary else {}
-    default_model = write_outputs(
-        out_path,
-        results,
-        predictions,
-        va,
-        eval_rows,
-        eval_ids,
-        eval_folds,
-        split_col,
-        labels["category"],
-        extra_metrics,
-    )
-    if curve_rows:
         rundir.write_curve(out_path / "curve.csv", curve_rows)
-    run = run_record(
-        name or out_path.name,
-        store_info,
-        resolved,
-        targets,
-        plan.protocol,
-        rundir.items_fingerprint(eval_ids, eval_folds, split_col),
-        results,
-        default_model,
-        model_params,
-        seed,
-        plan.counts,
-        pca=pca,
-        log_probs=log_features,
-        aux=aux,
-    )
+    write_outputs(out_path, results, predictions, tr, plan, evals, eval_predictions,
+                  {"_curve": curve_summary} if curve_summary else {})  # fmt: skip
+    run = run_record(opts.name or out_path.name, tr, tr.targets, plan, results, default_model, opts)
+    run["estimators"] = {r.name: r.info["estimator"] for r in results}
+    run["evals"] = [ev.describe() for ev in evals]
+    run["selection"] = _selection(opts, plan, default_how, tr)
     if source is not None:
         run["two_stage"] = {
-            "method": two_stage_method,
+            "method": opts.two_stage_method,
             "stage1": {**source.description, "target": source.targets.description},
         }
     if curve_spec is not None:
         run["curve"] = curve_spec.describe()
+    if tr.data.chunked:
+        run["streaming"] = {"chunk_rows": int(tr.data.source.chunk_rows), "max_memory": int(tr.budget)}
     rundir.write_json(out_path / "run.json", run)
-    seconds = time.perf_counter() - t_start
-    return RegressResult(out_path, run, results, plan.counts, curve_summary, seconds)
+    return RegressResult(out_path, run, results, plan.counts, curve_summary)
+
+
+def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Training) -> dict:
+    """Which rows each choice of the run used (run.json ``selection``)."""
+    fits = "each fit's own training rows (the fold's under CV, the training split's, the saved model's)"
+    out = {
+        "default_model": default_how,
+        "alpha": f"ridge (and two-stage's residual ridge): leave-one-out on {fits}",
+        "early_stopping": f"mlp: a validation fraction of {fits}",
+        "n_neighbors": f"knn: leave-one-out on {fits}",
+        "svr_method": "svr: by the size of each fit's training rows",
+        "members": "ensemble: fixed (ridge, svr, knn, mlp-kim), each with its own choices on the fit's rows",
+        "saved_model": f"fitted on {len(plan.final_train)} training-side rows; eval stores never train",
+    }
+    if plan.protocol["kind"] == "cv":
+        out["cv"] = {"folds": plan.protocol["folds"], "includes_test": plan.protocol["includes_test"],
+                     "left_out_test": int(plan.counts.get("test split (left out of the CV)", 0))}  # fmt: skip
+    return out
