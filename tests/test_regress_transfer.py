@@ -230,6 +230,9 @@ def test_cli_prints_the_transfer_scores(halves, tmp_path: Path, capsys):
     text = capsys.readouterr().out
     assert f"eval B: {N} items, transfer" in text and "chosen on the CV rows" in text
     assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "-q"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    (scored,) = report["eval_sets"]  # B's items, scored apart from the training side
+    assert scored["eval_set"] == "B" and [s["system"] for s in scored["systems"]] == ["x/ridge", "x/svr"]
 
 
 def test_streamed_eval_predictions_equal_the_in_memory_ones(halves, tmp_path: Path):

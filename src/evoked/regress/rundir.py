@@ -28,6 +28,7 @@ from evoked.errors import ConfigError
 from evoked.evaluate.runs import CURVE_COLUMNS as CURVE_KEYS
 from evoked.evaluate.runs import (
     CURVE_METRICS,
+    EVAL_COLUMNS,
     REQUIRED_COLUMNS,
     items_fingerprint,  # one recipe for every run writer: evaluate compares it
 )
@@ -41,9 +42,8 @@ __all__ = [
     "write_predictions",
 ]
 
-# the columns `evoked evaluate` reads: one definition for writer and reader; then which eval set a
-# row belongs to ("" = the training side) and its kind (oof, held-out, transfer), docs/runs.md
-EVAL_COLUMNS = ("eval", "kind")
+# the columns `evoked evaluate` reads, then which eval set a row belongs to ("" = the training side)
+# and its kind (oof, held-out, transfer): one definition for writer and reader (docs/runs.md)
 PREDICTION_COLUMNS = REQUIRED_COLUMNS + EVAL_COLUMNS
 CURVE_COLUMNS = CURVE_KEYS + CURVE_METRICS
 _PACKAGES = (
