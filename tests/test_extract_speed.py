@@ -13,10 +13,9 @@ import torch
 
 from conftest import REPO, make_image
 from evoked.errors import ConfigError
-from evoked.extract import create_backbone, extract
 from evoked.extract import cpu as cpu_mod
+from evoked.extract import create_backbone, extract, runner
 from evoked.extract import precision as prec_mod
-from evoked.extract import runner
 from evoked.extract.backbone import Preprocess, parse_preprocess_overrides, preprocess_batch, resize_crop
 from evoked.extract.backbones.clip import write_model_config
 
