@@ -45,6 +45,7 @@ EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 COSINE_GOAL = 0.999
 E2E_GOAL_IMG_S = 5000.0
 RATIO_GOAL = 0.8
+DEVICE = "cuda"  # --dry-run-on-cpu: "cpu", to try the script's own code on a machine without a GPU
 CONFIGS = ("resnet50", "clip:ViT-B-32", "resnet50+clip:ViT-B-32+color")
 
 
@@ -130,7 +131,7 @@ def check_decode(c: Checks, manifest, tmp: Path) -> None:
     from evoked.extract.prefetch import gather_images
     from evoked.extract.reader import ImageFiles, collate
 
-    dev = torch.device("cuda")
+    dev = torch.device(DEVICE)
     paths = [str(p) for p in manifest.abspaths()[:256]]
     oriented = oriented_jpegs(tmp / "oriented")
     paths += [str(p) for p, _ in oriented]
@@ -138,7 +139,6 @@ def check_decode(c: Checks, manifest, tmp: Path) -> None:
     batch = collate([reader[i] for i in range(len(paths))])
     on_gpu = sum(j is not None for j in batch["jpeg"])
     images, positions, errors = gather_images(batch, dev, DEFAULT_MAX_PIXELS)
-    torch.cuda.synchronize()
     worst, means, bad_shape, upright = 0, [], [], 0
     for img, k in zip(images, positions):
         ref = torch.from_numpy(decode_rgb(read_bytes(paths[k]), paths[k], DEFAULT_MAX_PIXELS)).permute(2, 0, 1)
@@ -188,7 +188,7 @@ def check_features(c: Checks, manifest, tmp: Path) -> None:
     sub = manifest.subset(np.arange(min(64, len(manifest))))
     specs = list(CONFIGS[-1].split("+"))
     runs = {}
-    for name, device, precision in (("cpu", "cpu", "fp32"), ("cuda", "cuda", "fp32"), ("bf16", "cuda", "bf16")):
+    for name, device, precision in (("cpu", "cpu", "fp32"), ("cuda", DEVICE, "fp32"), ("bf16", DEVICE, "bf16")):
         out = tmp / f"feat-{name}.h5"
         extract(sub, out, specs, weights=["random"], device=device, precision=precision, batch_size=32)
         runs[name] = _features(out)
@@ -277,7 +277,7 @@ def _evoked(*args: str, env: dict | None = None, launcher: list[str] | None = No
 
 
 def check_torchrun(c: Checks, folder: Path, tmp: Path) -> None:
-    common = ["--backbone", "resnet50", "--weights", "random", "--device", "cuda", "--precision", "fp32", "-q"]
+    common = ["--backbone", "resnet50", "--weights", "random", "--device", DEVICE, "--precision", "fp32", "-q"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     _evoked("extract", f"folder:{folder}", "--out", str(tmp / "tr.h5"), *common, env=env, launcher=launcher)
@@ -298,7 +298,7 @@ def check_finetune(c: Checks, dataset: str, tmp: Path) -> None:
     r = _evoked(
         "finetune", "--categorical", dataset, "--dimensional", dataset, "--mode", "one_stage", "--task", "multi",
         "--backbone", "resnet50", "--weights", "random", "--size", "224", "--epochs", "1", "--batch-size", "32",
-        "--device", "cuda", "--precision", "bf16", "--out", str(tmp / "ft"), "--json", "-q",
+        "--device", DEVICE, "--precision", "bf16" if DEVICE == "cuda" else "fp32", "--out", str(tmp / "ft"), "--json", "-q",
     )  # fmt: skip
     scores = json.loads(r.stdout)
     c.add(
@@ -323,10 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the --compile passes")
     p.add_argument("--budget", type=float, default=450, help="seconds; later checks are skipped past it")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--dry-run-on-cpu",
+        action="store_true",
+        help="run the decode, feature, torchrun and fine-tuning checks on the CPU (tries this script, checks no GPU)",
+    )
     args = p.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    global DEVICE
+    if args.dry_run_on_cpu:
+        DEVICE = "cpu"
+    elif not torch.cuda.is_available():
         print("gpu_check: needs a CUDA GPU and torch sees none here; nothing was checked")
         return 0
     sys.path.insert(0, str(REPO / "src"))
@@ -350,14 +358,15 @@ def main(argv: list[str] | None = None) -> int:
             (small / f"{k:03d}{src.suffix.lower()}").symlink_to(src)
         c.run("decode", lambda: check_decode(c, manifest, tmp))
         c.run("features", lambda: check_features(c, manifest, tmp), need_s=60)
-        check_throughput(c, manifest, tmp, args.n, compile=False)
-        c.run("faiss", lambda: check_faiss(c), need_s=40)
+        if DEVICE == "cuda":
+            check_throughput(c, manifest, tmp, args.n, compile=False)
+            c.run("faiss", lambda: check_faiss(c), need_s=40)
         c.run("torchrun", lambda: check_torchrun(c, small, tmp), need_s=40)
         c.run("finetune", lambda: check_finetune(c, dataset_csv(sorted(small.iterdir()), tmp), tmp), need_s=40)
-        if args.compile:
+        if args.compile and DEVICE == "cuda":
             check_throughput(c, manifest, tmp, args.n, compile=True)
     machine = {
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "none (dry run on the CPU)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cpus": len(os.sched_getaffinity(0)),
