@@ -2,8 +2,10 @@
 
 Measured on a 2-core Xeon with AMX (BENCHMARKS.md, "CPU extraction"): the models are 50-100x
 slower than JPEG decoding, so the models get every core and the images are decoded in the main
-thread between batches (2% of the time); a reader process beside them cost more than it gave,
-because an OpenMP team whose core is taken waits at every barrier for its descheduled thread.
+thread between batches (1-2% of the time), rather than by a reader process that would take a core
+from the OpenMP team at random moments (the team then waits at every barrier). On a machine whose
+cores other jobs already use, fewer threads can win: there, pass --workers 1 (one reader, one
+thread fewer).
 """
 
 from __future__ import annotations
