@@ -10,7 +10,11 @@ For each configuration, with the same images, batch size, reader processes and t
 1. decode only: the runner's reader alone (`make_loader`: `ImageFiles` + DataLoader, same workers and
    collate), plus the batched device JPEG decode when decoding on the device;
 2. model only: `run_backbones` (preprocessing + forward) on the images of pass 1, already in memory;
-3. end to end: `evoked.extract.extract` into a temporary HDF5 store (reader processes, models, writer thread).
+3. end to end: `evoked.extract.extract` into a temporary HDF5 store (reader processes, models, writer thread);
+4. plain loop: what a user writes from the torchvision and open_clip docs, on the same images: a torch
+   DataLoader with 2 workers and PIL decoding, the model's own transforms, fp32, batch 32, torch's default
+   threads; for several backbones the loops run one after another (``color`` has no plain counterpart and
+   costs the plain loop nothing). ``vs_plain`` = e2e / plain.
 
 The first ``--warmup`` batches of each pass are not timed (worker start-up, allocator and cuDNN warm-up);
 the end-to-end time runs until `extract` returns, so it includes the last writes. The goal is
@@ -42,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 DEFAULT_CONFIGS = ("resnet50", "color", "clip:ViT-B-32", "tv:mobilenet_v2", "resnet50+clip:ViT-B-32+color")
 GOAL = 0.8
+PLAIN_BATCH, PLAIN_WORKERS = 32, 2
+DEFAULT_THREADS = None  # torch's own thread count, read before --threads changes it (main)
 
 
 @dataclass
@@ -65,6 +71,8 @@ class Result:
     e2e_seconds: dict[str, float] = field(default_factory=dict)  # extract's own split of the last e2e run
     # user and system CPU per image of each whole pass (warm-up included), reader processes included
     cpu_ms_per_img: dict[str, dict] = field(default_factory=dict)
+    plain_img_s: float | None = None  # the plain loop (see the module docstring)
+    vs_plain: float | None = None  # e2e_img_s / plain_img_s
     failed: int = 0
     loadavg: list[float] = field(default_factory=list)  # 1-min load average before and after
 
@@ -203,10 +211,94 @@ def measure_e2e(manifest, out: Path, specs, weights, preprocess, args, workers, 
     return timed / (t_end - marks[warmup - 1][0]), {k: round(v, 3) for k, v in split.items()}
 
 
+class _PilFiles:
+    """The dataset of the plain loop: PIL opens, converts to RGB, the model's transform does the rest."""
+
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB"))
+
+
+def _plain_model(spec: str):
+    """(forward, transform) of a backbone as its library's docs build it, random weights (offline)."""
+    import torch
+    import torchvision
+
+    name, _, arg = spec.partition(":")
+    if name == "clip":
+        import open_clip
+
+        from evoked.extract.backbones.clip import EMOTION_TEMPLATE, EMOTION_WORDS, SCENE_TEMPLATE, scene_names
+
+        arch = arg.split(":")[0]
+        model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=None)
+        model.eval()
+        tok = open_clip.get_tokenizer(arch)
+        with torch.no_grad():
+            texts = [
+                torch.nn.functional.normalize(model.encode_text(tok(prompts)), dim=-1)
+                for prompts in (
+                    [SCENE_TEMPLATE.format(c) for c in scene_names()],
+                    [EMOTION_TEMPLATE.format(e) for e in EMOTION_WORDS],
+                )
+            ]
+
+        def forward(x):
+            emb = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+            scale = model.logit_scale.exp()
+            return [emb] + [(scale * emb @ t.T).softmax(dim=-1) for t in texts]
+
+        return forward, transform
+    tv = arg if name == "tv" else name
+    model = torchvision.models.get_model(tv, weights=None).eval()
+    transform = torchvision.models.get_model_weights(tv).DEFAULT.transforms()
+    return lambda x: model(x).softmax(dim=1), transform
+
+
+def measure_plain(paths, specs) -> float | None:
+    """img/s of the plain loops of `specs`, one after another (first batch of each untimed)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS or threads)
+    seconds, n = 0.0, 0
+    try:
+        for spec in specs:
+            if spec.split(":")[0] == "color":
+                continue
+            forward, transform = _plain_model(spec)
+            loader = DataLoader(_PilFiles(paths, transform), batch_size=PLAIN_BATCH, num_workers=PLAIN_WORKERS)
+            timed, t0 = 0, None
+            with torch.no_grad():
+                for x in loader:
+                    forward(x)
+                    if t0 is None:
+                        t0 = time.perf_counter()
+                    else:
+                        timed += len(x)
+            seconds += (time.perf_counter() - t0) / timed
+            n += 1
+            del forward
+            gc.collect()
+    finally:
+        torch.set_num_threads(threads)
+    return 1.0 / seconds if n else None
+
+
 def run_config(config: str, manifest, args, tmp: Path) -> Result:
     import torch
 
-    from evoked.extract.options import AMP_DTYPES, resolve_decoder, resolve_device, resolve_precision
+    from evoked.extract.options import resolve_decoder, resolve_device, resolve_precision
+    from evoked.extract.precision import amp_dtypes
     from evoked.extract.runner import build_backbones, cpu_settings, default_workers, place_backbones
 
     specs = [s.strip() for s in config.split("+") if s.strip()]
@@ -234,7 +326,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
             )
             runs["decode"].append(rate)
             c1 = cpu_seconds()
-            runs["model"].append(measure_model(batches, backbones, dev, AMP_DTYPES[prec], args.warmup))
+            runs["model"].append(measure_model(batches, backbones, dev, amp_dtypes(backbones, prec, dev), args.warmup))
             c2 = cpu_seconds()
         del batches
         rate, split = measure_e2e(
@@ -250,6 +342,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         torch.cuda.empty_cache()
     decode, model, e2e = (statistics.median(runs[k]) for k in ("decode", "model", "e2e"))
     ratio = e2e / min(decode, model)
+    plain = measure_plain(paths, specs) if args.plain else None
     return Result(
         config=config,
         backbones=specs,
@@ -266,6 +359,8 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         e2e_img_s=round(e2e, 1),
         ratio=round(ratio, 3),
         goal_met=bool(ratio >= GOAL),
+        plain_img_s=None if plain is None else round(plain, 1),
+        vs_plain=None if plain is None else round(e2e / plain, 2),
         runs={k: [round(v, 1) for v in vs] for k, vs in runs.items()},
         e2e_seconds=split,
         cpu_ms_per_img={
@@ -307,7 +402,7 @@ def machine_info() -> dict:
 
 def table(results: list[Result]) -> str:
     head = ("configuration", "device", "precision", "decode path", "decode img/s", "model img/s", "e2e img/s")
-    head += ("e2e/min", "goal")
+    head += ("e2e/min", "goal", "plain img/s", "vs plain")
     rows = [
         (
             r.config,
@@ -319,6 +414,8 @@ def table(results: list[Result]) -> str:
             f"{r.e2e_img_s:.1f}",
             f"{r.ratio:.2f}",
             "yes" if r.goal_met else "NO",
+            "-" if r.plain_img_s is None else f"{r.plain_img_s:.1f}",
+            "-" if r.vs_plain is None else f"{r.vs_plain:.2f}",
         )
         for r in results
     ]
@@ -357,6 +454,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="repeat the three passes; medians are reported")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--no-plain", dest="plain", action="store_false", help="skip the plain-loop baseline (see above)"
+    )
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--n, --batch-size, --warmup and --repeats must be at least 1")
@@ -374,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     from evoked.errors import EvokedError
     from evoked.extract.options import plan_backbones, resolve_decoder, resolve_device, resolve_precision
 
+    global DEFAULT_THREADS
+    DEFAULT_THREADS = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = args.backbone or list(DEFAULT_CONFIGS)

@@ -61,6 +61,18 @@ def _torch_info() -> dict:
     return info
 
 
+def _cpu_info() -> dict:
+    """Cores this process may use and the CPU's bf16 units (what `--precision` does on the CPU)."""
+    import torch
+
+    from evoked.extract.cpu import cpu_summary
+    from evoked.extract.precision import resolve_precision
+
+    info = cpu_summary()
+    info["extract_auto_precision"] = resolve_precision("auto", torch.device("cpu"))
+    return info
+
+
 def _faiss_info() -> dict:
     try:
         import faiss
@@ -135,6 +147,7 @@ def diagnose() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": _cpu_info(),
         "packages": {p: _version(p) for p in _PACKAGES if _version(p)},
         "torch": _torch_info(),
         "gpu_jpeg_decode": _gpu_jpeg(),
@@ -163,6 +176,16 @@ def format_diagnosis(d: dict) -> str:
             f"  cuda:{dev['index']} {dev['name']}, {dev['memory_gib']} GiB, sm {dev['capability']}, "
             f"bf16 {'yes' if dev['bf16'] else 'no'}"
         )
+    c = d["cpu"]
+    lines.append(
+        f"CPU: {c['cores']} cores available; "
+        + (
+            f"bf16 units {', '.join(c['bf16_units'])}: extraction with --precision bf16 runs CNNs in bf16; "
+            f"--precision auto gives {c['extract_auto_precision']} here"
+            if c["fast_bf16"]
+            else "no bf16 units (AMX or AVX-512 BF16): bf16 would be emulated, extraction stays fp32"
+        )
+    )
     g = d["gpu_jpeg_decode"]
     lines.append(
         "GPU JPEG decoding: " + ("n/a (no CUDA)" if g is None else "yes" if g else "no (CPU decoding)")

@@ -159,12 +159,16 @@ class Retriever:
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
         """The query vector of one decoded (H, W, 3) uint8 image."""
+        from evoked.extract.precision import AMP_DTYPES
         from evoked.extract.runner import run_backbones
 
         bb = self.backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
+        # the query is computed in the precision the store's vectors were (bf16 CNNs on AMX CPUs)
+        prec = self.store.extractors.get(self.extractor, {}).get("precision", "fp32")
+        amp = AMP_DTYPES.get(prec) if prec != "fp16" or self.device.type == "cuda" else None
         with torch.inference_mode():
-            feats = run_backbones([tensor], [bb], self.device, None)
+            feats = run_backbones([tensor], [bb], self.device, amp)
         return feats[f"{bb.name}/{self.output}"]
 
     def by_image(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:

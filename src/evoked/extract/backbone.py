@@ -119,15 +119,22 @@ def parse_preprocess_overrides(text: str) -> dict:
 def resize_crop(images: Sequence[torch.Tensor], pre: Preprocess) -> torch.Tensor:
     """uint8 (3, H, W) images of any sizes -> float (B, 3, S, S) in [0, 1], on their device."""
     mode = _INTERPOLATION[pre.interpolation]
-    out = []
-    for img in images:
-        x = img.to(torch.float32)
+    # images of the same size are resized together: one kernel call per size, not per image (on a
+    # GPU the launches, not the arithmetic, were the cost); each image gives the same values either way
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, img in enumerate(images):
+        by_size.setdefault(tuple(img.shape[-2:]), []).append(k)
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for rows in by_size.values():
+        x = torch.stack([images[k] for k in rows]).to(torch.float32)
         if pre.mode == "squash":
             x = TF.resize(x, [pre.resize, pre.resize], interpolation=mode, antialias=True)
         else:
             x = TF.resize(x, [pre.resize], interpolation=mode, antialias=True)
             x = TF.center_crop(x, [pre.crop, pre.crop])
-        out.append(x.clamp_(0, 255))  # bicubic overshoots; 8-bit pipelines clip here too
+        x.clamp_(0, 255)  # bicubic overshoots; 8-bit pipelines clip here too
+        for j, k in enumerate(rows):
+            out[k] = x[j]
     return torch.stack(out).div_(255.0)
 
 

@@ -10,9 +10,11 @@ import torch
 from evoked.errors import ConfigError
 from evoked.extract.backbone import _KEYS as PREPROCESS_KEYS
 from evoked.extract.backbone import parse_preprocess_overrides
+
+# re-exported: they lived here before precision.py
+from evoked.extract.precision import AMP_DTYPES, PRECISIONS, resolve_precision  # noqa: F401
 from evoked.extract.registry import BackboneSpec, parse_spec
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("auto", "cpu", "device")
 UNWEIGHTED = ("color",)  # backbones without weights or a model preprocessing to override
 
@@ -117,17 +119,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 on CUDA (autocast) and fp32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs CUDA; on the CPU use fp32 (or bf16)")
-    return precision
-
-
 def resolve_decoder(decode: str, device: torch.device) -> str:
     """``auto`` decodes JPEGs on the device on CUDA, and with the CPU decoder otherwise."""
     if decode not in DECODERS:
@@ -135,9 +126,6 @@ def resolve_decoder(decode: str, device: torch.device) -> str:
     if decode == "auto":
         return "device" if device.type == "cuda" else "cpu"
     return decode
-
-
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 #: Options that change what a row's features are, as recorded in a store's root attributes.

@@ -31,8 +31,8 @@ from evoked.data import Manifest, load_dataset
 from evoked.data.decode import DEFAULT_MAX_PIXELS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
+from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.options import (
-    AMP_DTYPES,
     check_resume_options,
     parse_shard,
     plan_backbones,
@@ -41,7 +41,9 @@ from evoked.extract.options import (
     resolve_precision,
     shard_rows,
 )
-from evoked.extract.reader import collate, decode_jpegs_on_device
+from evoked.extract.precision import amp_dtypes, backbone_precision, dtype_for
+from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (gather_images: public here before)
+from evoked.extract.reader import collate
 from evoked.extract.registry import create_backbone, load_plugin
 from evoked.extract.sinks import Block, Sink, StoreSink
 from evoked.extract.sources import open_source
@@ -131,7 +133,7 @@ def extractor_specs(backbones: Sequence[Backbone], device: str, precision: str) 
             "weights_sha256": bb.weights.sha256 or "",
             "preprocess": bb.preprocess.to_dict(),
             "device": device,
-            "precision": precision if bb.amp else "fp32",
+            "precision": backbone_precision(bb, precision, torch.device(device)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         specs.append(ExtractorSpec(bb.name, outs, attrs))
@@ -214,39 +216,39 @@ class _Writer(threading.Thread):
                 self.error = e
 
 
+def channels_last(bb: Backbone, dev: torch.device) -> bool:
+    """Every model on CUDA; CNNs on the CPU (exact in fp32, 1.4-1.9x faster; ViTs gain nothing)."""
+    return dev.type == "cuda" or is_convnet(bb.module)
+
+
 def place_backbones(backbones: Sequence[Backbone], dev: torch.device, *, compile: bool = False) -> None:
-    """Move the models to the device (channels_last on CUDA) and optionally compile them."""
+    """Move the models to the device (channels_last, see `channels_last`) and optionally compile them."""
     for bb in backbones:
         bb.module.to(dev)
-        if dev.type == "cuda":
+        if channels_last(bb, dev):
             bb.module.to(memory_format=torch.channels_last)
         if compile:
             bb.module = torch.compile(bb.module)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers(n_todo: int, block_size: int, dev: torch.device) -> int:
     """Reader processes when --workers is not given; none for a single block.
 
-    Feeding a GPU takes many: cores - 1, at most 8. On the CPU the models need the cores, and one
-    reader process decodes about 800 Emotion6 photos/s, more than any CPU model: one per 8 cores.
+    Feeding a GPU takes many: the cores this process may use (its affinity) less one, at most 8.
+    On the CPU the models need the cores: see `evoked.extract.cpu.default_cpu_workers`.
     """
     if n_todo <= block_size:
         return 0
     if dev.type == "cpu":
-        return max(1, _cores() // 8)
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
+        return default_cpu_workers(n_todo, block_size)
+    return min(8, max(1, available_cores() - 1))
 
 
 def cpu_threads(workers: int) -> int:
-    """Intra-op threads for the models on the CPU: torch's own number, but leaving a core to each
-    reader process. An OpenMP team that shares its cores with other busy processes waits at every
-    barrier for its descheduled thread (spinning first): such runs were several times slower, and
-    varied from run to run."""
-    return max(1, min(torch.get_num_threads(), _cores() - workers))
+    """Intra-op threads for the models on the CPU: every available core (`model_threads`), less
+    one for each reader process asked for with --workers. An OpenMP team that shares its cores with
+    other busy processes waits at every barrier for its descheduled thread."""
+    return max(1, model_threads() - workers)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
@@ -319,14 +321,26 @@ CPU_SLICE_PIXELS = 4 * 224 * 224
 def run_backbones(
     images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
 ) -> dict[str, np.ndarray]:
-    """Every backbone on one batch; backbones with the same geometry share the resized batch."""
+    """Every backbone on one batch; backbones with the same geometry share the resized batch.
+
+    `amp_dtype`: one autocast dtype (or None) for every backbone that allows it, or a mapping by
+    backbone name (`evoked.extract.precision.amp_dtypes`). On the CPU, CNNs run in slices of
+    `CPU_SLICE_PIXELS`; other models (ViTs: slices cost them a third, BENCHMARKS.md) see the whole batch.
+    """
     if device.type != "cpu" or len(images) <= 1:
         return _run_slice(images, backbones, device, amp_dtype)
-    step = max(1, CPU_SLICE_PIXELS // max(bb.preprocess.size for bb in backbones) ** 2)
-    parts = [
-        _run_slice(images[i : i + step], backbones, device, amp_dtype) for i in range(0, len(images), step)
-    ]
-    return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+    sliced = [bb for bb in backbones if is_convnet(bb.module)]
+    whole = [bb for bb in backbones if not is_convnet(bb.module)]
+    out = _run_slice(images, whole, device, amp_dtype) if whole else {}
+    if sliced:
+        step = max(1, CPU_SLICE_PIXELS // max(bb.preprocess.size for bb in sliced) ** 2)
+        parts = [
+            _run_slice(images[i : i + step], sliced, device, amp_dtype) for i in range(0, len(images), step)
+        ]
+        out.update(
+            {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        )
+    return {f"{bb.name}/{o}": out[f"{bb.name}/{o}"] for bb in backbones for o in bb.active_outputs}
 
 
 def _run_slice(
@@ -339,10 +353,10 @@ def _run_slice(
         if key not in resized:
             resized[key] = resize_crop(images, bb.preprocess)
         x = normalize(resized[key], bb.preprocess)
-        if device.type == "cuda":
+        if channels_last(bb, device):
             x = x.contiguous(memory_format=torch.channels_last)
-        use_amp = amp_dtype is not None and bb.amp
-        ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext()
+        dtype = dtype_for(bb, amp_dtype)
+        ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
         with ctx:
             result = bb.module(x)
         for name in bb.active_outputs:
@@ -465,10 +479,10 @@ def extract(
     )
     # Reader processes are forked when the iterator starts. The store must not be open then:
     # a forked child would inherit its file lock and hold it after this process is killed.
-    batches = iter(loader)
+    batches = gathered_batches(iter(loader), dev, max_pixels)
     with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
         totals, failures = _loop(
-            StoreSink(store, run), batches, todo, manifest, built, dev, AMP_DTYPES[prec], max_pixels, on_batch
+            StoreSink(store, run), batches, todo, manifest, built, dev, amp_dtypes(built, prec, dev), max_pixels, on_batch
         )
         failed_total = store.counts()["failed"]
     return ExtractSummary(
@@ -541,8 +555,7 @@ def _loop(sink, batches, todo, manifest, backbones, dev, amp_dtype, max_pixels, 
     try:
         t_wait = time.perf_counter()
         with torch.inference_mode():
-            for batch, (block, rows) in zip(batches, todo):
-                images, positions, errors = gather_images(batch, dev, max_pixels)
+            for (images, positions, errors), (block, rows) in zip(batches, todo):
                 read_s = time.perf_counter() - t_wait
                 t0 = time.perf_counter()
                 feats = run_backbones(images, backbones, dev, amp_dtype) if images else empty
@@ -579,32 +592,3 @@ def _loop(sink, batches, todo, manifest, backbones, dev, amp_dtype, max_pixels, 
     while not written.empty():
         totals["write_s"] += written.get()
     return totals, failures
-
-
-def gather_images(
-    batch: dict, dev: torch.device, max_pixels: int
-) -> tuple[list[torch.Tensor], list[int], dict[int, str]]:
-    """Decoded images on the device (in batch order), their positions, and failures by position."""
-    errors: dict[int, str] = {}
-    images: dict[int, torch.Tensor] = {}
-    jpeg_pos = [k for k, j in enumerate(batch["jpeg"]) if j is not None]
-    for k, (img, err) in enumerate(zip(batch["image"], batch["error"])):
-        if err is not None:
-            errors[k] = err
-        elif img is not None:
-            images[k] = img.to(dev, non_blocking=True)
-    if jpeg_pos:
-        decoded = decode_jpegs_on_device(
-            [batch["jpeg"][k] for k in jpeg_pos],
-            [batch["orientation"][k] for k in jpeg_pos],
-            [batch["path"][k] for k in jpeg_pos],
-            dev,
-            max_pixels,
-        )
-        for k, res in zip(jpeg_pos, decoded):
-            if isinstance(res, str):
-                errors[k] = res
-            else:
-                images[k] = res
-    positions = sorted(images)
-    return [images[k] for k in positions], positions, errors

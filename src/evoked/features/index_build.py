@@ -81,10 +81,38 @@ def bytes_per_vector(kind: str, d: int, pq_m: int = 0) -> int:
     }[kind]
 
 
+#: Code sizes (bytes = sub-quantisers at 8 bits) that faiss's GPU IVFPQ accepts; 56 and above only
+#: with float16 lookup tables (`_cloner_options` asks for them).
+GPU_PQ_BYTES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+#: Dimensions per sub-quantiser that the GPU IVFPQ scan accepts (without precomputed tables).
+GPU_PQ_SUBDIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
+GPU_PQ_FP16_FROM = 56
+
+
+def pq_on_gpu(d: int, m: int) -> bool:
+    """Whether an IVFPQ with `m` sub-quantisers over `d` dimensions can be cloned to a GPU."""
+    return m in GPU_PQ_BYTES and d % m == 0 and d // m in GPU_PQ_SUBDIMS
+
+
 def _pq_m(d: int, max_bytes: int) -> int:
-    """Sub-quantisers for PQ: a divisor of d (faiss needs one) of at most `max_bytes`, up to 64."""
-    divisors = [m for m in range(1, d + 1) if d % m == 0 and m <= min(64, max(1, max_bytes))]
-    return max(divisors)
+    """Sub-quantisers for PQ, at most `max_bytes`: the largest that both CPU and GPU faiss accept;
+    where `d` has none (d = 524, 1000: no divisor with 1-32 dimensions each), the largest divisor
+    of d (the CPU's only rule), and the index is trained on the CPU."""
+    budget = max(1, max_bytes)
+    both = [m for m in GPU_PQ_BYTES if m <= budget and pq_on_gpu(d, m)]
+    if both:
+        return max(both)
+    return max(m for m in range(1, min(d, budget) + 1) if d % m == 0)
+
+
+def _cloner_options(index: faiss.Index, *, several: bool = False):
+    """GPU cloner options: float16 lookup tables for IVFPQ codes of 56 bytes and more (their fp32
+    tables do not fit in a block's shared memory); other kinds keep fp32 (float16 would store them so)."""
+    co = faiss.GpuMultipleClonerOptions() if several else faiss.GpuClonerOptions()
+    pq = faiss.downcast_index(index)
+    if isinstance(pq, faiss.IndexIVFPQ) and pq.pq.M >= GPU_PQ_FP16_FROM:
+        co.useFloat16 = True
+    return co
 
 
 def plan_index(
@@ -180,7 +208,7 @@ def _new_index(kind: str, d: int, nlist: int, pq_m: int) -> faiss.Index:
 def _train_on_gpu(index: faiss.Index, train: np.ndarray) -> faiss.Index:
     """Train an IVF index on GPU 0 and return the trained CPU index."""
     res = faiss.StandardGpuResources()
-    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu = faiss.index_cpu_to_gpu(res, 0, index, _cloner_options(index))
     gpu.train(train)
     trained = faiss.index_gpu_to_cpu(gpu)
     del gpu, res
@@ -194,8 +222,8 @@ def _gpus_for_adding(trained: faiss.Index):
     n_gpu = faiss.get_num_gpus()
     if n_gpu <= 1:
         res = faiss.StandardGpuResources()
-        return faiss.index_cpu_to_gpu(res, 0, trained), [res]
-    options = faiss.GpuMultipleClonerOptions()
+        return faiss.index_cpu_to_gpu(res, 0, trained, _cloner_options(trained)), [res]
+    options = _cloner_options(trained, several=True)
     options.shard = True
     options.common_ivf_quantizer = True
     return faiss.index_cpu_to_all_gpus(trained, co=options, ngpu=n_gpu), []
@@ -230,6 +258,15 @@ def build_index_streaming(
     plan = plan_index(n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold)
     kind, nlist, pq_m = plan["kind"], plan["nlist"], plan["pq_m"]
     on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf")
+    if on_gpu and kind == "ivfpq" and not pq_on_gpu(d, pq_m):
+        log.warning(
+            "ivfpq with %d sub-quantisers over %d dimensions has no GPU form (%d per sub-quantiser); "
+            "training and adding on the CPU",
+            pq_m,
+            d,
+            d // pq_m,
+        )
+        on_gpu = False
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     index = _new_index(kind, d, nlist, pq_m)

@@ -61,12 +61,15 @@ class ClipFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         emb = self.model.encode_image(x).float()
         emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        scale = self.model.logit_scale.exp().float()
-        return {
-            "embed": emb,
-            "scene": torch.softmax(scale * emb @ self.scene_text.T, dim=1),
-            "emotion": torch.softmax(scale * emb @ self.emotion_text.T, dim=1),
-        }
+        # similarities in fp32 whatever the autocast around: under bf16 the logits (scale ~100) lose
+        # the third digit and the probabilities moved by up to 0.026
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            scale = self.model.logit_scale.exp().float()
+            return {
+                "embed": emb,
+                "scene": torch.softmax(scale * emb @ self.scene_text.float().T, dim=1),
+                "emotion": torch.softmax(scale * emb @ self.emotion_text.float().T, dim=1),
+            }
 
 
 def _cached_pretrained(cfg: dict) -> Path | None:
