@@ -231,6 +231,7 @@ def test_every_doc_has_commands_and_every_skip_says_why():
                 assert len(b.skip_reason) > 10, f"{doc.name}:{b.line}: say why the block is not run"
 
 
+@pytest.mark.docs  # minutes of CLI runs: its own step (`python -m pytest -q -m docs`), not the default suite
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_every_command_in_the_docs_runs(doc: Path, sandbox: Path, tmp_path: Path):
     blocks = [b for b in parse_blocks(doc) if b.lang in ("bash", "sh", "python") and b.skip_reason is None]

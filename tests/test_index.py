@@ -225,7 +225,7 @@ def test_gpu_branch_with_a_stand_in_gpu(data, monkeypatch):
     moved: list[str] = []
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "StandardGpuResources", object)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, ix: moved.append("to") or ix)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, ix, options=None: moved.append("to") or ix)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda ix: moved.append("back") or ix)
     sub = data[:2000]
     index, info = fb.build_index(sub, kind="ivf", use_gpu="always")
