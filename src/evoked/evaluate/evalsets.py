@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from evoked.data.datasets import _KINDS, split_spec
@@ -38,6 +38,14 @@ def parse_eval_spec(value: str) -> tuple[str, str | None]:
         if not os.path.exists(whole) and os.path.exists(path):
             return head, tail
     return value, None
+
+
+def unique_name(base: str, used: Collection[str]) -> str:
+    """`base`, else `base-2`, `base-3`, ...: the first not in `used` (eval names are unique in a run)."""
+    name, k = base, 2
+    while name in used:
+        name, k = f"{base}-{k}", k + 1
+    return name
 
 
 @dataclass

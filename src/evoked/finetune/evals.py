@@ -19,7 +19,7 @@ from evoked.data import Manifest, load_dataset
 from evoked.data.datasets import split_spec
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
-from evoked.evaluate.evalsets import parse_eval_spec
+from evoked.evaluate.evalsets import parse_eval_spec, unique_name
 from evoked.finetune.data import Part, _part
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ def load_evals(
             spec, split = parse_eval_spec(str(raw))
             m = load_dataset(spec)
         base = _stem(raw if isinstance(raw, Manifest) else spec) + (f":{split}" if split else "")
-        name, k = base, 2
-        while name in used:
-            name, k = f"{base}-{k}", k + 1
+        name = unique_name(base, used)
         used.add(name)
         rows = np.arange(len(m)) if split is None else np.flatnonzero(m.split == split)
         if not len(rows):

@@ -19,12 +19,11 @@ import numpy as np
 
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
+from evoked.evaluate.evalsets import parse_eval_spec, unique_name
 from evoked.features.store import OK, FeatureStore
 from evoked.regress.targets import va_ratings
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 def _comparable(config: dict) -> dict:
@@ -67,9 +66,9 @@ def resolve_in(other: FeatureStore, features: Sequence[str], what: str) -> list[
 
 
 def parse_eval(spec: str) -> tuple[Path, str | None]:
-    """``B.h5`` -> (B.h5, None); ``B.h5:test`` -> (B.h5, "test")."""
-    head, sep, tail = str(spec).rpartition(":")
-    path, split = (Path(head), tail) if sep and tail in SPLITS else (Path(spec), None)
+    """``B.h5`` -> (B.h5, None); ``B.h5:test`` -> (B.h5, "test"), as ``finetune --eval`` reads them."""
+    store, split = parse_eval_spec(str(spec))
+    path = Path(store)
     if not path.is_file():
         raise ConfigError(f"--eval {spec!r}: no such feature store {str(path)!r}; give STORE or STORE:SPLIT")
     return path, split
@@ -80,11 +79,7 @@ def eval_names(specs: Sequence[str]) -> list[str]:
     out: list[str] = []
     for spec in specs:
         path, split = parse_eval(spec)
-        base = path.stem + (f":{split}" if split else "")
-        name, i = base, 2
-        while name in out:
-            name, i = f"{base}-{i}", i + 1
-        out.append(name)
+        out.append(unique_name(path.stem + (f":{split}" if split else ""), out))
     return out
 
 
