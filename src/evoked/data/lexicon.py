@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.data.text import read_utf8
 from evoked.errors import LabelError
 
 #: Category vocabularies of the datasets this field uses.
@@ -202,17 +203,6 @@ def _parse_float(value: str | None, path: Path, lineno: int, column: str) -> flo
     return x
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise LabelError(
-            f"{path}:{line}: byte {data[e.start : e.start + 1].hex()} is not UTF-8; save the lexicon as UTF-8"
-        ) from e
-
-
 def _no_repeat(table: dict, word: str, path: Path, lineno: int) -> None:
     """A word given twice is an error: which of its two rows was meant cannot be guessed."""
     if word in table:
@@ -222,7 +212,7 @@ def _no_repeat(table: dict, word: str, path: Path, lineno: int) -> None:
 def _load_nrc_file(path: Path) -> Lexicon:
     """The NRC VAD file: tab-separated word, valence, arousal, dominance; v1 is 0..1, v2 is -1..1."""
     raw: dict[str, tuple[float, float]] = {}
-    lines = _read_text(path).splitlines()
+    lines = read_utf8(path, "lexicon", LabelError).splitlines()
     for lineno, line in enumerate(lines, 1):
         parts = line.rstrip("\n").split("\t")
         if not line.strip():
@@ -258,7 +248,7 @@ def _load_nrc_file(path: Path) -> Lexicon:
 
 def _load_csv(path: Path) -> Lexicon:
     """A generic ``word,valence,arousal`` CSV on the 1..9 scale (extra columns are ignored)."""
-    with io.StringIO(_read_text(path), newline="") as f:
+    with io.StringIO(read_utf8(path, "lexicon", LabelError), newline="") as f:
         reader = csv.DictReader(f)
         fields = {normalize_word(c): c for c in reader.fieldnames or []}
         need = ("word", "valence", "arousal")

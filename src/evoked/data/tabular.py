@@ -21,6 +21,7 @@ import numpy as np
 
 from evoked.data.datasets import register_dataset
 from evoked.data.manifest import Manifest, normalize_split
+from evoked.data.text import read_utf8
 from evoked.errors import DatasetError, LabelError
 
 _ALIASES = {
@@ -47,26 +48,13 @@ def _float(value, where: str, column: str) -> float:
     return x
 
 
-def _read_text(path: Path) -> str:
-    """The file as text; a file that is not UTF-8 is an error naming the line and the fix."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DatasetError(
-            f"{path}:{line}: byte {data[e.start : e.start + 1].hex()} at offset {e.start} is not UTF-8; "
-            "save the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from e
-
-
 def _rows_from_file(path: Path) -> tuple[list[dict], str]:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         from evoked.data.parquet import read_rows  # pyarrow is imported for parquet manifests only
 
         return read_rows(path), "parquet"
-    text = _read_text(path)
+    text = read_utf8(path, "manifest", DatasetError)
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
