@@ -2,19 +2,24 @@
 
     python bench/cpu_precision.py --n 1980          # all of Emotion6, the MobileNetV2 weights of ../shared/models
     python bench/cpu_precision.py --n 300 --json
+    python bench/cpu_precision.py --backbone clip:ViT-B-32 --weights random   # a ViT in bf16 weights
 
 On the same photos, `evoked.extract.extract` runs twice, ``--precision fp32`` and ``--precision bf16``
-(what the CPU path really does: channels_last, slices, bf16 autocast), and the script reports
+(what the CPU path really does: CNNs with folded batch norms, channels_last, slices and bf16 autocast;
+ViTs with their weights in bf16), and the script reports
 
-- agreement: cosine between the fp32 and bf16 ``pool`` vectors (mean, 1st percentile, min) and the
-  top-1 ImageNet class agreement of ``probs``;
+- agreement: cosine between the fp32 and bf16 vectors (``pool``, or CLIP's ``embed``; mean, 1st
+  percentile, min) and the top-1 agreement of the class probabilities (ImageNet ``probs``, or CLIP's
+  zero-shot ``scene``);
 - downstream accuracy: the 5-fold cross-validated Pearson r of ridge (the project's `ridge`, alpha by
-  leave-one-out inside each training fold, standardised features) for valence and arousal from ``pool``,
-  with fp32 and with bf16 features, on the same folds;
+  leave-one-out inside each training fold, standardised features) for valence and arousal from those
+  vectors, with fp32 and with bf16 features, on the same folds;
 - speed: img/s of each extraction (end to end, on this machine's load).
 
 Defaults: MobileNetV2 (``tv:mobilenet_v2``) with the weights file ../shared/models/mobilenet_v2_imagenet_tflite.pth,
-normalised with mean = std = 0.5 and rotated 180 degrees as its README asks; Emotion6 from ../shared/data.
+normalised with mean = std = 0.5 and rotated 180 degrees as its README asks (that preprocessing is the
+default only for that file); Emotion6 from ../shared/data. Random weights measure the arithmetic, not
+what trained weights (whose activations have other ranges) would give.
 """
 
 from __future__ import annotations
@@ -77,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1980, help="first N photos in a seeded random order")
     p.add_argument("--backbone", default="tv:mobilenet_v2")
     p.add_argument("--weights", default=str(MOBILENET))
-    p.add_argument("--preprocess", action="append", default=None, help="default: mean=0.5,std=0.5,rotate=180")
+    p.add_argument(
+        "--preprocess", action="append", default=None, help="default for the MobileNetV2 file: mean=0.5,std=0.5,rotate=180"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    args.preprocess = args.preprocess or ["mean=0.5,std=0.5,rotate=180"]
+    if args.preprocess is None:
+        args.preprocess = ["mean=0.5,std=0.5,rotate=180"] if Path(args.weights) == MOBILENET else []
     from sklearn.model_selection import KFold
 
     from evoked.data import load_dataset
@@ -98,19 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="evoked-prec-") as tmp:
         f32, rate32 = extract_features(manifest, Path(tmp) / "fp32.h5", args, "fp32")
         b16, rate16 = extract_features(manifest, Path(tmp) / "bf16.h5", args, "bf16")
-    a, b = f32["pool"], b16["pool"]
+    vec, cls = ("pool", "probs") if "pool" in f32 else ("embed", "scene")
+    a, b = f32[vec], b16[vec]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     report = {
         "images": f"{args.images}, {len(manifest)} photos",
         "backbone": args.backbone,
         "weights": Path(args.weights).name,
         "bf16_units": bf16_units(),
-        "cosine_pool": {
+        "vector": vec,
+        "classes": cls,
+        "cosine": {
             "mean": round(float(cos.mean()), 5),
             "p01": round(float(np.percentile(cos, 1)), 5),
             "min": round(float(cos.min()), 5),
         },
-        "top1_agreement": round(float((f32["probs"].argmax(1) == b16["probs"].argmax(1)).mean()), 4),
+        "top1_agreement": round(float((f32[cls].argmax(1) == b16[cls].argmax(1)).mean()), 4),
         "ridge_r": {
             target: {
                 "fp32": round(ridge_r(a, va[:, j], folds), 4),
@@ -126,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['images']}; {args.backbone} ({report['weights']}); CPU bf16 units {report['bf16_units']}")
-    c = report["cosine_pool"]
-    print(f"pool cosine fp32 vs bf16: mean {c['mean']}, 1st percentile {c['p01']}, min {c['min']}")
-    print(f"top-1 class agreement: {report['top1_agreement']}")
+    c = report["cosine"]
+    print(f"{vec} cosine fp32 vs bf16: mean {c['mean']}, 1st percentile {c['p01']}, min {c['min']}")
+    print(f"top-1 agreement of {cls}: {report['top1_agreement']}")
     for t, r in report["ridge_r"].items():
         print(f"ridge 5-fold r, {t}: fp32 {r['fp32']}, bf16 {r['bf16']} (diff {r['bf16'] - r['fp32']:+.4f})")
     print(f"img/s: fp32 {report['img_s']['fp32']}, bf16 {report['img_s']['bf16']}; load {report['loadavg']}")

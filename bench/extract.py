@@ -13,8 +13,9 @@ For each configuration, with the same images, batch size, reader processes and t
 3. end to end: `evoked.extract.extract` into a temporary HDF5 store (reader processes, models, writer thread);
 4. plain loop: what a user writes from the torchvision and open_clip docs, on the same images: a torch
    DataLoader with 2 workers and PIL decoding, the model's own transforms, fp32, batch 32, torch's default
-   threads; for several backbones the loops run one after another (``color`` has no plain counterpart and
-   costs the plain loop nothing). ``vs_plain`` = e2e / plain.
+   threads, in a fresh Python process of its own; for several backbones the loops run one after another
+   in that process (``color`` has no plain counterpart and costs the plain loop nothing).
+   ``vs_plain`` = e2e / plain.
 
 The first ``--warmup`` batches of each pass are not timed (worker start-up, allocator and cuDNN warm-up);
 the end-to-end time runs until `extract` returns, so it includes the last writes. The goal is
@@ -34,6 +35,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +49,7 @@ EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 DEFAULT_CONFIGS = ("resnet50", "color", "clip:ViT-B-32", "tv:mobilenet_v2", "resnet50+clip:ViT-B-32+color")
 GOAL = 0.8
 PLAIN_BATCH, PLAIN_WORKERS = 32, 2
-DEFAULT_THREADS = None  # torch's own thread count, read before --threads changes it (main)
+PLAIN_FLAG = "--plain-loops-of"  # internal: run the plain loops of a job file in this process (measure_plain)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Result:
     e2e_seconds: dict[str, float] = field(default_factory=dict)  # extract's own split of the last e2e run
     # user and system CPU per image of each whole pass (warm-up included), reader processes included
     cpu_ms_per_img: dict[str, dict] = field(default_factory=dict)
+    precisions: dict[str, str] = field(default_factory=dict)  # what each backbone computed in
     plain_img_s: float | None = None  # the plain loop (see the module docstring)
     vs_plain: float | None = None  # e2e_img_s / plain_img_s
     failed: int = 0
@@ -263,42 +266,65 @@ def _plain_model(spec: str):
     return lambda x: model(x).softmax(dim=1), transform
 
 
-def measure_plain(paths, specs) -> float | None:
+def plain_loops(paths, specs) -> float | None:
     """img/s of the plain loops of `specs`, one after another (first batch of each untimed)."""
     import torch
     from torch.utils.data import DataLoader
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(DEFAULT_THREADS or threads)
     seconds, n = 0.0, 0
-    try:
-        for spec in specs:
-            if spec.split(":")[0] == "color":
-                continue
-            forward, transform = _plain_model(spec)
-            loader = DataLoader(_PilFiles(paths, transform), batch_size=PLAIN_BATCH, num_workers=PLAIN_WORKERS)
-            timed, t0 = 0, None
-            with torch.no_grad():
-                for x in loader:
-                    forward(x)
-                    if t0 is None:
-                        t0 = time.perf_counter()
-                    else:
-                        timed += len(x)
-            seconds += (time.perf_counter() - t0) / timed
-            n += 1
-            del forward
-            gc.collect()
-    finally:
-        torch.set_num_threads(threads)
+    for spec in specs:
+        if spec.split(":")[0] == "color":
+            continue
+        forward, transform = _plain_model(spec)
+        loader = DataLoader(_PilFiles(paths, transform), batch_size=PLAIN_BATCH, num_workers=PLAIN_WORKERS)
+        timed, t0 = 0, None
+        with torch.no_grad():
+            for x in loader:
+                forward(x)
+                if t0 is None:
+                    t0 = time.perf_counter()
+                else:
+                    timed += len(x)
+        seconds += (time.perf_counter() - t0) / timed
+        n += 1
+        del forward
+        gc.collect()
     return 1.0 / seconds if n else None
+
+
+def measure_plain(paths, specs) -> float | None:
+    """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads
+    and the allocator's own state. Within one process the state earlier work leaves matters: glibc's
+    adaptive mmap threshold, which evoked fixes for its own runs, took a plain resnet50 loop from 14.7
+    to 20.4 img/s (BENCHMARKS.md, "The plain loop in its own process")."""
+    if all(s.split(":")[0] == "color" for s in specs):
+        return None
+    with tempfile.TemporaryDirectory(prefix="evoked-plain-") as tmp:
+        job = Path(tmp) / "plain.json"
+        job.write_text(json.dumps({"paths": [str(p) for p in paths], "specs": list(specs)}))
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), PLAIN_FLAG, str(job)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"the plain loop of {'+'.join(specs)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["img_s"]
+
+
+def plain_main(job: str) -> int:
+    """The child process of `measure_plain`: prints ``{"img_s": ...}``."""
+    spec = json.loads(Path(job).read_text())
+    print(json.dumps({"img_s": plain_loops(spec["paths"], spec["specs"])}))
+    return 0
 
 
 def run_config(config: str, manifest, args, tmp: Path) -> Result:
     import torch
 
     from evoked.extract.options import resolve_decoder, resolve_device, resolve_precision
-    from evoked.extract.precision import amp_dtypes
+    from evoked.extract.precision import amp_dtypes, backbone_precisions
     from evoked.extract.runner import build_backbones, cpu_settings, default_workers, place_backbones
 
     specs = [s.strip() for s in config.split("+") if s.strip()]
@@ -313,7 +339,8 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
     paths = [str(p) for p in manifest.abspaths()]
     max_pixels = args.max_pixels
     backbones = build_backbones(specs, weights, preprocess)
-    place_backbones(backbones, dev, compile=args.compile)
+    precisions = backbone_precisions(backbones, prec, dev, asked=args.precision)
+    place_backbones(backbones, dev, compile=args.compile, precisions=precisions)
     load0 = os.getloadavg()[0]
     runs: dict[str, list[float]] = {"decode": [], "model": [], "e2e": []}
     failed, split = 0, {}
@@ -326,7 +353,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
             )
             runs["decode"].append(rate)
             c1 = cpu_seconds()
-            runs["model"].append(measure_model(batches, backbones, dev, amp_dtypes(backbones, prec, dev), args.warmup))
+            runs["model"].append(measure_model(batches, backbones, dev, amp_dtypes(precisions), args.warmup))
             c2 = cpu_seconds()
         del batches
         rate, split = measure_e2e(
@@ -348,6 +375,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         backbones=specs,
         device=str(dev),
         precision=prec,
+        precisions=precisions,
         decode=decoder,
         workers=workers,
         threads=threads or torch.get_num_threads(),
@@ -400,6 +428,12 @@ def machine_info() -> dict:
     return info
 
 
+def precision_label(r: Result) -> str:
+    """The run's precision, and the backbones that computed in another one: ``bf16 (color: fp32)``."""
+    other = [f"{name}: {p}" for name, p in r.precisions.items() if p != r.precision]
+    return r.precision + (f" ({', '.join(other)})" if other else "")
+
+
 def table(results: list[Result]) -> str:
     head = ("configuration", "device", "precision", "decode path", "decode img/s", "model img/s", "e2e img/s")
     head += ("e2e/min", "goal", "plain img/s", "vs plain")
@@ -407,7 +441,7 @@ def table(results: list[Result]) -> str:
         (
             r.config,
             r.device,
-            r.precision,
+            precision_label(r),
             f"{r.decode} (w={r.workers}, t={r.threads})",
             f"{r.decode_img_s:.1f}",
             f"{r.model_img_s:.1f}",
@@ -460,6 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--n, --batch-size, --warmup and --repeats must be at least 1")
+    if args.plain and args.n <= PLAIN_BATCH:
+        p.error(f"--n {args.n}: the plain loop (batch {PLAIN_BATCH}) needs more than {PLAIN_BATCH} images, or --no-plain")
     if args.n <= args.warmup * args.batch_size:
         p.error(
             f"--n {args.n}: need more than --warmup x --batch-size = {args.warmup * args.batch_size} images"
@@ -468,14 +504,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [PLAIN_FLAG]:
+        return plain_main(argv[1])
     args = parse_args(argv)
     import torch
 
     from evoked.errors import EvokedError
     from evoked.extract.options import plan_backbones, resolve_decoder, resolve_device, resolve_precision
 
-    global DEFAULT_THREADS
-    DEFAULT_THREADS = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = args.backbone or list(DEFAULT_CONFIGS)

@@ -70,12 +70,11 @@ def test_convnets_and_vits_are_told_apart(tiny_clip):
     assert not cpu_mod.is_convnet(create_backbone(f"clip:{tiny_clip}", "random").module)
 
 
-def test_bf16_applies_to_cnns_only_on_the_cpu_and_is_recorded(tmp_path: Path, tiny_clip, monkeypatch):
-    monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
+def _precision_run(tmp_path: Path, tiny_clip: str, precision: str, out: Path | None = None, **kw):
     root = tmp_path / "imgs"
     for k in range(6):
         make_image(root / "a" / f"{k}.jpg", size=(40, 30), seed=k)
-    out = tmp_path / "f.h5"
+    out = out or tmp_path / f"{precision}.h5"
     s = extract(
         f"folder:{root}",
         out,
@@ -83,14 +82,90 @@ def test_bf16_applies_to_cnns_only_on_the_cpu_and_is_recorded(tmp_path: Path, ti
         weights=["random"],
         preprocess=[f"resnet18={SMALL}"],
         device="cpu",
-        precision="bf16",
+        precision=precision,
         batch_size=4,
+        **kw,
     )
-    assert s.ok == 6 and s.precision == "bf16"
     with h5py.File(out, "r") as f:
         got = {name: f["features"][name].attrs["precision"] for name in f["features"]}
-        assert f.attrs["precision"] == "bf16"
-    assert got == {"resnet18": "bf16", "clip-clip-tiny": "fp32", "color": "fp32"}
+        run_precision = f.attrs["precision"]
+        clip_embed = f["features"]["clip-clip-tiny"]["embed"][:]
+    return s, run_precision, got, clip_embed
+
+
+def test_cpu_bf16_by_name_converts_vits_auto_keeps_them_fp32_and_both_are_recorded(
+    tmp_path: Path, tiny_clip, monkeypatch
+):
+    monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
+    s, run_p, got, bf16_embed = _precision_run(tmp_path, tiny_clip, "bf16")
+    assert s.ok == 6 and s.precision == "bf16" and run_p == "bf16"
+    assert got == {"resnet18": "bf16", "clip-clip-tiny": "bf16", "color": "fp32"}
+    s, run_p, got, auto_embed = _precision_run(tmp_path, tiny_clip, "auto")
+    assert run_p == ("bf16" if prec_mod.CPU_AUTO_BF16 else "fp32")
+    assert got["clip-clip-tiny"] == "fp32" and got["color"] == "fp32"
+    _, _, _, fp32_embed = _precision_run(tmp_path, tiny_clip, "fp32")
+    assert np.array_equal(auto_embed, fp32_embed)  # auto: the ViT exactly as in fp32
+    cos = (bf16_embed * fp32_embed).sum(1)  # both L2-normalised
+    assert not np.array_equal(bf16_embed, fp32_embed) and cos.min() > 0.99
+
+
+def test_a_vit_in_bf16_weights_keeps_its_text_tower_and_prompts_in_fp32(tiny_clip):
+    bb = create_backbone(f"clip:{tiny_clip}", "random")
+    runner.place_backbones([bb], torch.device("cpu"), precisions={bb.name: "bf16"})
+    assert bb.weights_dtype == torch.bfloat16
+    visual = bb.module.model.visual
+    assert {p.dtype for n, p in visual.named_parameters() if "ln_" not in n} >= {torch.bfloat16}
+    assert {p.dtype for n, p in visual.named_parameters() if "ln_" in n} == {torch.float32}  # open_clip's way
+    assert bb.module.scene_text.dtype == torch.float32
+    assert bb.module.model.token_embedding.weight.dtype == torch.float32
+    with torch.inference_mode():
+        out = runner.run_backbones(_images(), [bb], torch.device("cpu"), {bb.name: torch.bfloat16})
+    assert out[f"{bb.name}/embed"].dtype == np.float32 and np.isfinite(out[f"{bb.name}/embed"]).all()
+
+
+def test_resume_refuses_a_vit_precision_that_differs_from_the_first_run(tmp_path: Path, tiny_clip, monkeypatch):
+    monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
+    out = tmp_path / "f.h5"
+    _precision_run(tmp_path, tiny_clip, "auto", out=out)
+    with pytest.raises(ConfigError, match="clip-clip-tiny was computed in fp32, this run would compute it in bf16"):
+        _precision_run(tmp_path, tiny_clip, "bf16", out=out, resume=True)
+
+
+def test_batch_norms_fold_into_convolutions_within_fp32_rounding_and_keep_the_hooks():
+    from evoked.extract.fold import fold_batch_norms
+
+    x = preprocess_batch(_images(), Preprocess(40, 32))
+    for spec in ("resnet18", "tv:mobilenet_v2"):
+        bb = create_backbone(spec, "random")
+        with torch.inference_mode():
+            want = bb.module(x)
+        assert fold_batch_norms(bb.module) > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.module.modules())
+        with torch.inference_mode():
+            got = bb.module(x)
+        assert set(got) == set(want)  # pool (head hook) and, for ResNets, stages (layer hooks)
+        for k in want:
+            assert (got[k] - want[k]).abs().max() <= 1e-5 * want[k].abs().max(), (spec, k)
+
+
+def test_folding_leaves_what_it_cannot_fold_as_it_was():
+    from torch import nn
+
+    from evoked.extract.fold import fold_batch_norms
+
+    class Shared(nn.Module):  # one conv feeding a BN and something else: not a clean pair
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    m = Shared().eval()
+    assert fold_batch_norms(m) == 0 and isinstance(m.bn, nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(Shared().train())
 
 
 def test_cpu_auto_precision_follows_the_bf16_units(monkeypatch):
@@ -137,3 +212,16 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0]
+
+
+def test_bench_extract_compares_with_a_plain_loop_run_in_its_own_process(tmp_path: Path):
+    root = tmp_path / "imgs"
+    for k in range(40):  # more than the plain loop's batch of 32: its first batch is not timed
+        make_image(root / f"{k}.jpg", size=(48, 40), seed=k)
+    cmd = [sys.executable, str(REPO / "bench" / "extract.py"), "--images", str(root), "--n", "40"]
+    cmd += ["--batch-size", "8", "--backbone", "tv:mobilenet_v2+color", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (res,) = __import__("json").loads(r.stdout)["results"]
+    assert res["precisions"]["color"] == "fp32" and set(res["precisions"]) == {"mobilenet_v2", "color"}
+    assert res["plain_img_s"] > 0 and res["vs_plain"] == round(res["e2e_img_s"] / res["plain_img_s"], 2)

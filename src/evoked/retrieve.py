@@ -151,24 +151,29 @@ class Retriever:
         q = self.store.dataset(self.feature)[row : row + 1].astype(np.float32)
         return self.search_vectors(q, k, None if include_self else {row})[0]
 
+    def _precision(self) -> str:
+        """The precision the store's vectors were computed in (bf16 CNNs on AMX CPUs); fp16 only on CUDA."""
+        prec = self.store.extractors.get(self.extractor, {}).get("precision", "fp32")
+        return "fp32" if prec == "fp16" and self.device.type != "cuda" else prec
+
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            self._backbone = backbone_for(self.store, self.extractor)
-            self._backbone.module.to(self.device)
+            from evoked.extract.runner import place_backbones
+
+            bb = backbone_for(self.store, self.extractor)
+            place_backbones([bb], self.device, precisions={bb.name: self._precision()})
+            self._backbone = bb
         return self._backbone
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
-        """The query vector of one decoded (H, W, 3) uint8 image."""
-        from evoked.extract.precision import AMP_DTYPES
+        """The query vector of one decoded (H, W, 3) uint8 image, computed as the store's were."""
+        from evoked.extract.precision import amp_dtypes
         from evoked.extract.runner import run_backbones
 
         bb = self.backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
-        # the query is computed in the precision the store's vectors were (bf16 CNNs on AMX CPUs)
-        prec = self.store.extractors.get(self.extractor, {}).get("precision", "fp32")
-        amp = AMP_DTYPES.get(prec) if prec != "fp16" or self.device.type == "cuda" else None
         with torch.inference_mode():
-            feats = run_backbones([tensor], [bb], self.device, amp)
+            feats = run_backbones([tensor], [bb], self.device, amp_dtypes({bb.name: self._precision()}))
         return feats[f"{bb.name}/{self.output}"]
 
     def by_image(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:

@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 autocast on CUDA, fp32 on the CPU",
+        help="auto: bf16 autocast on CUDA; on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
+        "bf16 on such a CPU also runs CLIP ViTs with bf16 weights (4-5x faster; see docs/gpu.md)",
     )
     p.add_argument(
         "--decode",

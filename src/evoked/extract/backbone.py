@@ -179,6 +179,10 @@ class Backbone:
     selected: tuple[str, ...] = ()  # outputs to write; empty = default_outputs
     amp: bool = True  # may run under autocast (colour statistics stay in fp32)
     encode_text: Callable[[list[str]], torch.Tensor] | None = None  # CLIP: text -> normalised embedding
+    # converts the image model's weights to a low precision the way its library does (CLIP: open_clip's
+    # bf16, LayerNorm kept in fp32); a ViT on the CPU runs bf16 so, since autocast makes it slower
+    to_low_precision: Callable[[torch.dtype], None] | None = None
+    weights_dtype: torch.dtype | None = None  # set by place_backbones once the weights are converted
 
     @property
     def active_outputs(self) -> tuple[str, ...]:

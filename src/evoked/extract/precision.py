@@ -4,7 +4,11 @@ A run has one precision (``--precision``, recorded in the store and checked on `
 each backbone computes in it where that helps and in fp32 where not:
 
 - backbones that opt out of autocast (colour statistics) are fp32 everywhere;
-- on the CPU, bf16 applies to CNNs only: a ViT is slower in CPU bf16 than in fp32 (BENCHMARKS.md);
+- on the CPU, CNNs compute under bf16 autocast. A ViT under CPU autocast is 8x slower than in
+  fp32, but with its weights in bf16 (open_clip's own ``precision="bf16"``) 4.6x faster
+  (BENCHMARKS.md): so a ViT that can convert its weights (`Backbone.to_low_precision`) runs so when
+  ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16 for CNNs rests on
+  agreement measured with real weights, and no real CLIP weights could be measured;
 - on a GPU without bf16 support, ``auto`` falls back to fp16 with a message.
 
 Each backbone's own precision is recorded in its feature group (``precision`` attribute).
@@ -69,18 +73,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def backbone_precision(bb: Backbone, precision: str, device: torch.device) -> str:
-    """What `bb` computes in within a run of `precision` (see the module docstring)."""
+def backbone_precision(bb: Backbone, precision: str, device: torch.device, asked: str = "auto") -> str:
+    """What `bb` computes in within a run of the resolved `precision`; `asked` is what --precision
+    said (``auto`` and ``bf16`` differ for ViTs on the CPU; see the module docstring)."""
     if precision == "fp32" or not bb.amp:
         return "fp32"
     if device.type == "cpu" and precision == "bf16" and not is_convnet(bb.module):
-        return "fp32"
+        return "bf16" if asked == "bf16" and bb.to_low_precision is not None else "fp32"
     return precision
 
 
-def amp_dtypes(backbones: Sequence[Backbone], precision: str, device: torch.device) -> dict[str, torch.dtype | None]:
-    """Autocast dtype (None: none) of each backbone, by feature-group name."""
-    return {bb.name: AMP_DTYPES[backbone_precision(bb, precision, device)] for bb in backbones}
+def backbone_precisions(
+    backbones: Sequence[Backbone], precision: str, device: torch.device, asked: str = "auto"
+) -> dict[str, str]:
+    """`backbone_precision` of each backbone, by feature-group name."""
+    return {bb.name: backbone_precision(bb, precision, device, asked) for bb in backbones}
+
+
+def amp_dtypes(precisions: Mapping[str, str]) -> dict[str, torch.dtype | None]:
+    """Compute dtype (None: fp32) of each backbone, by feature-group name, from `backbone_precisions`.
+    A backbone whose weights `place_backbones` converted takes its input in that dtype; the others
+    run under autocast to it."""
+    return {name: AMP_DTYPES[p] for name, p in precisions.items()}
 
 
 def dtype_for(bb: Backbone, amp: torch.dtype | None | Mapping[str, torch.dtype | None]) -> torch.dtype | None:

@@ -41,7 +41,8 @@ from evoked.extract.options import (
     resolve_precision,
     shard_rows,
 )
-from evoked.extract.precision import amp_dtypes, backbone_precision, dtype_for
+from evoked.extract.fold import fold_batch_norms
+from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (gather_images: public here before)
 from evoked.extract.reader import collate
 from evoked.extract.registry import create_backbone, load_plugin
@@ -120,7 +121,7 @@ def build_backbones(
     return built
 
 
-def extractor_specs(backbones: Sequence[Backbone], device: str, precision: str) -> list[ExtractorSpec]:
+def extractor_specs(backbones: Sequence[Backbone], device: str, precisions: dict[str, str]) -> list[ExtractorSpec]:
     specs = []
     for bb in backbones:
         outs = tuple(OutputSpec(o, bb.outputs[o], bb.output_attrs.get(o, {})) for o in bb.active_outputs)
@@ -133,7 +134,7 @@ def extractor_specs(backbones: Sequence[Backbone], device: str, precision: str) 
             "weights_sha256": bb.weights.sha256 or "",
             "preprocess": bb.preprocess.to_dict(),
             "device": device,
-            "precision": backbone_precision(bb, precision, torch.device(device)),
+            "precision": precisions[bb.name],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         specs.append(ExtractorSpec(bb.name, outs, attrs))
@@ -147,7 +148,7 @@ def _comparable(config: dict) -> dict:
 
 
 def check_resumable(
-    store: FeatureStore, manifest: Manifest, backbones: Sequence[Backbone], precision: str
+    store: FeatureStore, manifest: Manifest, backbones: Sequence[Backbone], precision: str, precisions: dict[str, str]
 ) -> None:
     """A resumed run must write what the first run wrote; say exactly what differs."""
     if store.attrs.get("ids_sha256") != ids_fingerprint(manifest.ids):
@@ -177,6 +178,14 @@ def check_resumable(
             f"{store.path} was extracted with --precision {store.attrs.get('precision')}; resume with the same "
             "precision so that all rows are comparable"
         )
+    for name, want_p in precisions.items():
+        had = have[name].get("precision", want_p)
+        if had != want_p:
+            raise ConfigError(
+                f"{store.path}: backbone {name} was computed in {had}, this run would compute it in {want_p} "
+                f"(--precision auto keeps ViTs in fp32 on the CPU, bf16 converts them); resume with the "
+                "--precision of the first run"
+            )
 
 
 class _Writer(threading.Thread):
@@ -221,12 +230,28 @@ def channels_last(bb: Backbone, dev: torch.device) -> bool:
     return dev.type == "cuda" or is_convnet(bb.module)
 
 
-def place_backbones(backbones: Sequence[Backbone], dev: torch.device, *, compile: bool = False) -> None:
-    """Move the models to the device (channels_last, see `channels_last`) and optionally compile them."""
+def place_backbones(
+    backbones: Sequence[Backbone],
+    dev: torch.device,
+    *,
+    compile: bool = False,
+    precisions: dict[str, str] | None = None,
+) -> None:
+    """Ready the models for inference on the device: CNNs on the CPU get their batch norms folded
+    (`evoked.extract.fold`); channels_last where `channels_last` says; a ViT that computes in bf16 on
+    the CPU (`precisions`, from `backbone_precisions`) gets its weights converted; then optionally
+    compiled."""
     for bb in backbones:
-        bb.module.to(dev)
+        bb.module.eval().to(dev)
+        convnet = is_convnet(bb.module)
+        if dev.type == "cpu" and convnet:
+            fold_batch_norms(bb.module)
         if channels_last(bb, dev):
             bb.module.to(memory_format=torch.channels_last)
+        dtype = AMP_DTYPES[(precisions or {}).get(bb.name, "fp32")]
+        if dev.type == "cpu" and dtype is not None and not convnet and bb.to_low_precision is not None:
+            bb.to_low_precision(dtype)
+            bb.weights_dtype = dtype
         if compile:
             bb.module = torch.compile(bb.module)
 
@@ -356,6 +381,8 @@ def _run_slice(
         if channels_last(bb, device):
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = dtype_for(bb, amp_dtype)
+        if bb.weights_dtype is not None:  # converted weights (place_backbones): no autocast around
+            x, dtype = x.to(bb.weights_dtype), None
         ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
         with ctx:
             result = bb.module(x)
@@ -432,12 +459,13 @@ def extract(
         raise ConfigError(f"{out} exists; pass --resume to complete it, or --overwrite to start over")
     # -- models ----------------------------------------------------------------------------------
     built = build_backbones(backbones, weights, preprocess)
-    place_backbones(built, dev, compile=compile)
+    precisions = backbone_precisions(built, prec, dev, asked=precision)
+    place_backbones(built, dev, compile=compile, precisions=precisions)
     # -- store -----------------------------------------------------------------------------------
     if out.exists() and resume:
         store = FeatureStore(out, "r+")
         try:
-            check_resumable(store, manifest, built, prec)
+            check_resumable(store, manifest, built, prec, precisions)
             check_resume_options(out, store.attrs, _row_options(dtype, max_pixels, decoder), batch_size)
         except BaseException:
             store.close()
@@ -446,7 +474,7 @@ def extract(
         store = FeatureStore.create(
             out,
             manifest,
-            extractor_specs(built, str(dev), prec),
+            extractor_specs(built, str(dev), precisions),
             block_size=batch_size,
             dtype=dtype,
             shard=shard_info,
@@ -482,7 +510,7 @@ def extract(
     batches = gathered_batches(iter(loader), dev, max_pixels)
     with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
         totals, failures = _loop(
-            StoreSink(store, run), batches, todo, manifest, built, dev, amp_dtypes(built, prec, dev), max_pixels, on_batch
+            StoreSink(store, run), batches, todo, manifest, built, dev, amp_dtypes(precisions), max_pixels, on_batch
         )
         failed_total = store.counts()["failed"]
     return ExtractSummary(

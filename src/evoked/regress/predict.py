@@ -144,7 +144,7 @@ def predict_images(
     import torch
 
     from evoked.data.decode import load_rgb
-    from evoked.extract.runner import run_backbones
+    from evoked.extract.runner import place_backbones, run_backbones
     from evoked.regress.mlp import resolve_device
 
     if batch_size < 1:
@@ -154,8 +154,7 @@ def predict_images(
     id_of = {str(p): i for p, i in zip(paths, ids)}
     dev = torch.device(resolve_device(device))
     backbones = _backbones(meta)
-    for bb in backbones:
-        bb.module.to(dev)
+    place_backbones(backbones, dev)
     features = meta["features"]
     dims = meta.get("feature_dims", {})
     done_paths: list[str] = []

@@ -58,6 +58,14 @@ class ClipFeatures(nn.Module):
         emb = self.model.encode_text(tokens).float()
         return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+    def to_low_precision(self, dtype: torch.dtype) -> None:
+        """The image tower's weights in `dtype` as open_clip's own ``precision="bf16"`` does (OpenAI's
+        half-precision CLIP: convolutions, linear and attention weights; LayerNorm stays fp32). The
+        text tower and the prompt embeddings stay fp32."""
+        import open_clip
+
+        open_clip.convert_weights_to_lp(self.model.visual, dtype=dtype)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         emb = self.model.encode_image(x).float()
         emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -207,6 +215,7 @@ def clip(arg: str | None, weights: str) -> Backbone:
             "embed": {"normalized": "L2"},
         },
         encode_text=module.encode_text,
+        to_low_precision=module.to_low_precision,
     )
 
 
