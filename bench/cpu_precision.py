@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="tv:mobilenet_v2")
     p.add_argument("--weights", default=str(MOBILENET))
     p.add_argument(
-        "--preprocess", action="append", default=None, help="default for the MobileNetV2 file: mean=0.5,std=0.5,rotate=180"
+        "--preprocess",
+        action="append",
+        default=None,
+        help="default for the MobileNetV2 file: mean=0.5,std=0.5,rotate=180",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true")

@@ -292,9 +292,17 @@ def plain_loops(paths, specs) -> float | None:
     return 1.0 / seconds if n else None
 
 
+def user_environment() -> dict[str, str]:
+    """This process's environment without the OpenMP settings that importing evoked added
+    (`evoked.OPENMP_DEFAULTS`): a user's own script runs with the runtimes' defaults."""
+    import evoked
+
+    return {k: v for k, v in os.environ.items() if k not in evoked.OPENMP_DEFAULTS}
+
+
 def measure_plain(paths, specs) -> float | None:
-    """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads
-    and the allocator's own state. Within one process the state earlier work leaves matters: glibc's
+    """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads,
+    the OpenMP runtimes' default waiting and the allocator's own state. Within one process the state earlier work leaves matters: glibc's
     adaptive mmap threshold, which evoked fixes for its own runs, took a plain resnet50 loop from 14.7
     to 20.4 img/s (BENCHMARKS.md, "The plain loop in its own process")."""
     if all(s.split(":")[0] == "color" for s in specs):
@@ -307,6 +315,7 @@ def measure_plain(paths, specs) -> float | None:
             capture_output=True,
             text=True,
             check=False,
+            env=user_environment(),
         )
     if done.returncode != 0:
         raise RuntimeError(f"the plain loop of {'+'.join(specs)} failed:\n{done.stderr[-2000:]}")
@@ -495,7 +504,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n < 1 or args.batch_size < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--n, --batch-size, --warmup and --repeats must be at least 1")
     if args.plain and args.n <= PLAIN_BATCH:
-        p.error(f"--n {args.n}: the plain loop (batch {PLAIN_BATCH}) needs more than {PLAIN_BATCH} images, or --no-plain")
+        p.error(
+            f"--n {args.n}: the plain loop (batch {PLAIN_BATCH}) needs more than {PLAIN_BATCH} images, or --no-plain"
+        )
     if args.n <= args.warmup * args.batch_size:
         p.error(
             f"--n {args.n}: need more than --warmup x --batch-size = {args.warmup * args.batch_size} images"

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
-# Before any test module imports torch: see the note in evoked/__init__.py (spinning OpenMP threads).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Before any test module imports torch: importing evoked sets how OpenMP threads wait (its __init__).
+import evoked  # noqa: F401, I001
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

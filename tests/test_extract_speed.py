@@ -30,7 +30,9 @@ def tiny_clip(tmp_path_factory) -> str:
 def _images(k: int = 6) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     sizes = [(30, 50), (30, 50), (44, 36), (30, 50), (44, 36), (61, 47)]
-    return [torch.randint(0, 256, (3, *sizes[i % len(sizes)]), generator=g, dtype=torch.uint8) for i in range(k)]
+    return [
+        torch.randint(0, 256, (3, *sizes[i % len(sizes)]), generator=g, dtype=torch.uint8) for i in range(k)
+    ]
 
 
 def test_clip_similarities_are_fp32_under_bf16_autocast(tiny_clip):
@@ -123,11 +125,15 @@ def test_a_vit_in_bf16_weights_keeps_its_text_tower_and_prompts_in_fp32(tiny_cli
     assert out[f"{bb.name}/embed"].dtype == np.float32 and np.isfinite(out[f"{bb.name}/embed"]).all()
 
 
-def test_resume_refuses_a_vit_precision_that_differs_from_the_first_run(tmp_path: Path, tiny_clip, monkeypatch):
+def test_resume_refuses_a_vit_precision_that_differs_from_the_first_run(
+    tmp_path: Path, tiny_clip, monkeypatch
+):
     monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
     out = tmp_path / "f.h5"
     _precision_run(tmp_path, tiny_clip, "auto", out=out)
-    with pytest.raises(ConfigError, match="clip-clip-tiny was computed in fp32, this run would compute it in bf16"):
+    with pytest.raises(
+        ConfigError, match="clip-clip-tiny was computed in fp32, this run would compute it in bf16"
+    ):
         _precision_run(tmp_path, tiny_clip, "bf16", out=out, resume=True)
 
 

@@ -32,6 +32,7 @@ from evoked.data.decode import DEFAULT_MAX_PIXELS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
+from evoked.extract.fold import fold_batch_norms
 from evoked.extract.options import (
     check_resume_options,
     parse_shard,
@@ -41,7 +42,6 @@ from evoked.extract.options import (
     resolve_precision,
     shard_rows,
 )
-from evoked.extract.fold import fold_batch_norms
 from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (gather_images: public here before)
 from evoked.extract.reader import collate
@@ -121,7 +121,9 @@ def build_backbones(
     return built
 
 
-def extractor_specs(backbones: Sequence[Backbone], device: str, precisions: dict[str, str]) -> list[ExtractorSpec]:
+def extractor_specs(
+    backbones: Sequence[Backbone], device: str, precisions: dict[str, str]
+) -> list[ExtractorSpec]:
     specs = []
     for bb in backbones:
         outs = tuple(OutputSpec(o, bb.outputs[o], bb.output_attrs.get(o, {})) for o in bb.active_outputs)
@@ -148,7 +150,11 @@ def _comparable(config: dict) -> dict:
 
 
 def check_resumable(
-    store: FeatureStore, manifest: Manifest, backbones: Sequence[Backbone], precision: str, precisions: dict[str, str]
+    store: FeatureStore,
+    manifest: Manifest,
+    backbones: Sequence[Backbone],
+    precision: str,
+    precisions: dict[str, str],
 ) -> None:
     """A resumed run must write what the first run wrote; say exactly what differs."""
     if store.attrs.get("ids_sha256") != ids_fingerprint(manifest.ids):
@@ -183,8 +189,8 @@ def check_resumable(
         if had != want_p:
             raise ConfigError(
                 f"{store.path}: backbone {name} was computed in {had}, this run would compute it in {want_p} "
-                f"(--precision auto keeps ViTs in fp32 on the CPU, bf16 converts them); resume with the "
-                "--precision of the first run"
+                "(on the CPU, --precision auto keeps ViTs in fp32 and --precision bf16 gives them bf16 "
+                f"weights); resume with the --precision that computes it in {had}"
             )
 
 
@@ -510,7 +516,15 @@ def extract(
     batches = gathered_batches(iter(loader), dev, max_pixels)
     with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
         totals, failures = _loop(
-            StoreSink(store, run), batches, todo, manifest, built, dev, amp_dtypes(precisions), max_pixels, on_batch
+            StoreSink(store, run),
+            batches,
+            todo,
+            manifest,
+            built,
+            dev,
+            amp_dtypes(precisions),
+            max_pixels,
+            on_batch,
         )
         failed_total = store.counts()["failed"]
     return ExtractSummary(
