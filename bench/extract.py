@@ -302,9 +302,10 @@ def user_environment() -> dict[str, str]:
 
 def measure_plain(paths, specs) -> float | None:
     """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads,
-    the OpenMP runtimes' default waiting and the allocator's own state. Within one process the state earlier work leaves matters: glibc's
-    adaptive mmap threshold, which evoked fixes for its own runs, took a plain resnet50 loop from 14.7
-    to 20.4 img/s (BENCHMARKS.md, "The plain loop in its own process")."""
+    the OpenMP runtimes' default waiting and the allocator's own state. Within one process the state
+    that earlier work leaves matters: glibc's adaptive mmap threshold, which evoked fixes for its own
+    runs, took a plain resnet50 loop from 14.7 to 20.4 img/s (BENCHMARKS.md, "The plain loop in its
+    own process")."""
     if all(s.split(":")[0] == "color" for s in specs):
         return None
     with tempfile.TemporaryDirectory(prefix="evoked-plain-") as tmp:

@@ -6,8 +6,8 @@ each backbone computes in it where that helps and in fp32 where not:
 - backbones that opt out of autocast (colour statistics) are fp32 everywhere;
 - on the CPU, CNNs compute under bf16 autocast. A ViT under CPU autocast is slower than in fp32,
   but with its weights in bf16 (open_clip's own ``precision="bf16"``) 4.5x faster (BENCHMARKS.md,
-  "ViTs in bf16 weights"): so a ViT that can convert its weights (`Backbone.to_low_precision`) runs so when
-  ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16 for CNNs rests on
+  "ViTs in bf16 weights"): so a ViT that can convert its weights (`Backbone.to_low_precision`)
+  runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16 for CNNs rests on
   agreement measured with real weights, and no real CLIP weights could be measured;
 - on a GPU without bf16 support, ``auto`` falls back to fp16 with a message.
 
