@@ -93,6 +93,7 @@ class Retriever:
         self.status = self.store.status
         self._row_of = {item: i for i, item in enumerate(self.ids.tolist())}  # queries by id are frequent
         self._backbone: Backbone | None = None
+        self._amp: dict[str, torch.dtype | None] = {}  # compute dtype of the query backbone (backbone())
         path = Path(index_path) if index_path else faiss_index.index_path_for(store_path, feature)
         self.index = self.info = None
         if path.is_file():
@@ -158,22 +159,24 @@ class Retriever:
 
     def backbone(self) -> Backbone:
         if self._backbone is None:
+            from evoked.extract.precision import amp_dtypes
             from evoked.extract.runner import place_backbones
 
             bb = backbone_for(self.store, self.extractor)
-            place_backbones([bb], self.device, precisions={bb.name: self._precision()})
+            precisions = {bb.name: self._precision()}
+            place_backbones([bb], self.device, precisions=precisions)
+            self._amp = amp_dtypes(precisions)
             self._backbone = bb
         return self._backbone
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
         """The query vector of one decoded (H, W, 3) uint8 image, computed as the store's were."""
-        from evoked.extract.precision import amp_dtypes
         from evoked.extract.runner import run_backbones
 
         bb = self.backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
         with torch.inference_mode():
-            feats = run_backbones([tensor], [bb], self.device, amp_dtypes({bb.name: self._precision()}))
+            feats = run_backbones([tensor], [bb], self.device, self._amp)
         return feats[f"{bb.name}/{self.output}"]
 
     def by_image(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:

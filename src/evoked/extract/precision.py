@@ -7,8 +7,9 @@ each backbone computes in it where that helps and in fp32 where not:
 - on the CPU, CNNs compute under bf16 autocast. A ViT under CPU autocast is slower than in fp32,
   but with its weights in bf16 (open_clip's own ``precision="bf16"``) 4.5x faster (BENCHMARKS.md,
   "ViTs in bf16 weights"): so a ViT that can convert its weights (`Backbone.to_low_precision`)
-  runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16 for CNNs rests on
-  agreement measured with real weights, and no real CLIP weights could be measured;
+  runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16
+  for CNNs rests on agreement measured with real weights, and no real CLIP weights could be
+  measured;
 - on a GPU without bf16 support, ``auto`` falls back to fp16 with a message.
 
 Each backbone's own precision is recorded in its feature group (``precision`` attribute).
@@ -114,6 +115,4 @@ def dtype_for(bb: Backbone, amp: torch.dtype | None | Mapping[str, torch.dtype |
 
 def describe_cpu_bf16() -> str:
     units = bf16_units()
-    return (
-        f"bf16 units: {', '.join(units)}" if units else "no bf16 units (bf16 is emulated, slower than fp32)"
-    )
+    return f"bf16 units: {', '.join(units)}" if units else "no bf16 units (bf16 is emulated, slower than fp32)"
