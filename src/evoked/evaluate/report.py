@@ -12,12 +12,12 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from evoked import __version__
+from evoked.clock import utc_now
 from evoked.data.lexicon import Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
@@ -213,7 +213,7 @@ def evaluate_runs(
         )
     report = {
         "evoked_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         **top["report"],
         "runs": [_run_summary(r) for r in runs],
         "curves": curve_summary(runs),

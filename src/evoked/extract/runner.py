@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from evoked import __version__
+from evoked.clock import utc_now
 from evoked.data import Manifest, load_dataset
 from evoked.data.decode import DEFAULT_MAX_PIXELS
 from evoked.errors import ConfigError
@@ -137,7 +138,7 @@ def extractor_specs(
             "preprocess": bb.preprocess.to_dict(),
             "device": device,
             "precision": precisions[bb.name],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": utc_now(),
         }
         specs.append(ExtractorSpec(bb.name, outs, attrs))
     return specs
@@ -568,7 +569,7 @@ def _run_record(
     dev: torch.device, prec: str, decoder: str, workers: int, threads: int | None, n_todo: int
 ) -> dict:
     return {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": utc_now(),
         "evoked_version": __version__,
         "torch": torch.__version__,
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),

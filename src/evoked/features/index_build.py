@@ -27,12 +27,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import faiss
 import numpy as np
 
+from evoked.clock import utc_now
 from evoked.errors import ConfigError
 from evoked.features.index import IndexInfo, _merge_topk, normalize
 
@@ -336,7 +336,7 @@ def build_index_streaming(
         params=params,
         recall_at_10=recall,
         faiss_version=faiss.__version__,
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        built_at=utc_now(),
         build_seconds=round(time.perf_counter() - t0, 3),
         on_gpu=on_gpu,
         extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},

@@ -43,13 +43,13 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from evoked import __version__
+from evoked.clock import utc_now
 from evoked.data.manifest import Manifest
 from evoked.errors import ConfigError, DatasetError
 
@@ -102,10 +102,6 @@ def ids_fingerprint(ids: Sequence[str]) -> str:
         h.update(str(i).encode("utf-8", "surrogateescape"))  # never fails; valid text hashes as before
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _attr_value(v):
@@ -200,7 +196,7 @@ class FeatureStore:
                 {
                     "evoked_version": __version__,
                     "schema_version": SCHEMA_VERSION,
-                    "created": _now(),
+                    "created": utc_now(),
                     "dataset": manifest.name,
                     "dataset_kind": manifest.kind,
                     "dataset_root": str(Path(os.path.abspath(manifest.root))),

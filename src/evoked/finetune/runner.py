@@ -18,13 +18,13 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from evoked import __version__
+from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.lexicon import parse_category_map
 from evoked.data.va_range import check_va_range, parse_va_range
@@ -772,7 +772,7 @@ def _write_outputs(
     )
     meta = {
         "kind": "finetune",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "evoked_version": __version__,
         "dataset": dim_m.name,
         "categorical_dataset": cat_m.name if cat_m is not None else None,

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -57,10 +56,6 @@ _PACKAGES = (
     "joblib",
     "scipy",
 )
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.clock import utc_now
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
 from evoked.evaluate.metrics import va_metrics
@@ -426,7 +427,7 @@ def run_record(
     return {
         "kind": "regress",
         "name": name,
-        "created": rundir.now(),
+        "created": utc_now(),
         "evoked_version": rundir.versions()["evoked"],
         "dataset": tr.info["dataset"],
         "store": tr.info["store"],
@@ -565,7 +566,7 @@ def _fit_and_write(
         family = r.name.removeprefix(TWO_STAGE_PREFIX)
         meta = {"family": family, "params": opts.model_params.get(family, {}), "seed": opts.seed, **saved_common,
                 "fitted_on": {"items": int(len(plan.final_train)), "what": final_what}, "info": r.info,
-                "versions": rundir.versions(), "created": rundir.now()}  # fmt: skip
+                "versions": rundir.versions(), "created": utc_now()}  # fmt: skip
         if r.name.startswith(TWO_STAGE_PREFIX):
             s1_items = (
                 len(source.rows) if source.kind == "store" else len(fitter.stage1_rows(plan.final_train))
