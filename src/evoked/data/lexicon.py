@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoked.data.text import read_utf8
+from evoked.data.text import parse_float, read_rows, read_utf8
 from evoked.errors import LabelError
 
 #: Category vocabularies of the datasets this field uses.
@@ -191,18 +189,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _parse_float(value: str | None, path: Path, lineno: int, column: str) -> float:
-    if value is None or not str(value).strip():
-        raise LabelError(f"{path}:{lineno}: no {column} value; every word needs a valence and an arousal")
-    try:
-        x = float(value)
-    except ValueError:
-        raise LabelError(f"{path}:{lineno}: {column} {value!r} is not a number") from None
-    if not math.isfinite(x):
-        raise LabelError(f"{path}:{lineno}: {column} {value!r} is not finite")
-    return x
-
-
 def _no_repeat(table: dict, word: str, path: Path, lineno: int) -> None:
     """A word given twice is an error: which of its two rows was meant cannot be guessed."""
     if word in table:
@@ -225,8 +211,8 @@ def _load_nrc_file(path: Path) -> Lexicon:
             continue  # header
         _no_repeat(raw, normalize_word(parts[0]), path, lineno)
         raw[normalize_word(parts[0])] = (
-            _parse_float(parts[1], path, lineno, "valence"),
-            _parse_float(parts[2], path, lineno, "arousal"),
+            _cell(parts[1], f"{path}:{lineno}", "valence"),
+            _cell(parts[2], f"{path}:{lineno}", "arousal"),
         )
     if not raw:
         raise LabelError(f"{path}: no entries found; expected tab-separated 'word valence arousal dominance'")
@@ -246,31 +232,37 @@ def _load_nrc_file(path: Path) -> Lexicon:
     return Lexicon(name=path.name, source=str(path), table=table, scale=scale, sha256=_sha256(path))
 
 
+def _cell(value: object, where: str, column: str) -> float:
+    """Every word needs both values (no missing token is accepted)."""
+    return parse_float(value, where, column, error=LabelError, required=True)
+
+
 def _load_csv(path: Path) -> Lexicon:
     """A generic ``word,valence,arousal`` CSV on the 1..9 scale (extra columns are ignored)."""
-    with io.StringIO(read_utf8(path, "lexicon", LabelError), newline="") as f:
-        reader = csv.DictReader(f)
-        fields = {normalize_word(c): c for c in reader.fieldnames or []}
-        need = ("word", "valence", "arousal")
-        if any(n not in fields for n in need):
+    rows, _ = read_rows(path, "lexicon", LabelError, short_rows=True)
+    fields = {normalize_word(c): c for c in (rows[0] if rows else {}) if c != "__line__"}
+    if any(n not in fields for n in ("word", "valence", "arousal")):
+        raise LabelError(
+            f"{path}: a lexicon CSV needs the columns word,valence,arousal (1..9 scale); "
+            f"found {', '.join(fields.values()) or 'no rows'}"
+        )
+    table = {}
+    for row in rows:
+        where = f"{path}:{row['__line__']}"
+        v, a = (
+            _cell(row[fields["valence"]], where, "valence"),
+            _cell(row[fields["arousal"]], where, "arousal"),
+        )
+        if not (1 <= v <= 9 and 1 <= a <= 9):
             raise LabelError(
-                f"{path}: a lexicon CSV needs the columns word,valence,arousal (1..9 scale); "
-                f"found {', '.join(reader.fieldnames or []) or 'no header'}"
+                f"{where}: valence {v} / arousal {a} outside 1..9; a lexicon CSV is on the 1..9 "
+                "scale (an NRC VAD file in 0..1 should be given as its tab-separated .txt)"
             )
-        table = {}
-        for lineno, row in enumerate(reader, 2):
-            v = _parse_float(row[fields["valence"]], path, lineno, "valence")
-            a = _parse_float(row[fields["arousal"]], path, lineno, "arousal")
-            if not (1 <= v <= 9 and 1 <= a <= 9):
-                raise LabelError(
-                    f"{path}:{lineno}: valence {v} / arousal {a} outside 1..9; a lexicon CSV is on the 1..9 "
-                    "scale (an NRC VAD file in 0..1 should be given as its tab-separated .txt)"
-                )
-            word = normalize_word(row[fields["word"]] or "")
-            if not word:
-                raise LabelError(f"{path}:{lineno}: empty word")
-            _no_repeat(table, word, path, lineno)
-            table[word] = (v, a)
+        word = normalize_word(row[fields["word"]] or "")
+        if not word:
+            raise LabelError(f"{where}: empty word")
+        _no_repeat(table, word, path, row["__line__"])
+        table[word] = (v, a)
     if not table:
         raise LabelError(f"{path}: no entries found")
     return Lexicon(name=path.name, source=str(path), table=table, sha256=_sha256(path))

@@ -14,8 +14,8 @@ from evoked.data.manifest import Manifest
 from evoked.errors import DatasetError
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a parquet file as dicts, numbered from 1 in ``__line__`` for messages."""
+def read_parquet_rows(path: Path) -> list[dict]:
+    """Rows of a parquet file as dicts, numbered from 1 in ``__line__`` (read through `text.read_rows`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -26,11 +26,8 @@ def read_rows(path: Path) -> list[dict]:
     rows: list[dict] = []
     for batch in pf.iter_batches(batch_size=65536):
         for row in batch.to_pylist():
-            dist = row.pop("distribution", None)
-            if isinstance(dist, list):  # a map column comes back as (key, value) pairs
-                dist = dict(dist)
-            if isinstance(dist, dict):
-                row.update({f"p_{k}": v for k, v in dist.items()})
+            if isinstance(row.get("distribution"), list):  # a map column comes back as (key, value) pairs
+                row["distribution"] = dict(row["distribution"])
             row["__line__"] = len(rows) + 1
             rows.append(row)
     return rows

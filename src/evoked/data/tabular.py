@@ -10,9 +10,6 @@ an object ``"distribution": {"joy": 0.7, "fear": 0.3}``.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from pathlib import Path
@@ -21,7 +18,7 @@ import numpy as np
 
 from evoked.data.datasets import register_dataset
 from evoked.data.manifest import Manifest, normalize_split
-from evoked.data.text import read_utf8
+from evoked.data.text import parse_float, parse_int, read_rows
 from evoked.errors import DatasetError, LabelError
 
 _ALIASES = {
@@ -36,82 +33,25 @@ _ALIASES = {
 }
 
 
-def _float(value, where: str, column: str) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return math.nan
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise LabelError(f"{where}: {column} {value!r} is not a number (leave it empty if unknown)") from None
-    if math.isinf(x):
-        raise LabelError(f"{where}: {column} {value!r} is infinite")
-    return x
-
-
-def _rows_from_file(path: Path) -> tuple[list[dict], str]:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        from evoked.data.parquet import read_rows  # pyarrow is imported for parquet manifests only
-
-        return read_rows(path), "parquet"
-    text = read_utf8(path, "manifest", DatasetError)
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{path}:{lineno}: each line must be a JSON object")
-            dist = obj.pop("distribution", None)
-            if isinstance(dist, dict):
-                obj.update({f"p_{k}": v for k, v in dist.items()})
-            elif dist is not None:
-                raise LabelError(
-                    f"{path}:{lineno}: distribution {dist!r} is not an object; write it as "
-                    '{"joy": 0.7, "fear": 0.3} or as p_<category> fields'
-                )
-            obj["__line__"] = lineno
-            rows.append(obj)
-        return rows, "jsonl"
-    delimiter = "\t" if suffix in (".tsv", ".txt", ".tab") else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    if not reader.fieldnames:
-        raise DatasetError(
-            f"{path}: empty file; a manifest needs a header line with at least a 'path' column"
+def _flatten_distribution(row: dict, where: str) -> dict:
+    """A ``distribution`` object (JSON lines, parquet) becomes ``p_<category>`` fields."""
+    dist = row.pop("distribution", None)
+    if isinstance(dist, dict):
+        row.update({f"p_{k}": v for k, v in dist.items()})
+    elif dist is not None:
+        raise LabelError(
+            f"{where}: distribution {dist!r} is not an object; write it as "
+            '{"joy": 0.7, "fear": 0.3} or as p_<category> fields'
         )
-    rows = []
-    for lineno, row in enumerate(reader, 2):
-        if None in row:
-            raise DatasetError(f"{path}:{lineno}: more fields than header columns")
-        if None in row.values():
-            have = sum(v is not None for v in row.values())
-            raise DatasetError(
-                f"{path}:{lineno}: {have} fields, the header has {len(reader.fieldnames)}; "
-                "leave unknown values empty but keep their commas"
-            )
-        row["__line__"] = lineno
-        rows.append(row)
-    return rows, "csv"
-
-
-def _fold(value, where: str) -> int:
-    f = _float(value, where, "fold")
-    if math.isnan(f):
-        return -1
-    if f != int(f) or f < 0:
-        raise LabelError(f"{where}: fold {value!r} must be a whole number >= 0 (leave it empty for none)")
-    return int(f)
+    return row
 
 
 def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike | None = None) -> Manifest:
     """Read a manifest; relative paths are taken from its folder (or from `root` when given)."""
     if not path.is_file():
         raise DatasetError(f"manifest {str(path)!r} is not a file")
-    rows, fmt = _rows_from_file(path)
+    rows, fmt = read_rows(path, "manifest", DatasetError)
+    rows = [_flatten_distribution(r, f"{path}:{r['__line__']}") for r in rows]
     if not rows:
         raise DatasetError(f"{path}: no rows")
     keys = {k.strip().lower(): k for r in rows[:1] for k in r if k != "__line__"}
@@ -137,12 +77,18 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
         given_id = str(r.get(col["id"]) or "").strip() if "id" in col else ""
         ids.append(given_id or p)
         cats.append(str(r.get(col.get("category"), "") or "").strip().lower() if "category" in col else "")
-        val.append(_float(r.get(col.get("valence")), where, "valence") if "valence" in col else math.nan)
-        aro.append(_float(r.get(col.get("arousal")), where, "arousal") if "arousal" in col else math.nan)
+        for va, field in ((val, "valence"), (aro, "arousal")):
+            va.append(
+                parse_float(r.get(col[field]), where, field, error=LabelError) if field in col else math.nan
+            )
         split.append(normalize_split(r.get(col["split"]) or "", f"{where}: ") if "split" in col else "")
-        fold.append(_fold(r.get(col["fold"]), where) if "fold" in col else -1)
+        fold.append(
+            parse_int(r.get(col["fold"]), where, "fold", minimum=0, error=LabelError) if "fold" in col else -1
+        )
         if dist_cols:
-            dist.append([_float(r.get(c), where, f"p_{name}") for name, c in dist_cols])
+            dist.append(
+                [parse_float(r.get(c), where, f"p_{name}", error=LabelError) for name, c in dist_cols]
+            )
     # a manifest written by evoked keeps its dataset's name in a 'dataset' column
     names = {str(r.get(col["dataset"]) or "") for r in rows} if "dataset" in col else set()
     if len(names) == 1 and "" not in names:

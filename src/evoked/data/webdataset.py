@@ -20,7 +20,6 @@ import glob
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import tarfile
@@ -33,6 +32,7 @@ import numpy as np
 
 from evoked.data.datasets import IMAGE_EXTENSIONS, register_dataset
 from evoked.data.manifest import Manifest, normalize_split
+from evoked.data.text import parse_float
 from evoked.errors import DatasetError, DecodeError, LabelError
 
 log = logging.getLogger(__name__)
@@ -349,8 +349,12 @@ def read_webdataset(pattern: str | os.PathLike) -> Manifest:
         rel_paths,
         ids=ids,
         category=[lab.get("category", "") for lab in labels],
-        valence=[_number(lab.get("valence"), i, "valence") for lab, i in zip(labels, ids)],
-        arousal=[_number(lab.get("arousal"), i, "arousal") for lab, i in zip(labels, ids)],
+        valence=[
+            parse_float(lab.get("valence"), i, "valence", error=LabelError) for lab, i in zip(labels, ids)
+        ],
+        arousal=[
+            parse_float(lab.get("arousal"), i, "arousal", error=LabelError) for lab, i in zip(labels, ids)
+        ],
         split=[normalize_split(lab.get("split", ""), f"{i}: ") for lab, i in zip(labels, ids)],
         distribution=dist,
         categories=cats,
@@ -358,15 +362,6 @@ def read_webdataset(pattern: str | os.PathLike) -> Manifest:
         kind="webdataset",
         notes=notes,
     )
-
-
-def _number(value, item: str, what: str) -> float:
-    if value is None or value == "":
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise LabelError(f"{item}: {what} {value!r} in its .json is not a number") from None
 
 
 def _distribution(labels: list[dict], ids: list[str]) -> tuple[list[str], np.ndarray | None]:
@@ -383,7 +378,7 @@ def _distribution(labels: list[dict], ids: list[str]) -> tuple[list[str], np.nda
         if d:
             out[r] = 0.0  # categories a sample does not list have probability 0
             for c, p in d.items():
-                out[r, col[c]] = _number(p, i, f"distribution[{c!r}]")
+                out[r, col[c]] = parse_float(p, i, f"distribution[{c!r}]", error=LabelError)
             s = out[r].sum()
             if s > 0:
                 out[r] /= s  # counts (votes) are allowed, as in CSV manifests

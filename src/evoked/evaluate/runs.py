@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.data.text import parse_float, parse_int
 from evoked.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -117,28 +118,6 @@ def items_fingerprint(ids: Sequence[str], fold: Sequence[int], split: Sequence[s
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _float(value: str, where: str, column: str) -> float:
-    v = value.strip()
-    if v == "" or v.lower() in ("nan", "na", "none", "null"):
-        return math.nan
-    try:
-        return float(v)
-    except ValueError:
-        raise DatasetError(
-            f"{where}: {column} {value!r} is not a number (write NaN or leave it empty)"
-        ) from None
-
-
-def _int(value: str, where: str, column: str) -> int:
-    v = value.strip()
-    if v == "":
-        return -1
-    try:
-        return int(float(v))
-    except ValueError:
-        raise DatasetError(f"{where}: {column} {value!r} is not an integer (-1 for none)") from None
-
-
 def infer_kind(fold: int, split: str, eval_name: str) -> str:
     """The kind of a row written without a ``kind`` column (runs made before it existed)."""
     if eval_name:
@@ -188,7 +167,7 @@ def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
             r = rows.setdefault(
                 key, {k: [] for k in ("ids", "fold", "split", "true", "pred", "cat", "pt", "pp", "kind")}
             )
-            fold = _int(row["fold"], where, "fold")
+            fold = parse_int(row["fold"], where, "fold")
             kind = row.get("kind", "").strip() or infer_kind(fold, row["split"].strip(), eval_name)
             if kind not in KINDS:
                 raise DatasetError(
@@ -198,11 +177,15 @@ def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
             r["ids"].append(item)
             r["fold"].append(fold)
             r["split"].append(row["split"].strip())
-            r["true"].append([_float(row[f"{d}_true"], where, f"{d}_true") for d in ("valence", "arousal")])
-            r["pred"].append([_float(row[f"{d}_pred"], where, f"{d}_pred") for d in ("valence", "arousal")])
+            r["true"].append(
+                [parse_float(row[f"{d}_true"], where, f"{d}_true") for d in ("valence", "arousal")]
+            )
+            r["pred"].append(
+                [parse_float(row[f"{d}_pred"], where, f"{d}_pred") for d in ("valence", "arousal")]
+            )
             r["cat"].append(row["category_true"].strip())
-            r["pt"].append([_float(row[TRUE_P + c], where, TRUE_P + c) for c in true_cats])
-            r["pp"].append([_float(row[PRED_P + c], where, PRED_P + c) for c in pred_cats])
+            r["pt"].append([parse_float(row[TRUE_P + c], where, TRUE_P + c) for c in true_cats])
+            r["pp"].append([parse_float(row[PRED_P + c], where, PRED_P + c) for c in pred_cats])
     if not rows:
         raise DatasetError(f"{path} has no prediction rows")
     out: dict[str, dict[str, Predictions]] = {}
@@ -248,9 +231,9 @@ def read_curve(path: Path) -> list[dict]:
                 {
                     "model": row["model"].strip(),
                     "setting": row["setting"].strip(),
-                    "n_labels": _int(row["n_labels"], where, "n_labels"),
-                    "seed": _int(row["seed"], where, "seed"),
-                    **{m: _float(row.get(m, ""), where, m) for m in CURVE_METRICS},
+                    "n_labels": parse_int(row["n_labels"], where, "n_labels"),
+                    "seed": parse_int(row["seed"], where, "seed"),
+                    **{m: parse_float(row.get(m, ""), where, m) for m in CURVE_METRICS},
                 }
             )
     return rows

@@ -16,28 +16,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from evoked.data import Manifest
+from evoked.data.text import parse_float
 from evoked.errors import ConfigError, DatasetError
 from evoked.evaluate.runs import Predictions, Run
 
 NEEDED = ("id", "model", "valence_pred", "arousal_pred")
-
-
-def _number(value, where: str, column: str) -> float:
-    if value is None or (
-        isinstance(value, str) and value.strip().lower() in ("", "nan", "na", "none", "null")
-    ):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {column} {value!r} is not a number") from None
 
 
 def read_prediction_rows(path: Path) -> list[dict]:
@@ -63,8 +52,8 @@ def read_prediction_rows(path: Path) -> list[dict]:
                     "id": str(p.get("id") or ""),
                     "path": str(p.get("path") or ""),
                     "model": model,
-                    "valence_pred": _number(p.get("valence_pred", p.get("valence")), where, "valence"),
-                    "arousal_pred": _number(p.get("arousal_pred", p.get("arousal")), where, "arousal"),
+                    "valence_pred": parse_float(p.get("valence_pred", p.get("valence")), where, "valence"),
+                    "arousal_pred": parse_float(p.get("arousal_pred", p.get("arousal")), where, "arousal"),
                 }
             )
         return rows
@@ -88,8 +77,8 @@ def read_prediction_rows(path: Path) -> list[dict]:
                     "id": row["id"],
                     "path": row.get("path", ""),
                     "model": row["model"].strip() or path.stem,
-                    "valence_pred": _number(row["valence_pred"], where, "valence_pred"),
-                    "arousal_pred": _number(row["arousal_pred"], where, "arousal_pred"),
+                    "valence_pred": parse_float(row["valence_pred"], where, "valence_pred"),
+                    "arousal_pred": parse_float(row["arousal_pred"], where, "arousal_pred"),
                 }
             )
     if not rows:
