@@ -268,10 +268,19 @@ def _load_csv(path: Path) -> Lexicon:
     return Lexicon(name=path.name, source=str(path), table=table, sha256=_sha256(path))
 
 
-def load_lexicon(spec: str | Lexicon) -> Lexicon:
-    """``nrc``, ``warriner``, a path to the NRC VAD file (.txt/.tsv), or a word,valence,arousal .csv."""
-    if isinstance(spec, Lexicon):
-        return spec
+CategoryMap = Mapping[str, str] | Sequence[str]
+
+
+def load_lexicon(spec: str | Lexicon, category_map: CategoryMap | None = None) -> Lexicon:
+    """The one way to get a lexicon: ``nrc``, ``warriner``, a path to the NRC VAD file (.txt/.tsv),
+    a word,valence,arousal .csv, or a `Lexicon`; with `category_map` (see `parse_category_map`)
+    dataset labels are aliased to lexicon words, each alias checked against the table."""
+    lex = spec if isinstance(spec, Lexicon) else _load(spec)
+    aliases = parse_category_map(category_map)
+    return lex.with_aliases(aliases) if aliases else lex
+
+
+def _load(spec: str) -> Lexicon:
     key = spec.strip().lower()
     if key in BUILTIN_LEXICONS:
         return _builtin(key)
@@ -286,8 +295,13 @@ def load_lexicon(spec: str | Lexicon) -> Lexicon:
     return _load_nrc_file(path)
 
 
-def parse_category_map(items: Sequence[str] | None) -> dict[str, str]:
-    """``["happy=joy", "mad=anger"]`` -> ``{"happy": "joy", "mad": "anger"}``."""
+def parse_category_map(items: CategoryMap | None) -> dict[str, str]:
+    """``["happy=joy", "mad=anger"]`` (as the CLI's --category-map gives it) or ``{"happy": "joy"}``
+    -> ``{"happy": "joy", "mad": "anger"}``, words normalised."""
+    if isinstance(items, Mapping):
+        return {normalize_word(k): normalize_word(v) for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
     out = {}
     for item in items or ():
         if "=" not in item:

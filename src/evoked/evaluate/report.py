@@ -18,7 +18,7 @@ import numpy as np
 
 from evoked import __version__
 from evoked.clock import utc_now
-from evoked.data.lexicon import Lexicon, load_lexicon
+from evoked.data.lexicon import CategoryMap, Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
 from evoked.evaluate.compare import compare_systems, resolve_reference
@@ -54,7 +54,7 @@ def evaluate(
     reference: str | None = None,
     *,
     categories: Sequence[str] | None = None,
-    category_map: Mapping[str, str] | None = None,
+    category_map: CategoryMap | None = None,
     plots: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -79,9 +79,7 @@ def evaluate(
     twice = sorted({str(p) for p, r in zip(paths, seen) if seen.count(r) > 1})
     if twice:
         raise ConfigError(f"run director{'ies' if len(twice) > 1 else 'y'} {', '.join(twice)} given twice")
-    lex = load_lexicon(lexicon)
-    if category_map:
-        lex = lex.with_aliases(category_map)
+    lex = load_lexicon(lexicon, category_map)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
@@ -107,7 +105,7 @@ def evaluate_predictions(
     out: str | Path | None = None,
     lexicon: str = "nrc",
     *,
-    category_map: Mapping[str, str] | None = None,
+    category_map: CategoryMap | None = None,
     **kw,
 ) -> dict:
     """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
@@ -127,9 +125,7 @@ def evaluate_predictions(
         raise ConfigError(
             f"--truth {truth}: the dataset {m.name!r} has no VA ratings; give a dataset with valence/arousal"
         )
-    lex = load_lexicon(lexicon)
-    if category_map:
-        lex = lex.with_aliases(category_map)
+    lex = load_lexicon(lexicon, category_map)
     runs, used = [], set()
     for f in files:
         base, name, k = Path(f).stem, Path(f).stem, 2

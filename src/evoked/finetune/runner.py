@@ -26,7 +26,6 @@ import torch
 from evoked import __version__
 from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
-from evoked.data.lexicon import parse_category_map
 from evoked.data.va_range import check_va_range, parse_va_range
 from evoked.errors import ConfigError, DatasetError
 from evoked.extract.backbone import Preprocess, WeightsInfo, parse_preprocess_overrides
@@ -147,16 +146,6 @@ def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
     if spec is None or isinstance(spec, Manifest):
         return spec
     return load_dataset(str(spec))
-
-
-def _lexicon(spec: str | Lexicon, category_map: Mapping[str, str] | Sequence[str] | None) -> Lexicon:
-    lex = load_lexicon(spec)
-    if category_map:
-        mapping = (
-            dict(category_map) if isinstance(category_map, Mapping) else parse_category_map(category_map)
-        )
-        lex = lex.with_aliases(mapping)
-    return lex
 
 
 def _preprocess_overrides(preprocess: str | Mapping | None) -> dict:
@@ -433,7 +422,7 @@ def finetune(
             load_plugin(p)
     ckpt_path = _resolve_checkpoint(mode, checkpoint, from_run)
     ckpt = load_checkpoint(ckpt_path, "--checkpoint") if ckpt_path else None
-    lex = _lexicon(lexicon, category_map)
+    lex = load_lexicon(lexicon, category_map)
     stage1 = (ckpt or {}).get("meta", {}).get("config", {})
     inherited: dict = {}
     if va_range is None and stage1.get("va_range"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evoked.data.lexicon import load_lexicon, parse_category_map
+from evoked.data.lexicon import load_lexicon
 from evoked.errors import ConfigError, LabelError
 
 TARGET_KINDS = ("va", "category-va")
@@ -64,10 +64,7 @@ def make_targets(
         mask = ~np.isnan(y).any(axis=1)
         return Targets(y, mask, {"kind": "va"}, {"no VA rating": int((~mask).sum())})
 
-    lex = load_lexicon(lexicon or "nrc")
-    aliases = category_map if isinstance(category_map, dict) else parse_category_map(category_map)
-    if aliases:
-        lex = lex.with_aliases(aliases)
+    lex = load_lexicon(lexicon or "nrc", category_map)
     desc = {"kind": "category-va", "lexicon": lex.describe(), "soft": bool(soft)}
     if not soft:
         cats = np.asarray(labels["category"], dtype=object)
