@@ -208,14 +208,6 @@ class Manifest:
     def abspaths(self) -> list[Path]:
         return [self.root / unescape_name(p) for p in self.paths]
 
-    def index_of(self, ids: Sequence[str]) -> np.ndarray:
-        """Row numbers of the given ids; unknown ids are an error naming them."""
-        pos = {k: i for i, k in enumerate(self.ids.tolist())}
-        missing = [k for k in ids if k not in pos]
-        if missing:
-            raise DatasetError(f"{len(missing)} ids are not in {self.name}: {missing[:5]}")
-        return np.array([pos[k] for k in ids], dtype=np.int64)
-
     def subset(self, rows: Sequence[int] | np.ndarray) -> Manifest:
         rows = np.asarray(rows)
         if rows.dtype == bool:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from evoked.data.datasets import _KINDS, split_spec
-from evoked.evaluate.runs import Run, _differences, items_fingerprint
+from evoked.evaluate.runs import Run, differences, items_fingerprint
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -97,7 +97,7 @@ def membership_notes(es: EvalSet, runs: Sequence[Run]) -> list[str]:
     for r in runs:
         if r.name in inside or es.name not in r.evals:
             continue
-        only_here, only_there, moved = _differences(mine, next(iter(r.evals[es.name].values())))
+        only_here, only_there, moved = differences(mine, next(iter(r.evals[es.name].values())))
         notes.append(
             f"run {r.name}'s eval set {es.name!r} is over other items ({only_here} ids only in {first_run.name}'s, "
             f"{only_there} only in {r.name}'s, {moved} with another fold/split): it is compared separately; "

@@ -362,7 +362,7 @@ def write_run(
 # ---------------------------------------------------------------------------------------------- aligning
 
 
-def _differences(a: Predictions, b: Predictions) -> tuple[int, int, int]:
+def differences(a: Predictions, b: Predictions) -> tuple[int, int, int]:
     """(ids only in a, ids only in b, shared ids whose fold or split differ)."""
     ka = {i: (f, s) for i, f, s in zip(a.ids, a.fold, a.split)}
     kb = {i: (f, s) for i, f, s in zip(b.ids, b.fold, b.split)}
@@ -376,7 +376,7 @@ def _check_same_items(systems: list[tuple[str, Run, Predictions]]) -> None:
     name0, run0, first = systems[0]
     problems = []
     for name, run, p in systems[1:]:
-        only_a, only_b, moved = _differences(first, p)
+        only_a, only_b, moved = differences(first, p)
         if only_a or only_b or moved:
             problems.append(
                 f"{name} ({run.path}) vs {name0} ({run0.path}): {only_a} ids only in {name0}, "

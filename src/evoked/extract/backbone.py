@@ -74,7 +74,7 @@ class Preprocess:
         return replace(self, **overrides) if overrides else self
 
 
-_KEYS = {
+PREPROCESS_KEYS = {
     "resize": int,
     "crop": int,
     "mean": None,
@@ -94,9 +94,9 @@ def parse_preprocess_overrides(text: str) -> dict:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         key = key.strip().lower()
-        if not sep or key not in _KEYS:
+        if not sep or key not in PREPROCESS_KEYS:
             raise ConfigError(
-                f"--preprocess {part!r}: expected KEY=VALUE with KEY one of {', '.join(_KEYS)} "
+                f"--preprocess {part!r}: expected KEY=VALUE with KEY one of {', '.join(PREPROCESS_KEYS)} "
                 "(e.g. resize=256,crop=224,mean=0.5,std=0.5,rotate=180)"
             )
         try:
@@ -110,7 +110,7 @@ def parse_preprocess_overrides(text: str) -> dict:
                     raise ValueError
                 out["rotate180"] = value.strip() == "180"
             else:
-                out[key] = _KEYS[key](value.strip())
+                out[key] = PREPROCESS_KEYS[key](value.strip())
         except ValueError:
             raise ConfigError(f"--preprocess {part!r}: bad value {value!r}") from None
     return out

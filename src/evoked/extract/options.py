@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from evoked.errors import ConfigError
-from evoked.extract.backbone import _KEYS as PREPROCESS_KEYS
-from evoked.extract.backbone import parse_preprocess_overrides
+from evoked.extract.backbone import PREPROCESS_KEYS, parse_preprocess_overrides
 
 # re-exported: they lived here before precision.py
 from evoked.extract.precision import AMP_DTYPES, PRECISIONS, resolve_precision  # noqa: F401

@@ -24,7 +24,7 @@ import torch
 
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone
-from evoked.extract.cpu import bf16_units, fast_bf16, is_convnet
+from evoked.extract.cpu import fast_bf16, is_convnet
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,3 @@ def dtype_for(bb: Backbone, amp: torch.dtype | None | Mapping[str, torch.dtype |
     if isinstance(amp, Mapping):
         return amp.get(bb.name)
     return amp if bb.amp else None
-
-
-def describe_cpu_bf16() -> str:
-    units = bf16_units()
-    return f"bf16 units: {', '.join(units)}" if units else "no bf16 units (bf16 is emulated, slower than fp32)"

@@ -68,11 +68,6 @@ def list_backbones(families: bool = True) -> list[str]:
     return [e.example if e.family else e.name for e in _REGISTRY.values() if families or not e.family]
 
 
-def backbone_help() -> dict[str, str]:
-    _ensure_builtin()
-    return {e.example: e.help for e in _REGISTRY.values()}
-
-
 @dataclass(frozen=True)
 class BackboneSpec:
     text: str  # the spec as given, without the output selection

@@ -144,7 +144,7 @@ def extractor_specs(
     return specs
 
 
-def _comparable(config: dict) -> dict:
+def comparable_config(config: dict) -> dict:
     c = json.loads(json.dumps(config))  # tuples and lists compare equal after a JSON round trip
     c["weights"] = {k: v for k, v in c["weights"].items() if k in ("tag", "sha256")}
     return c
@@ -171,8 +171,8 @@ def check_resumable(
             "resume with the same --backbone flags, or write to a new --out"
         )
     for name, bb in want.items():
-        old = _comparable(have[name].get("config", {}))
-        new = _comparable(bb.config())
+        old = comparable_config(have[name].get("config", {}))
+        new = comparable_config(bb.config())
         if old != new:
             diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
             raise ConfigError(

@@ -33,7 +33,7 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.features.store import FAILED, OK, PENDING, FeatureStore, _read_rows, open_store
+from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
 
 EXPORT_DTYPES = ("float32", "float16")
 #: rows per read: about 32 MB of float32 features, whatever their width
@@ -254,7 +254,7 @@ def _offsets(dims: dict[str, int]) -> dict[str, list[int]]:
 
 
 def _feature(s: FeatureStore, name: str, rows: np.ndarray, normalize: bool) -> np.ndarray:
-    x = _read_rows(s.dataset(name), rows)
+    x = read_dataset_rows(s.dataset(name), rows)
     if normalize:
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         np.divide(x, norm, out=x, where=norm > 0)  # an all-zero row stays zero

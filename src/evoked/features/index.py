@@ -154,7 +154,7 @@ def exact_search(
         best_p = np.empty((len(q), 0), dtype=np.int64)
         for v0 in range(0, n, block_rows):
             s, p = _block_topk(q @ vecs[v0 : v0 + block_rows].T, k)
-            best_s, best_p = _merge_topk(best_s, best_p, s, p + v0, k)
+            best_s, best_p = merge_topk(best_s, best_p, s, p + v0, k)
         scores[q0 : q0 + len(q)] = best_s
         positions[q0 : q0 + len(q)] = best_p
     return scores, positions
@@ -178,9 +178,10 @@ def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _sort_rows(top, p)
 
 
-def _merge_topk(
+def merge_topk(
     s1: np.ndarray, p1: np.ndarray, s2: np.ndarray, p2: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The best `k` of two top-k lists (scores, positions), row by row."""
     s, p = _sort_rows(np.concatenate([s1, s2], axis=1), np.concatenate([p1, p2], axis=1))
     return s[:, :k], p[:, :k]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from evoked.clock import utc_now
 from evoked.errors import ConfigError
-from evoked.features.index import IndexInfo, _merge_topk, normalize
+from evoked.features.index import IndexInfo, merge_topk, normalize
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def exact_search_streaming(chunks: Chunks, queries: np.ndarray, k: int) -> tuple
             kk = min(k, s.shape[1])
             part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
             found = ids[start : start + 4096][part]
-            best_s, best_i = _merge_topk(best_s, best_i, np.take_along_axis(s, part, 1), found, k)
+            best_s, best_i = merge_topk(best_s, best_i, np.take_along_axis(s, part, 1), found, k)
         del x  # not held while the next chunk is read
     return best_s, best_i
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from evoked.errors import ConfigError
-from evoked.features.store import DIMENSION_ATTRS, FeatureStore, _decode_attr, attach_dimensions
+from evoked.features.store import DIMENSION_ATTRS, FeatureStore, attach_dimensions, decode_attr
 
 _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
 _SHARD_ATTRS = (
@@ -163,4 +163,4 @@ def _virtual(f: h5py.File, name: str, stores, rel, spans, src0) -> None:
 
 def merged_from(store: FeatureStore) -> list[str]:
     v = store.file.attrs.get("merged_from")
-    return list(_decode_attr(v)) if v else []
+    return list(decode_attr(v)) if v else []

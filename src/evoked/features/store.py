@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -328,7 +329,7 @@ class FeatureStore:
         """Extractor name -> its provenance attributes (``outputs`` decoded)."""
         out = {}
         for name, g in self.file["features"].items():
-            attrs = {k: _decode_attr(v) for k, v in g.attrs.items()}
+            attrs = {k: decode_attr(v) for k, v in g.attrs.items()}
             out[name] = attrs
         return out
 
@@ -380,7 +381,7 @@ class FeatureStore:
             rows = self.rows_for_ids(ids)
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         status = self.status[rows]
-        parts = [_read_rows(self.dataset(n), rows) for n in names]
+        parts = [read_dataset_rows(self.dataset(n), rows) for n in names]
         out = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         out[status != OK] = np.nan
         return out
@@ -411,26 +412,8 @@ class FeatureStore:
         }
         if "distribution" in g:
             out["distribution"] = g["distribution"][:].astype(np.float64)
-            out["categories"] = list(_decode_attr(g["distribution"].attrs["categories"]))
+            out["categories"] = list(decode_attr(g["distribution"].attrs["categories"]))
         return out
-
-    def to_manifest(self) -> Manifest:
-        """The items and labels as a manifest (paths relative to the recorded dataset root)."""
-        lab = self.labels()
-        return Manifest.build(
-            self.root,
-            self.paths.tolist(),
-            ids=self.ids.tolist(),
-            category=lab["category"],
-            valence=lab["valence"],
-            arousal=lab["arousal"],
-            split=lab["split"],
-            fold=lab["fold"],
-            distribution=lab.get("distribution"),
-            categories=lab.get("categories", ()),
-            name=str(self.file.attrs["dataset"]),
-            kind=str(self.file.attrs["dataset_kind"]),
-        )
 
     # -- writing -------------------------------------------------------------------------------
     def write_block(
@@ -558,7 +541,7 @@ def attach_dimensions(f: h5py.File) -> None:
             ds.dims[1].attach_scale(scale(f"{parent}.{name}", ds.shape[1]))
 
 
-def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+def read_dataset_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """Fancy-index rows quickly: contiguous ranges are read as slices, in sorted order."""
     if rows.size == 0:
         return np.zeros((0, ds.shape[1]), dtype=np.float32)
@@ -577,7 +560,8 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_attr(v):
+def decode_attr(v: object) -> Any:
+    """An HDF5 attribute as Python: bytes decoded, JSON text parsed, numpy values as plain values."""
     if isinstance(v, bytes):
         v = v.decode("utf-8")
     if isinstance(v, str) and v[:1] in "{[":

@@ -98,7 +98,7 @@ class FinetuneData:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
-def _part(
+def make_part(
     m: Manifest,
     rows: np.ndarray,
     *,
@@ -276,7 +276,7 @@ def prepare_data(
                 index = {c: k for k, c in enumerate(classes)}
                 cls = np.zeros((len(crows), len(classes)), dtype=np.float32)
                 cls[np.arange(len(crows)), [index[c] for c in cat.category[crows]]] = 1.0
-        parts.append(_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
+        parts.append(make_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
 
     if mode == "two_stage":
         train_rows = drows["train"]
@@ -291,7 +291,7 @@ def prepare_data(
             excluded["dimensional_train_beyond_n_labels"] = len(drows["train"]) - n_labels
         va = np.stack([dimensional.valence[train_rows], dimensional.arousal[train_rows]], axis=1)
         parts.append(
-            _part(dimensional, train_rows, va=va, cls=None, n_classes=len(classes), source="dimensional")
+            make_part(dimensional, train_rows, va=va, cls=None, n_classes=len(classes), source="dimensional")
         )
 
     train = parts[0] if len(parts) == 1 else Part.concat(parts[0], parts[1])
@@ -299,7 +299,7 @@ def prepare_data(
     for s in ("val", "test"):
         r = drows[s]
         va = np.stack([dimensional.valence[r], dimensional.arousal[r]], axis=1)
-        evals[s] = _part(
+        evals[s] = make_part(
             dimensional,
             r,
             va=va,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def _comparable(config: dict) -> dict:
     """An extractor configuration as `evoked extract --resume` compares it; its list of outputs is
     left out (a store may hold more outputs: the features used are compared by dimension)."""
-    from evoked.extract.runner import _comparable as resume_comparable
+    from evoked.extract.runner import comparable_config as resume_comparable
 
     c = resume_comparable({"weights": {}, **config})
     c.pop("outputs", None)
