@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,29 @@ def pretrained_resnet18_cached() -> bool:
     return torchvision_cached_file(w.url).is_file()
 
 
+class _Steps:
+    """Announces each step (`on_step`), forwards progress inside it and keeps its seconds."""
+
+    def __init__(
+        self, on_step: Callable[[str, int, int], None] | None, on_progress: Callable[[int, int], None] | None
+    ):
+        self.seconds: dict[str, float] = {}
+        self._on_step, self._on_progress = on_step, on_progress
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self._on_step:
+            self._on_step(name, len(self.seconds), len(STEPS))
+        self.seconds[name] = start
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+
+    def progress(self, done: int, total: int, *_: object) -> None:
+        if self._on_progress:
+            self._on_progress(done, total)
+
+
 def run_demo(
     out: str | os.PathLike = "evoked-demo",
     *,
@@ -58,10 +82,7 @@ def run_demo(
     """Run every step into `out`. `on_step(name, index, n_steps)` announces each step and
     `on_progress(done, total)` reports progress inside it (for a progress bar)."""
     from evoked.evaluate import evaluate
-    from evoked.extract import extract
     from evoked.features.store_index import build_store_index
-    from evoked.finetune import finetune
-    from evoked.regress.runner import run_regress
     from evoked.retrieve import Retriever
 
     if n_images < 32:
@@ -70,36 +91,52 @@ def run_demo(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    step_no = iter(range(len(STEPS)))
+    steps, store, runs = _Steps(on_step, on_progress), out / "features.h5", out / "runs"
 
-    def step(name: str) -> None:
-        seconds[name] = time.perf_counter()
-        if on_step:
-            on_step(name, next(step_no), len(STEPS))
-
-    def done(name: str) -> None:
-        seconds[name] = round(time.perf_counter() - seconds[name], 2)
-
-    def progress(d: int, t: int, *_: object) -> None:
-        if on_progress:
-            on_progress(d, t)
-
-    step("images")
-    make_dataset(out / "data", n_images=n_images, size=size, seed=seed)
-    done("images")
-
-    step("split")
-    split = split_manifest(
-        load_dataset(f"csv:{out / 'data' / 'labels.csv'}"), ratios=(0.6, 0.15, 0.25), folds=5, seed=seed
-    )
-    manifest = out / "data" / "split.csv"
-    split.to_csv(manifest)
-    done("split")
-
+    with steps.step("images"):
+        make_dataset(out / "data", n_images=n_images, size=size, seed=seed)
+    with steps.step("split"):
+        split = split_manifest(
+            load_dataset(f"csv:{out / 'data' / 'labels.csv'}"), ratios=(0.6, 0.15, 0.25), folds=5, seed=seed
+        )
+        manifest = out / "data" / "split.csv"
+        split.to_csv(manifest)
     weights = "default" if pretrained_resnet18_cached() else "random"
-    step("extract")
-    store = out / "features.h5"
+    with steps.step("extract"):
+        _extract(manifest, store, weights, device, n_images, steps.progress)
+    with steps.step("index"):
+        build_store_index(store, "color/hsv_hist", use_gpu="never")
+    with steps.step("regress"):
+        _regress(store, runs, seed, steps.progress)
+    with steps.step("finetune"):
+        _finetune(f"csv:{manifest}", runs, weights, device, epochs, seed, steps.progress)
+    with steps.step("evaluate"):
+        names = ("regress-va", "regress-category", "finetune-one", "finetune-two")
+        report = evaluate([runs / n for n in names], out=out / "report", bootstrap=500, seed=seed)
+    with steps.step("search"):
+        test_ids = [i for i, s in zip(split.ids, split.split) if s == "test"]
+        with Retriever(store, "color/hsv_hist") as r:
+            neighbours = r.by_image(out / "data" / "images" / test_ids[0], k=5)
+    return DemoResult(
+        out=out,
+        weights=weights,
+        report=report,
+        neighbours=neighbours,
+        query=test_ids[0],
+        seconds=steps.seconds,
+    )
+
+
+def _extract(
+    manifest: Path,
+    store: Path,
+    weights: str,
+    device: str,
+    n_images: int,
+    progress: Callable[[int, int], None],
+) -> None:
+    from evoked.extract import extract
+
     counter = {"done": 0}
 
     def on_batch(report) -> None:
@@ -117,42 +154,41 @@ def run_demo(
         overwrite=True,
         on_batch=on_batch,
     )
-    done("extract")
 
-    step("index")
-    build_store_index(store, "color/hsv_hist", use_gpu="never")
-    done("index")
 
-    step("regress")
-    features = ["color", "resnet18/pool"]
-    runs = out / "runs"
+def _regress(store: Path, runs: Path, seed: int, progress: Callable[..., None]) -> None:
+    """Regressors on the VA ratings and, for comparison, on category-derived VA."""
+    from evoked.regress.runner import run_regress
+
+    common = dict(features=["color", "resnet18/pool"], split="test", seed=seed, overwrite=True)
     run_regress(
-        store,
-        features=features,
-        out=runs / "regress-va",
-        models=("ridge", "knn", "lgbm"),
-        split="test",
-        seed=seed,
-        overwrite=True,
-        on_progress=progress,
+        store, out=runs / "regress-va", models=("ridge", "knn", "lgbm"), on_progress=progress, **common
     )
     run_regress(
         store,
-        features=features,
         out=runs / "regress-category",
         models=("ridge",),
         target="category-va",
         lexicon="nrc",
-        split="test",
-        seed=seed,
-        overwrite=True,
         on_progress=progress,
+        **common,
     )
-    done("regress")
 
-    step("finetune")
+
+def _finetune(
+    manifest: str,
+    runs: Path,
+    weights: str,
+    device: str,
+    epochs: int,
+    seed: int,
+    progress: Callable[..., None],
+) -> None:
+    """The network in one stage, then two-stage from it."""
+    from evoked.finetune import finetune
+
     common = dict(
-        dimensional=f"csv:{manifest}",
+        dimensional=manifest,
         task="single",
         epochs=epochs,
         batch_size=16,
@@ -165,29 +201,9 @@ def run_demo(
     finetune(
         out=runs / "finetune-one",
         mode="one_stage",
-        categorical=f"csv:{manifest}",
+        categorical=manifest,
         backbone="resnet18",
         weights=weights,
         **common,
     )
     finetune(out=runs / "finetune-two", mode="two_stage", from_run=runs / "finetune-one", **common)
-    done("finetune")
-
-    step("evaluate")
-    report = evaluate(
-        [runs / n for n in ("regress-va", "regress-category", "finetune-one", "finetune-two")],
-        out=out / "report",
-        bootstrap=500,
-        seed=seed,
-    )
-    done("evaluate")
-
-    step("search")
-    test_ids = [i for i, s in zip(split.ids, split.split) if s == "test"]
-    query = out / "data" / "images" / test_ids[0]
-    with Retriever(store, "color/hsv_hist") as r:
-        neighbours = r.by_image(query, k=5)
-    done("search")
-    return DemoResult(
-        out=out, weights=weights, report=report, neighbours=neighbours, query=test_ids[0], seconds=seconds
-    )

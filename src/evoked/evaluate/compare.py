@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -207,6 +208,101 @@ def _paired_tests(results: list[dict], boot: list[dict], ref: int, level: float)
         entry["vs_reference"] = tests
 
 
+@dataclass
+class _Rows:
+    """Which rows each system is scored on, per dimension, for accuracy and for distributions."""
+
+    masks: dict[str, np.ndarray]
+    active: np.ndarray  # (S, 2): does system s predict dimension k at all
+    cats: list[str] | None
+    cat_mask: np.ndarray | None
+    dist_pred: dict[int, np.ndarray]
+    dmask: np.ndarray | None
+
+
+class _Columns:
+    """The columns whose resampled sums give every CI in one matrix product; `add` returns their slice."""
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.width = 0
+
+    def add(self, x: np.ndarray) -> slice:
+        self.blocks.append(x)
+        self.width += x.shape[1]
+        return slice(self.width - x.shape[1], self.width)
+
+
+def _score(
+    i: int, s: System, items: Items, rows: _Rows, lexicon: Lexicon, nearest: str, cols: _Columns
+) -> tuple[dict, dict[str, slice]]:
+    """System `i`'s point estimates, and the slices of its bootstrap columns by metric group."""
+    entry: dict = {"system": s.name, "run": s.run, "model": s.model, "category": None, "distribution": None}
+    sl: dict[str, slice] = {}
+    for k, dim in enumerate(DIMENSIONS):
+        m = rows.masks[dim] & rows.active[i, k]
+        entry[dim] = regression_metrics(items.true[m, k], s.pred[m, k])
+        sl[dim] = cols.add(bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
+    cm, cats = rows.cat_mask, rows.cats
+    if cm is not None and cats is not None and rows.active[i].all():
+        entry["category"] = category_accuracy(items.category[cm], s.pred[cm], lexicon, cats, nearest)
+        correct = np.zeros(len(items))
+        correct[cm], _ = category_correct(items.category[cm], s.pred[cm], lexicon, cats, nearest)
+        sl["category"] = cols.add(bs.mean_columns(correct, cm))
+    if i in rows.dist_pred and rows.dmask is not None:
+        dm = rows.dmask
+        values = distribution_values(
+            np.where(dm[:, None], items.p_true, 1.0), np.where(dm[:, None], rows.dist_pred[i], 1.0)
+        )
+        entry["distribution"] = {"n": int(dm.sum())}
+        for name, v in values.items():
+            entry["distribution"][name] = float(v[dm].mean()) if dm.any() else float("nan")
+            sl[f"distribution.{name}"] = cols.add(bs.mean_columns(v, dm))
+    return entry, sl
+
+
+def _bootstrap_cis(
+    results: list[dict],
+    slices: list[dict[str, slice]],
+    cols: _Columns,
+    bootstrap: int,
+    seed: int,
+    level: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[dict]:
+    """Fill each result's ``ci``s; return the resampled statistics per system (for the paired tests)."""
+    progress = (lambda done: on_progress(done, bootstrap)) if on_progress else None
+    sums = bs.resampled_sums(np.concatenate(cols.blocks, axis=1), bootstrap, seed, on_progress=progress)
+    boot = []
+    for entry, sl in zip(results, slices):
+        b = {dim: bs.va_from_sums(sums[:, sl[dim]]) for dim in DIMENSIONS}
+        if "category" in sl:
+            b["category"] = {"accuracy": bs.mean_from_sums(sums[:, sl["category"]])}
+        prefix = "distribution."
+        dist = {
+            k[len(prefix) :]: bs.mean_from_sums(sums[:, v]) for k, v in sl.items() if k.startswith(prefix)
+        }
+        if dist:
+            b["distribution"] = dist
+        for group, stats in b.items():
+            entry[group]["ci"] = {name: list(bs.percentile_ci(v, level)) for name, v in stats.items()}
+        boot.append(b)
+    return boot
+
+
+_HIGHER_IS_BETTER = {
+    "mse": False,
+    "rmse": False,
+    "mae": False,
+    "r": True,
+    "spearman": True,
+    "ccc": True,
+    "r2": True,
+    "accuracy": True,
+    **DISTRIBUTION_METRICS,
+}
+
+
 def compare_systems(
     items: Items,
     systems: Sequence[System],
@@ -226,7 +322,6 @@ def compare_systems(
     system (highest valence r) is the reference of the paired tests.
     """
     notes: list[str] = []
-    n = len(items)
     masks, dropped, active = _scored_rows(items, systems, notes)
     cats = category_setup(items, lexicon, categories, notes)
     category_info: dict = {"lexicon": lexicon.describe(), "nearest": nearest, "categories": cats}
@@ -235,71 +330,21 @@ def compare_systems(
         cat_mask, info = _category_rows(items, systems, active, cats, lexicon, nearest, notes)
         category_info.update(info)
     dist_pred, dmask, dist_info = _distribution_rows(items, systems, notes)
+    rows = _Rows(masks, active, cats, cat_mask, dist_pred, dmask)
 
-    # point estimates, and the columns whose resampled sums give every CI in one matrix product
-    blocks: list[np.ndarray] = []
-    slices: list[dict[str, slice]] = []
-
-    def add(x: np.ndarray) -> slice:
-        start = sum(b.shape[1] for b in blocks)
-        blocks.append(x)
-        return slice(start, start + x.shape[1])
-
-    results = []
-    for i, s in enumerate(systems):
-        entry: dict = {
-            "system": s.name,
-            "run": s.run,
-            "model": s.model,
-            "category": None,
-            "distribution": None,
-        }
-        sl: dict[str, slice] = {}
-        for k, dim in enumerate(DIMENSIONS):
-            m = masks[dim] & active[i, k]
-            entry[dim] = regression_metrics(items.true[m, k], s.pred[m, k])
-            sl[dim] = add(bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
-        if cat_mask is not None and active[i].all():
-            entry["category"] = category_accuracy(
-                items.category[cat_mask], s.pred[cat_mask], lexicon, cats, nearest
-            )
-            correct = np.zeros(n)
-            correct[cat_mask], _ = category_correct(
-                items.category[cat_mask], s.pred[cat_mask], lexicon, cats, nearest
-            )
-            sl["category"] = add(bs.mean_columns(correct, cat_mask))
-        if i in dist_pred:
-            values = distribution_values(
-                np.where(dmask[:, None], items.p_true, 1.0), np.where(dmask[:, None], dist_pred[i], 1.0)
-            )
-            entry["distribution"] = {"n": int(dmask.sum())}
-            for name, v in values.items():
-                entry["distribution"][name] = float(v[dmask].mean()) if dmask.any() else float("nan")
-                sl[f"distribution.{name}"] = add(bs.mean_columns(v, dmask))
-        results.append(entry)
-        slices.append(sl)
-
+    cols = _Columns()
+    scored = [_score(i, s, items, rows, lexicon, nearest, cols) for i, s in enumerate(systems)]
+    results, slices = [e for e, _ in scored], [sl for _, sl in scored]
     t0 = time.perf_counter()
-    boot: list[dict] = []
-    if bootstrap > 0:
-        progress = (lambda done: on_progress(done, bootstrap)) if on_progress else None
-        sums = bs.resampled_sums(np.concatenate(blocks, axis=1), bootstrap, seed, on_progress=progress)
-        for entry, sl in zip(results, slices):
-            b = {dim: bs.va_from_sums(sums[:, sl[dim]]) for dim in DIMENSIONS}
-            if "category" in sl:
-                b["category"] = {"accuracy": bs.mean_from_sums(sums[:, sl["category"]])}
-            dist = {
-                k[len("distribution.") :]: bs.mean_from_sums(sums[:, v])
-                for k, v in sl.items()
-                if k.startswith("distribution.")
-            }
-            if dist:
-                b["distribution"] = dist
-            for group, stats in b.items():
-                entry[group]["ci"] = {name: list(bs.percentile_ci(v, level)) for name, v in stats.items()}
-            boot.append(b)
+    boot = _bootstrap_cis(results, slices, cols, bootstrap, seed, level, on_progress) if bootstrap > 0 else []
     elapsed = time.perf_counter() - t0
-    log.info("bootstrap: %d resamples x %d systems x %d items in %.2f s", bootstrap, len(systems), n, elapsed)
+    log.info(
+        "bootstrap: %d resamples x %d systems x %d items in %.2f s",
+        bootstrap,
+        len(systems),
+        len(items),
+        elapsed,
+    )
 
     # rank, then test every system against the reference on the same resamples
     ranking, rank_key = _ranking(results)
@@ -309,10 +354,8 @@ def compare_systems(
         entry["vs_reference"] = None
     if boot:
         _paired_tests(results, boot, ref_index, level)
-    ranked = [{"rank": rank, **results[i]} for rank, i in enumerate(order, 1)]
-
     return {
-        "systems": ranked,
+        "systems": [{"rank": rank, **results[i]} for rank, i in enumerate(order, 1)],
         "reference": systems[ref_index].name,
         "reference_is": "best" if reference is None else "given",
         "ranking": ranking,
@@ -333,16 +376,6 @@ def compare_systems(
         },
         "category": category_info,
         "distribution": dist_info,
-        "higher_is_better": {
-            "mse": False,
-            "rmse": False,
-            "mae": False,
-            "r": True,
-            "spearman": True,
-            "ccc": True,
-            "r2": True,
-            "accuracy": True,
-            **DISTRIBUTION_METRICS,
-        },
+        "higher_is_better": dict(_HIGHER_IS_BETTER),
         "notes": notes,
     }
