@@ -116,6 +116,40 @@ def scatter_plot(
     return path
 
 
+def _draw_anchors(ax, anchors: dict[str, tuple[float, float]], color_of: dict[str, str]) -> None:
+    """Each category's lexicon VA as a labelled star."""
+    for (word, (v, a)), offset in zip(anchors.items(), _label_offsets(anchors)):
+        ax.scatter(
+            [v], [a], marker="*", s=130, color=color_of.get(word, "k"), edgecolor="k", lw=0.8, zorder=5
+        )
+        ax.annotate(
+            word,
+            (v, a),
+            xytext=offset,
+            textcoords="offset points",
+            fontsize=7,
+            ha="left" if offset[0] >= 0 else "right",
+            va="bottom" if offset[1] >= 0 else "top",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+            zorder=6,
+        )
+
+
+def _va_axes(ax, lim: tuple[float, float], title: str, *, ylabel: bool, xlabel: bool) -> None:
+    """A square valence x arousal panel on the 1..9 grid."""
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    ax.set_aspect("equal")
+    ax.set_xticks(range(1, 10, 2))
+    ax.set_yticks(range(1, 10, 2))
+    ax.grid(alpha=0.25)
+    ax.set_title(title, fontsize=9)
+    if ylabel:
+        ax.set_ylabel("arousal")
+    if xlabel:
+        ax.set_xlabel("valence")
+
+
 def va_plane_plot(
     path: Path,
     truth: np.ndarray,
@@ -166,32 +200,8 @@ def va_plane_plot(
                     handles.setdefault(c or "no category", h)
         else:
             ax.scatter(va[ok, 0], va[ok, 1], s=6, alpha=alpha, color=_COLORS[0], lw=0)
-        for (word, (v, a)), offset in zip((anchors or {}).items(), _label_offsets(anchors)):
-            ax.scatter(
-                [v], [a], marker="*", s=130, color=color_of.get(word, "k"), edgecolor="k", lw=0.8, zorder=5
-            )
-            ax.annotate(
-                word,
-                (v, a),
-                xytext=offset,
-                textcoords="offset points",
-                fontsize=7,
-                ha="left" if offset[0] >= 0 else "right",
-                va="bottom" if offset[1] >= 0 else "top",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
-                zorder=6,
-            )
-        ax.set_xlim(lim)
-        ax.set_ylim(lim)
-        ax.set_aspect("equal")
-        ax.set_xticks(range(1, 10, 2))
-        ax.set_yticks(range(1, 10, 2))
-        ax.grid(alpha=0.25)
-        ax.set_title(_title(name), fontsize=9)
-        if k % cols == 0:
-            ax.set_ylabel("arousal")
-        if k >= len(panels) - cols:
-            ax.set_xlabel("valence")
+        _draw_anchors(ax, anchors or {}, color_of)
+        _va_axes(ax, lim, _title(name), ylabel=k % cols == 0, xlabel=k >= len(panels) - cols)
     title = "Valence-arousal plane: " + ("truth and predictions" if has_truth else "predictions")
     if anchors:
         title += f"\n(stars: category VA from {anchor_source})"

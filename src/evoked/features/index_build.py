@@ -257,78 +257,26 @@ def build_index_streaming(
         raise ConfigError(f"target_recall={target_recall} must be in (0, 1]")
     plan = plan_index(n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold)
     kind, nlist, pq_m = plan["kind"], plan["nlist"], plan["pq_m"]
-    on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf")
-    if on_gpu and kind == "ivfpq" and not pq_on_gpu(d, pq_m):
-        log.warning(
-            "ivfpq with %d sub-quantisers over %d dimensions has no GPU form (%d per sub-quantiser); "
-            "training and adding on the CPU",
-            pq_m,
-            d,
-            d // pq_m,
-        )
-        on_gpu = False
+    on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf") and _pq_fits_gpu(kind, d, pq_m)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    index = _new_index(kind, d, nlist, pq_m)
-    keep: list = []
+    rng = np.random.default_rng(seed)  # one generator: the training sample, then the tuning queries
+    index, keep = _new_index(kind, d, nlist, pq_m), []
     if kind.startswith("ivf"):
         n_train = min(
             n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d)))
         )
-        train = _sample_rows(chunks, n, rng.choice(n, size=n_train, replace=False))
         index.cp.seed = seed
-        if on_gpu:
-            index = _train_on_gpu(index, train)
-            index, keep = _gpus_for_adding(index)
-        else:
-            index.train(train)
-        del train
-    if kind.startswith("ivf") and not on_gpu:
-        _add_presized(index, chunks, n, on_progress)
-    else:
-        for ids, x in chunks():
-            index.add_with_ids(normalize(x), np.asarray(ids, dtype=np.int64))
-            if on_progress:
-                on_progress(len(x))
-            del x  # not held while the next chunk is read
-    if on_gpu:
-        index = faiss.index_gpu_to_cpu(index)  # sharded IVF lists are merged back into one index
-        del keep
+        index, keep = _train(
+            index, _sample_rows(chunks, n, rng.choice(n, size=n_train, replace=False)), on_gpu
+        )
+    index = _add_all(index, kind, chunks, n, on_gpu, on_progress)
+    del keep
     params: dict[str, Any] = {"nlist": nlist} if nlist else {}
     if pq_m:
         params["pq_m"] = pq_m
     recall = None
     if kind != "flat":
-        # Tuning queries are rows of the data, each searched with itself left out: they stand for new
-        # images from the same distribution (searching a row that is in the index finds itself, which
-        # made recall look better than it is for new queries).
-        rows = rng.choice(n, size=min(TUNE_QUERIES, n), replace=False)
-        queries, query_ids = _sample_rows(chunks, n, rows, with_ids=True)
-        k = min(RECALL_K, n - 1) if n > 1 else 1
-        truth_scores, truth_ids = exact_search_streaming(chunks, queries, k + 1)
-        truth_scores = _without_self(truth_scores, truth_ids, query_ids, k)[0]
-        name, candidates, setter = _tuning_knob(index, kind, nlist)
-        for value in candidates:
-            setter(value)
-            scores, found = _without_self(*index.search(queries, k + 1), query_ids, k)
-            recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
-            if recall >= target_recall:
-                break
-        else:
-            fallback = "nlist: exhaustive" if name == "nprobe" else "the largest tried"
-            log.warning(
-                "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
-                k,
-                target_recall,
-                name,
-                value,
-                fallback,
-                recall,
-            )
-        if kind == "hnsw":
-            params.update({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
-        params[name] = value
-        params.update({"target_recall": float(target_recall), "recall_queries": len(rows)})
+        recall = _tune(index, kind, nlist, chunks, n, rng, target_recall, params)
     info = IndexInfo(
         kind=kind,
         n=n,
@@ -351,6 +299,89 @@ def build_index_streaming(
         info.build_seconds,
     )
     return index, info
+
+
+def _pq_fits_gpu(kind: str, d: int, pq_m: int) -> bool:
+    if kind != "ivfpq" or pq_on_gpu(d, pq_m):
+        return True
+    log.warning(
+        "ivfpq with %d sub-quantisers over %d dimensions has no GPU form (%d per sub-quantiser); "
+        "training and adding on the CPU",
+        pq_m,
+        d,
+        d // pq_m,
+    )
+    return False
+
+
+def _train(index: faiss.Index, train: np.ndarray, on_gpu: bool) -> tuple[faiss.Index, list]:
+    """The IVF index trained on `train`; on the GPU, placed on every GPU for adding, with the
+    resources to keep alive while it is used."""
+    if not on_gpu:
+        index.train(train)
+        return index, []
+    return _gpus_for_adding(_train_on_gpu(index, train))
+
+
+def _add_all(
+    index: faiss.Index, kind: str, chunks: Chunks, n: int, on_gpu: bool, on_progress: ProgressFn | None
+) -> faiss.Index:
+    """Every vector added; a GPU index comes back as one CPU index (sharded lists merged)."""
+    if kind.startswith("ivf") and not on_gpu:
+        _add_presized(index, chunks, n, on_progress)
+        return index
+    for ids, x in chunks():
+        index.add_with_ids(normalize(x), np.asarray(ids, dtype=np.int64))
+        if on_progress:
+            on_progress(len(x))
+        del x  # not held while the next chunk is read
+    return faiss.index_gpu_to_cpu(index) if on_gpu else index
+
+
+def _tune(
+    index: faiss.Index,
+    kind: str,
+    nlist: int,
+    chunks: Chunks,
+    n: int,
+    rng: np.random.Generator,
+    target_recall: float,
+    params: dict[str, Any],
+) -> float:
+    """Set the smallest nprobe/efSearch reaching `target_recall`; record it in `params`; the recall.
+
+    Tuning queries are rows of the data, each searched with itself left out: they stand for new
+    images from the same distribution (searching a row that is in the index finds itself, which
+    made recall look better than it is for new queries).
+    """
+    rows = rng.choice(n, size=min(TUNE_QUERIES, n), replace=False)
+    queries, query_ids = _sample_rows(chunks, n, rows, with_ids=True)
+    k = min(RECALL_K, n - 1) if n > 1 else 1
+    truth_scores, truth_ids = exact_search_streaming(chunks, queries, k + 1)
+    truth_scores = _without_self(truth_scores, truth_ids, query_ids, k)[0]
+    name, candidates, setter = _tuning_knob(index, kind, nlist)
+    for value in candidates:
+        setter(value)
+        scores, found = _without_self(*index.search(queries, k + 1), query_ids, k)
+        recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
+        if recall >= target_recall:
+            break
+    else:
+        fallback = "nlist: exhaustive" if name == "nprobe" else "the largest tried"
+        log.warning(
+            "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
+            k,
+            target_recall,
+            name,
+            value,
+            fallback,
+            recall,
+        )
+    if kind == "hnsw":
+        params.update({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
+    params[name] = value
+    params.update({"target_recall": float(target_recall), "recall_queries": len(rows)})
+    return recall
 
 
 def _add_presized(index: faiss.Index, chunks: Chunks, n: int, on_progress: ProgressFn | None) -> None:
