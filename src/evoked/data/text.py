@@ -122,16 +122,18 @@ def read_rows(
 
 
 def _jsonl_rows(text: str, path: Path, error: type[EvokedError]) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise error(f"{path}:{lineno}: each line must be a JSON object")
-        obj["__line__"] = lineno
-        rows.append(obj)
-    return rows
+    lines = enumerate(text.splitlines(), 1)
+    return [
+        parse_json_object(line, f"{path}:{n}", error) | {"__line__": n} for n, line in lines if line.strip()
+    ]
+
+
+def parse_json_object(text: str, where: str, error: type[EvokedError] = DatasetError) -> dict:
+    """`text` as a JSON object; anything else raises `error` naming `where`."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e.msg} at {e.pos})") from e
+    if not isinstance(obj, dict):
+        raise error(f"{where}: must hold a JSON object, not {type(obj).__name__}")
+    return obj

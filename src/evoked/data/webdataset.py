@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ import numpy as np
 
 from evoked.data.datasets import IMAGE_EXTENSIONS, register_dataset
 from evoked.data.manifest import Manifest, normalize_split
-from evoked.data.text import parse_float
+from evoked.data.text import parse_float, parse_json_object
 from evoked.errors import DatasetError, DecodeError, LabelError
 
 log = logging.getLogger(__name__)
@@ -279,12 +278,7 @@ def _read_labels(fh, path: Path, sample: Sample) -> dict:
         if ext == "cls":
             out["category"] = text.strip().lower()
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: {m.name} is not valid JSON ({e.msg} at {e.pos})") from e
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{path}: {m.name} must hold a JSON object, not {type(obj).__name__}")
+        obj = parse_json_object(text, f"{path}: {m.name}")
         for k in _CATEGORY_KEYS:
             if isinstance(obj.get(k), str) and obj[k].strip():
                 out["category"] = obj[k].strip().lower()

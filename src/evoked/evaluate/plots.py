@@ -98,18 +98,10 @@ def scatter_plot(
         ok = keep & np.isfinite(pred)
         ax.plot(lim, lim, ls="--", color="0.45", lw=1, zorder=1)
         ax.scatter(truth[ok], pred[ok], s=7, alpha=_alpha(int(ok.sum())), color=_COLORS[0], lw=0, zorder=2)
-        ax.set_xlim(lim)
-        ax.set_ylim(lim)
-        ax.set_aspect("equal")
-        ax.set_xticks(range(1, 10, 2))
-        ax.set_yticks(range(1, 10, 2))
-        ax.grid(alpha=0.25)
         rtxt = "r = -" if r is None or np.isnan(r) else f"r = {r:.3f}"
-        ax.set_title(f"{_title(name)}\n{rtxt} (n = {int(ok.sum())})", fontsize=9)
-        if k % cols == 0:
-            ax.set_ylabel(f"predicted {dimension}")
-        if k >= len(systems) - cols:
-            ax.set_xlabel(f"true {dimension}")
+        title = f"{_title(name)}\n{rtxt} (n = {int(ok.sum())})"
+        xlabel = f"true {dimension}" if k >= len(systems) - cols else ""
+        _square_axes(ax, lim, title, xlabel, f"predicted {dimension}" if k % cols == 0 else "")
     fig.suptitle(f"Predicted vs true {dimension}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path)
@@ -135,8 +127,8 @@ def _draw_anchors(ax, anchors: dict[str, tuple[float, float]], color_of: dict[st
         )
 
 
-def _va_axes(ax, lim: tuple[float, float], title: str, *, ylabel: bool, xlabel: bool) -> None:
-    """A square valence x arousal panel on the 1..9 grid."""
+def _square_axes(ax, lim: tuple[float, float], title: str, xlabel: str, ylabel: str) -> None:
+    """A square panel on the 1..9 grid; an empty label is left out."""
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")
@@ -145,9 +137,9 @@ def _va_axes(ax, lim: tuple[float, float], title: str, *, ylabel: bool, xlabel: 
     ax.grid(alpha=0.25)
     ax.set_title(title, fontsize=9)
     if ylabel:
-        ax.set_ylabel("arousal")
+        ax.set_ylabel(ylabel)
     if xlabel:
-        ax.set_xlabel("valence")
+        ax.set_xlabel(xlabel)
 
 
 def va_plane_plot(
@@ -201,7 +193,8 @@ def va_plane_plot(
         else:
             ax.scatter(va[ok, 0], va[ok, 1], s=6, alpha=alpha, color=_COLORS[0], lw=0)
         _draw_anchors(ax, anchors or {}, color_of)
-        _va_axes(ax, lim, _title(name), ylabel=k % cols == 0, xlabel=k >= len(panels) - cols)
+        xlabel = "valence" if k >= len(panels) - cols else ""
+        _square_axes(ax, lim, _title(name), xlabel, "arousal" if k % cols == 0 else "")
     title = "Valence-arousal plane: " + ("truth and predictions" if has_truth else "predictions")
     if anchors:
         title += f"\n(stars: category VA from {anchor_source})"
