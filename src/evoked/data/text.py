@@ -33,34 +33,25 @@ def read_utf8(path: Path, what: str, error: type[EvokedError]) -> str:
         ) from e
 
 
-def is_missing(value: object) -> bool:
-    """True for None, a float NaN and the `MISSING` tokens."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip().lower() in MISSING
-    return isinstance(value, float) and math.isnan(value)
-
-
 def parse_float(
     value: object, where: str, column: str, *, error: type[EvokedError] = DatasetError, required: bool = False
 ) -> float:
-    """A number cell as a float: missing (`is_missing`) is NaN, or an error when `required`.
+    """A number cell as a float: None, NaN or a `MISSING` token is NaN, or an error when `required`.
 
     Infinite values and text that is not a number raise `error` naming `where`, `column` and the value.
     """
-    if is_missing(value):
-        if required:
-            raise error(f"{where}: no {column} value; fill it in (a number)")
-        return math.nan
-    if isinstance(value, bool):
-        raise error(f"{where}: {column} {value!r} is not a number (leave it empty if unknown)")
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise error(f"{where}: {column} {value!r} is not a number (leave it empty if unknown)") from None
-    if math.isinf(x):
-        raise error(f"{where}: {column} {value!r} is infinite; write a finite number or leave it empty")
+    x = math.nan
+    if value is not None and not (isinstance(value, str) and value.strip().lower() in MISSING):
+        try:
+            if isinstance(value, bool):  # JSON true/false is not a rating
+                raise TypeError
+            x = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise error(f"{where}: {column} {value!r} is not a number (leave it empty if unknown)") from None
+        if math.isinf(x):
+            raise error(f"{where}: {column} {value!r} is infinite; write a finite number or leave it empty")
+    if required and math.isnan(x):
+        raise error(f"{where}: no {column} value; fill it in (a number)")
     return x
 
 

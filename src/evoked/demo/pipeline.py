@@ -26,6 +26,7 @@ from evoked.extract.weights import torchvision_cached_file
 
 log = logging.getLogger(__name__)
 
+ProgressFn = Callable[[int, int], None]
 STEPS = ("images", "split", "extract", "index", "regress", "finetune", "evaluate", "search")
 
 
@@ -47,9 +48,7 @@ def pretrained_resnet18_cached() -> bool:
 class _Steps:
     """Announces each step (`on_step`), forwards progress inside it and keeps its seconds."""
 
-    def __init__(
-        self, on_step: Callable[[str, int, int], None] | None, on_progress: Callable[[int, int], None] | None
-    ):
+    def __init__(self, on_step: Callable[[str, int, int], None] | None, on_progress: ProgressFn | None):
         self.seconds: dict[str, float] = {}
         self._on_step, self._on_progress = on_step, on_progress
 
@@ -77,7 +76,7 @@ def run_demo(
     epochs: int = 2,
     overwrite: bool = False,
     on_step: Callable[[str, int, int], None] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> DemoResult:
     """Run every step into `out`. `on_step(name, index, n_steps)` announces each step and
     `on_progress(done, total)` reports progress inside it (for a progress bar)."""
@@ -117,14 +116,7 @@ def run_demo(
         test_ids = [i for i, s in zip(split.ids, split.split) if s == "test"]
         with Retriever(store, "color/hsv_hist") as r:
             neighbours = r.by_image(out / "data" / "images" / test_ids[0], k=5)
-    return DemoResult(
-        out=out,
-        weights=weights,
-        report=report,
-        neighbours=neighbours,
-        query=test_ids[0],
-        seconds=steps.seconds,
-    )
+    return DemoResult(out, weights, report, neighbours, query=test_ids[0], seconds=steps.seconds)
 
 
 def _extract(
@@ -133,7 +125,7 @@ def _extract(
     weights: str,
     device: str,
     n_images: int,
-    progress: Callable[[int, int], None],
+    progress: ProgressFn,
 ) -> None:
     from evoked.extract import extract
 
@@ -156,7 +148,7 @@ def _extract(
     )
 
 
-def _regress(store: Path, runs: Path, seed: int, progress: Callable[..., None]) -> None:
+def _regress(store: Path, runs: Path, seed: int, progress: ProgressFn) -> None:
     """Regressors on the VA ratings and, for comparison, on category-derived VA."""
     from evoked.regress.runner import run_regress
 
@@ -182,7 +174,7 @@ def _finetune(
     device: str,
     epochs: int,
     seed: int,
-    progress: Callable[..., None],
+    progress: ProgressFn,
 ) -> None:
     """The network in one stage, then two-stage from it."""
     from evoked.finetune import finetune

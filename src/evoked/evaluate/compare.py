@@ -220,21 +220,15 @@ class _Rows:
     dmask: np.ndarray | None
 
 
-class _Columns:
-    """The columns whose resampled sums give every CI in one matrix product; `add` returns their slice."""
-
-    def __init__(self) -> None:
-        self.blocks: list[np.ndarray] = []
-        self.width = 0
-
-    def add(self, x: np.ndarray) -> slice:
-        self.blocks.append(x)
-        self.width += x.shape[1]
-        return slice(self.width - x.shape[1], self.width)
+def _add(blocks: list[np.ndarray], x: np.ndarray) -> slice:
+    """Append columns whose resampled sums give CIs (all in one matrix product); their slice."""
+    start = sum(b.shape[1] for b in blocks)
+    blocks.append(x)
+    return slice(start, start + x.shape[1])
 
 
 def _score(
-    i: int, s: System, items: Items, rows: _Rows, lexicon: Lexicon, nearest: str, cols: _Columns
+    i: int, s: System, items: Items, rows: _Rows, lexicon: Lexicon, nearest: str, blocks: list[np.ndarray]
 ) -> tuple[dict, dict[str, slice]]:
     """System `i`'s point estimates, and the slices of its bootstrap columns by metric group."""
     entry: dict = {"system": s.name, "run": s.run, "model": s.model, "category": None, "distribution": None}
@@ -242,13 +236,13 @@ def _score(
     for k, dim in enumerate(DIMENSIONS):
         m = rows.masks[dim] & rows.active[i, k]
         entry[dim] = regression_metrics(items.true[m, k], s.pred[m, k])
-        sl[dim] = cols.add(bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
+        sl[dim] = _add(blocks, bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
     cm, cats = rows.cat_mask, rows.cats
     if cm is not None and cats is not None and rows.active[i].all():
         entry["category"] = category_accuracy(items.category[cm], s.pred[cm], lexicon, cats, nearest)
         correct = np.zeros(len(items))
         correct[cm], _ = category_correct(items.category[cm], s.pred[cm], lexicon, cats, nearest)
-        sl["category"] = cols.add(bs.mean_columns(correct, cm))
+        sl["category"] = _add(blocks, bs.mean_columns(correct, cm))
     if i in rows.dist_pred and rows.dmask is not None:
         dm = rows.dmask
         values = distribution_values(
@@ -257,22 +251,15 @@ def _score(
         entry["distribution"] = {"n": int(dm.sum())}
         for name, v in values.items():
             entry["distribution"][name] = float(v[dm].mean()) if dm.any() else float("nan")
-            sl[f"distribution.{name}"] = cols.add(bs.mean_columns(v, dm))
+            sl[f"distribution.{name}"] = _add(blocks, bs.mean_columns(v, dm))
     return entry, sl
 
 
 def _bootstrap_cis(
-    results: list[dict],
-    slices: list[dict[str, slice]],
-    cols: _Columns,
-    bootstrap: int,
-    seed: int,
-    level: float,
-    on_progress: Callable[[int, int], None] | None,
+    results: list[dict], slices: list[dict[str, slice]], sums: np.ndarray, level: float
 ) -> list[dict]:
-    """Fill each result's ``ci``s; return the resampled statistics per system (for the paired tests)."""
-    progress = (lambda done: on_progress(done, bootstrap)) if on_progress else None
-    sums = bs.resampled_sums(np.concatenate(cols.blocks, axis=1), bootstrap, seed, on_progress=progress)
+    """Fill each result's ``ci``s from the resampled column `sums`; return the resampled statistics
+    per system (for the paired tests)."""
     boot = []
     for entry, sl in zip(results, slices):
         b = {dim: bs.va_from_sums(sums[:, sl[dim]]) for dim in DIMENSIONS}
@@ -290,17 +277,11 @@ def _bootstrap_cis(
     return boot
 
 
-_HIGHER_IS_BETTER = {
-    "mse": False,
-    "rmse": False,
-    "mae": False,
-    "r": True,
-    "spearman": True,
-    "ccc": True,
-    "r2": True,
-    "accuracy": True,
-    **DISTRIBUTION_METRICS,
-}
+_HIGHER_IS_BETTER = (
+    dict.fromkeys(("mse", "rmse", "mae"), False)
+    | dict.fromkeys(("r", "spearman", "ccc", "r2", "accuracy"), True)
+    | DISTRIBUTION_METRICS
+)
 
 
 def compare_systems(
@@ -332,19 +313,18 @@ def compare_systems(
     dist_pred, dmask, dist_info = _distribution_rows(items, systems, notes)
     rows = _Rows(masks, active, cats, cat_mask, dist_pred, dmask)
 
-    cols = _Columns()
-    scored = [_score(i, s, items, rows, lexicon, nearest, cols) for i, s in enumerate(systems)]
+    blocks: list[np.ndarray] = []
+    scored = [_score(i, s, items, rows, lexicon, nearest, blocks) for i, s in enumerate(systems)]
     results, slices = [e for e, _ in scored], [sl for _, sl in scored]
     t0 = time.perf_counter()
-    boot = _bootstrap_cis(results, slices, cols, bootstrap, seed, level, on_progress) if bootstrap > 0 else []
+    boot: list[dict] = []
+    if bootstrap > 0:
+        progress = (lambda done: on_progress(done, bootstrap)) if on_progress else None
+        sums = bs.resampled_sums(np.concatenate(blocks, axis=1), bootstrap, seed, on_progress=progress)
+        boot = _bootstrap_cis(results, slices, sums, level)
     elapsed = time.perf_counter() - t0
-    log.info(
-        "bootstrap: %d resamples x %d systems x %d items in %.2f s",
-        bootstrap,
-        len(systems),
-        len(items),
-        elapsed,
-    )
+    msg = "bootstrap: %d resamples x %d systems x %d items in %.2f s"
+    log.info(msg, bootstrap, len(systems), len(items), elapsed)
 
     # rank, then test every system against the reference on the same resamples
     ranking, rank_key = _ranking(results)

@@ -25,7 +25,16 @@ from evoked.evaluate.compare import compare_systems, resolve_reference
 from evoked.evaluate.evalsets import eval_sets, membership_notes
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
-from evoked.evaluate.runs import CURVE_METRICS, Items, Run, System, align_systems, items_fingerprint, read_run
+from evoked.evaluate.runs import (
+    CURVE_METRICS,
+    Items,
+    Run,
+    System,
+    align_systems,
+    items_fingerprint,
+    read_run,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +89,10 @@ def evaluate(
     if twice:
         raise ConfigError(f"run director{'ies' if len(twice) > 1 else 'y'} {', '.join(twice)} given twice")
     lex = load_lexicon(lexicon, category_map)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
-
-    runs = [read_run(p) for p in paths]
+    _check_out(out)
     return evaluate_runs(
-        runs,
-        out=out_dir,
+        [read_run(p) for p in paths],
+        out=out,
         lexicon=lex,
         nearest=nearest,
         bootstrap=int(bootstrap),
@@ -133,20 +138,22 @@ def evaluate_predictions(
             name, k = f"{base}-{k}", k + 1
         used.add(name)
         runs.append(predictions_run(f, m, split, name=name))
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a directory for the report")
+    _check_out(out)
     notes = [n for r in runs for n in r.meta["notes"]]
     truth_info = {"truth": {"dataset": m.name, "spec": spec, "split": split}}
-    return evaluate_runs(
-        runs, out=None if out is None else Path(out), lexicon=lex, extra_notes=notes, extra=truth_info, **kw
-    )
+    return evaluate_runs(runs, out=out, lexicon=lex, extra_notes=notes, extra=truth_info, **kw)
+
+
+def _check_out(out: str | Path | None) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a directory for the report")
 
 
 def evaluate_runs(
     runs: Sequence[Run],
     *,
     lexicon: Lexicon,
-    out: Path | None = None,
+    out: str | Path | None = None,
     nearest: str = "cosine",
     bootstrap: int = 1000,
     seed: int = 0,
@@ -393,19 +400,6 @@ def curve_summary(runs: Sequence[Run]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _clean(o):
-    """JSON-safe copy: NaN/inf -> null, numpy scalars -> Python."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.generic):
-        o = o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
-
-
 def write_report(
     report: dict, out: Path, items: Items, systems: Sequence[System], lexicon, plots: bool = True
 ) -> dict[str, str]:
@@ -426,7 +420,7 @@ def write_report(
         w.writerows([["" if isinstance(c, float) and math.isnan(c) else c for c in r] for r in rows])
     report["files"] = files
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    write_json(out / "report.json", report)
     for name in REPORT_FILES:
         if name not in files.values() and (out / name).is_file():
             (out / name).unlink()  # a stale plot from an earlier report would contradict this one

@@ -257,26 +257,25 @@ def build_index_streaming(
         raise ConfigError(f"target_recall={target_recall} must be in (0, 1]")
     plan = plan_index(n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold)
     kind, nlist, pq_m = plan["kind"], plan["nlist"], plan["pq_m"]
-    on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf") and _pq_fits_gpu(kind, d, pq_m)
+    on_gpu = _resolve_gpu(use_gpu) and kind.startswith("ivf")
+    if on_gpu and kind == "ivfpq" and not pq_on_gpu(d, pq_m):
+        msg = "ivfpq: %d sub-quantisers over %d dimensions (%d each) have no GPU form; using the CPU"
+        log.warning(msg, pq_m, d, d // pq_m)
+        on_gpu = False
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)  # one generator: the training sample, then the tuning queries
-    index, keep = _new_index(kind, d, nlist, pq_m), []
+    index, train_rows = _new_index(kind, d, nlist, pq_m), None
     if kind.startswith("ivf"):
+        index.cp.seed = seed
         n_train = min(
             n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d)))
         )
-        index.cp.seed = seed
-        index, keep = _train(
-            index, _sample_rows(chunks, n, rng.choice(n, size=n_train, replace=False)), on_gpu
-        )
-    index = _add_all(index, kind, chunks, n, on_gpu, on_progress)
-    del keep
+        train_rows = rng.choice(n, size=n_train, replace=False)
+    index = _fill(index, chunks, n, train_rows, on_gpu, on_progress)
     params: dict[str, Any] = {"nlist": nlist} if nlist else {}
     if pq_m:
         params["pq_m"] = pq_m
-    recall = None
-    if kind != "flat":
-        recall = _tune(index, kind, nlist, chunks, n, rng, target_recall, params)
+    recall = _tune(index, kind, nlist, chunks, n, rng, target_recall, params) if kind != "flat" else None
     info = IndexInfo(
         kind=kind,
         n=n,
@@ -289,47 +288,32 @@ def build_index_streaming(
         on_gpu=on_gpu,
         extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},
     )
-    log.info(
-        "built %s index of %d x %d (%s), recall@10 %s in %.1f s",
-        kind,
-        n,
-        d,
-        params,
-        recall,
-        info.build_seconds,
-    )
+    msg = "built %s index of %d x %d (%s), recall@10 %s in %.1f s"
+    log.info(msg, kind, n, d, params, recall, info.build_seconds)
     return index, info
 
 
-def _pq_fits_gpu(kind: str, d: int, pq_m: int) -> bool:
-    if kind != "ivfpq" or pq_on_gpu(d, pq_m):
-        return True
-    log.warning(
-        "ivfpq with %d sub-quantisers over %d dimensions has no GPU form (%d per sub-quantiser); "
-        "training and adding on the CPU",
-        pq_m,
-        d,
-        d // pq_m,
-    )
-    return False
-
-
-def _train(index: faiss.Index, train: np.ndarray, on_gpu: bool) -> tuple[faiss.Index, list]:
-    """The IVF index trained on `train`; on the GPU, placed on every GPU for adding, with the
-    resources to keep alive while it is used."""
-    if not on_gpu:
-        index.train(train)
-        return index, []
-    return _gpus_for_adding(_train_on_gpu(index, train))
-
-
-def _add_all(
-    index: faiss.Index, kind: str, chunks: Chunks, n: int, on_gpu: bool, on_progress: ProgressFn | None
+def _fill(
+    index: faiss.Index,
+    chunks: Chunks,
+    n: int,
+    train_rows: np.ndarray | None,
+    on_gpu: bool,
+    on_progress: ProgressFn | None,
 ) -> faiss.Index:
-    """Every vector added; a GPU index comes back as one CPU index (sharded lists merged)."""
-    if kind.startswith("ivf") and not on_gpu:
-        _add_presized(index, chunks, n, on_progress)
-        return index
+    """Train an IVF index on the rows `train_rows`, then add every vector; a GPU index comes back as
+    one CPU index (sharded lists merged)."""
+    keep: list = []  # GPU resources, alive while the GPU index is used
+    if train_rows is not None:
+        train = _sample_rows(chunks, n, train_rows)
+        if on_gpu:
+            index, keep = _gpus_for_adding(_train_on_gpu(index, train))
+        else:
+            index.train(train)
+            del train
+            _add_presized(index, chunks, n, on_progress)
+            return index
+        del train
     for ids, x in chunks():
         index.add_with_ids(normalize(x), np.asarray(ids, dtype=np.int64))
         if on_progress:
@@ -368,15 +352,8 @@ def _tune(
             break
     else:
         fallback = "nlist: exhaustive" if name == "nprobe" else "the largest tried"
-        log.warning(
-            "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f",
-            k,
-            target_recall,
-            name,
-            value,
-            fallback,
-            recall,
-        )
+        msg = "recall@%d never reached %.3f; using %s=%d (%s), which reaches %.4f"
+        log.warning(msg, k, target_recall, name, value, fallback, recall)
     if kind == "hnsw":
         params.update({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
     params[name] = value
