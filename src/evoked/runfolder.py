@@ -266,7 +266,8 @@ def read_predictions(path: Path) -> dict[str, Predictions]:
 
 
 def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
-    """predictions.csv -> {eval name: {model: Predictions}}; "" is the training side.
+    """predictions.csv -> {eval name: {model: Predictions}}; "" is the training side; {} for a run
+    that evaluated nothing (``--cv 0``).
 
     Raises `DatasetError` naming the file and line.
     """
@@ -296,8 +297,6 @@ def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
         r["cat"].append(row["category_true"].strip())
         r["pt"].append([_float(row[TRUE_P + c], where, TRUE_P + c) for c in true_cats])
         r["pp"].append([_float(row[PRED_P + c], where, PRED_P + c) for c in pred_cats])
-    if not rows:
-        raise DatasetError(f"{path} has no prediction rows")
     out: dict[str, dict[str, Predictions]] = {}
     for (eval_name, model), r in rows.items():
         out.setdefault(eval_name, {})[model] = _predictions(r, *cats)
