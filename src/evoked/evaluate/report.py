@@ -21,7 +21,7 @@ from evoked.clock import utc_now
 from evoked.data.lexicon import Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
-from evoked.evaluate.compare import compare_systems, resolve_reference
+from evoked.evaluate.compare import check_every_run_compared, compare_systems, resolve_reference
 from evoked.evaluate.evalsets import eval_sets, membership_notes
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
@@ -211,6 +211,7 @@ def evaluate_runs(
             + "; ".join(notes + [f"{s['eval_set']}: {s['skipped']}" for s in subs])
             + ")"
         )
+    check_every_run_compared(runs, top["systems"], top["report"]["eval_set"])  # none left out silently
     report = {
         "evoked_version": __version__,
         "created": utc_now(),

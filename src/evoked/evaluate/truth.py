@@ -115,8 +115,8 @@ def match_items(rows: list[dict], truth: Manifest, base: Path, source: str) -> n
         shown = ", ".join(repr(u) for u in unmatched[:5])
         raise DatasetError(
             f"{source}: {len(unmatched)} of {len(rows)} prediction row(s) match no item of {truth.name!r} "
-            f"(e.g. {shown}): a row joins by id, else by its path resolved against the predictions file's "
-            "folder. Predict the dataset itself (`evoked predict --run RUN KIND:PATH`) so the ids are its ids, "
+            f"(e.g. {shown}): a row joins by id, else by its path (absolute, or relative to the predictions "
+            "file's folder). Predict the dataset itself (`evoked predict --run RUN KIND:PATH`) so the ids are its ids, "
             "or score against the dataset the images come from"
         )
     return index
