@@ -427,8 +427,9 @@ def write_outputs(
 
 
 def run_record(
-    name, tr: _Training, targets, plan: Plan, results, default_model, opts: RegressOptions
-) -> dict:
+    name: str, tr: _Training, targets: Targets, plan: Plan, results: Sequence[ModelResult], default_model: str,
+    opts: RegressOptions,
+) -> dict:  # fmt: skip
     """run.json of a regression run (docs/runs.md)."""
     rows = plan.eval_rows
     folds = [plan.eval_fold[int(r)] for r in rows]
