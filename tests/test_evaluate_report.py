@@ -411,3 +411,27 @@ def test_a_curve_spread_over_runs_is_pooled_by_model(tmp_path: Path):
     assert pooled["seeds"] == 2 and pooled["r_valence_mean"] == pytest.approx(0.205)
     assert pooled["r_valence_std"] == pytest.approx(np.std([0.2, 0.21], ddof=1))
     assert (out / "curve.png").is_file()
+
+
+def test_a_run_without_items_in_common_is_refused_not_dropped(tmp_path: Path, capsys):
+    """Failure 4 of issue 21: a CV run and a transfer run whose training sides are other items used to
+    be reported as the transfer run's eval set alone (exit 0), the CV run dropped without an error."""
+    ids, fold, va, cat = _truth(12)
+    cv = write_run(tmp_path / "runs" / "va", {"kind": "regress", "dataset": "A", "protocol": PROTOCOL},
+                   {"ridge": _columns(ids, fold, va, cat, 0.3, 1)})  # fmt: skip
+    t_ids, t_fold, t_va, t_cat = _truth(20, seed=1)
+    e_ids, _, e_va, e_cat = _truth(8, seed=2)
+    side = _columns([f"t-{i}" for i in t_ids], t_fold, t_va, t_cat, 0.3, 2)
+    evals = _columns([f"e-{i}" for i in e_ids], [-1] * 8, e_va, e_cat, 0.3, 3)
+    cols = {k: list(side[k]) + list(evals[k]) for k in side}
+    cols["eval"] = [""] * 20 + ["B"] * 8
+    transfer = write_run(tmp_path / "runs" / "e6-transfer",
+                         {"kind": "regress", "dataset": "T", "protocol": PROTOCOL, "evals": [{"name": "B"}]},
+                         {"ridge": cols})  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        evaluate([cv, transfer], bootstrap=0, plots=False)
+    msg = str(err.value)
+    assert "va" in msg and "e6-transfer" in msg and "12 training-side items" in msg
+    assert "20 training-side items" in msg and "eval set 'B' (8 items)" in msg and "on its own" in msg
+    assert main(["evaluate", str(cv), str(transfer), "-q", "--bootstrap", "0"]) == 2
+    assert "share no evaluated items" in capsys.readouterr().err

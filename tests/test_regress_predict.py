@@ -122,3 +122,23 @@ def test_predict_output_is_a_predictions_file_evaluate_scores(trained, tmp_path:
         assert main(["evaluate", "--predictions", str(p), "--out", str(tmp_path / "rep"), *args]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["items"]["n"] == 16 and report["systems"][0]["valence"]["r"] > 0.9
+
+
+def test_predict_then_evaluate_round_trips_from_relative_paths(trained, tmp_path: Path, monkeypatch, capsys):
+    """Failure 3 of issue 21: `predict FOLDER --out preds/x.csv` from one working directory, then
+    `evaluate --predictions preds/x.csv --truth DATASET`: the rows join the dataset by their paths."""
+    run, _ = trained
+    ds = run.parent / "ds"
+    truth = tmp_path / "truth.csv"
+    with truth.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "valence", "arousal"])
+        for k in range(8):  # ids the folder's own ids ("3.jpg") do not match: only paths join
+            w.writerow([f"e6-fear-{k}", str(ds / "fear" / f"{k}.jpg"), 2.0 + 0.3 * k, 4.0 + 0.2 * k])
+    monkeypatch.chdir(run.parent)
+    assert main(["predict", "ds/fear", "--run", str(run), "--out", "preds/fear.csv", "-q"]) == 0
+    capsys.readouterr()
+    args = ["--truth", f"csv:{truth}", "--bootstrap", "0", "--no-plots", "--json", "-q"]
+    assert main(["evaluate", "--predictions", "preds/fear.csv", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"]["n"] == 8

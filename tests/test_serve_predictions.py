@@ -22,7 +22,7 @@ def stores(tmp_path_factory):
     x = rng.normal(size=(30, 4))
     va = 5 + x[:, :2]
     valence, arousal = va[:, 0].copy(), va[:, 1].copy()
-    valence[25:], arousal[25:] = np.nan, np.nan  # 5 unrated items: never in the CV, fitted only
+    valence[25:], arousal[25:] = np.nan, np.nan  # 5 unrated items: never in the CV, never trained on
     a = make_store(root / "a.h5", {"f/x": x}, valence=valence, arousal=arousal)
     xb = rng.normal(size=(6, 4))
     b = make_store(
@@ -43,13 +43,13 @@ def test_serve_shows_out_of_fold_predictions_and_says_so(stores):
     run_regress(a, features=["f/x"], out=run, models=("ridge",), cv=3)
     found = store_predictions(run, a)
     oof = read_run(run).predictions["ridge"]
-    assert found.counts == {"oof": 25, "fitted": 5}
+    assert found.counts == {"oof": 25, "unseen": 5}
     rows = {f"item{i:05d}.jpg": i for i in range(30)}
     for item, pred in zip(oof.ids, oof.pred):
         np.testing.assert_allclose(found.va[rows[item]], pred)  # the oof number, not the in-sample one
         assert found.kind[rows[item]] == "oof"
     fitted, _ = run_predictions(run, a)
-    assert (found.kind[25:] == "fitted").all() and np.allclose(found.va[25:], fitted[25:])
+    assert (found.kind[25:] == "unseen").all() and np.allclose(found.va[25:], fitted[25:])
     assert not np.allclose(found.va[:25], fitted[:25])  # in-sample differs from out of fold
     app = TestClient(
         create_app(
@@ -58,9 +58,9 @@ def test_serve_shows_out_of_fold_predictions_and_says_so(stores):
         base_url="http://127.0.0.1",  # the server answers only its own host names
     )
     pts = app.get("/api/points").json()
-    assert pts["pred_kind"].count("oof") == 25 and pts["pred_kind"].count("fitted") == 5
+    assert pts["pred_kind"].count("oof") == 25 and pts["pred_kind"].count("unseen") == 5
     hits = app.get("/api/search/va", params={"v": 5, "a": 5, "k": 3, "source": "predictions"}).json()["hits"]
-    assert all(h["pred_kind"] in ("oof", "fitted") for h in hits)
+    assert all(h["pred_kind"] in ("oof", "unseen") for h in hits)
 
 
 def test_an_eval_store_of_the_run_shows_its_transfer_rows(stores):
@@ -114,3 +114,26 @@ def test_an_eval_store_of_the_run_shows_its_transfer_rows(stores):
     found = store_predictions(run, b)
     assert found.counts == {"transfer": 6}
     np.testing.assert_allclose(found.va[:, 0], 1.0 + np.arange(6))
+
+
+def test_test_items_left_out_of_the_cv_are_not_shown_as_fitted(tmp_path):
+    """Failure 1 of issue 21: `regress --cv` on a store with a split leaves the test rows out of the
+    folds and of the saved model; serve must not call their predictions fitted (seen in training)."""
+    from evoked.regress.runner import run_regress
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 4))
+    split = np.array(["train"] * 24 + ["val"] * 6 + ["test"] * 10, dtype=object)
+    a = make_store(tmp_path / "s.h5", {"f/x": x}, valence=5 + x[:, 0], arousal=5 + x[:, 1], split=split)
+    run_regress(a, features=["f/x"], out=tmp_path / "cv", models=("ridge",), cv=3)
+    found = store_predictions(tmp_path / "cv", a)
+    assert found.counts == {"oof": 30, "unseen": 10}
+    assert (found.kind[30:] == "unseen").all() and (found.kind[:30] == "oof").all()
+    # under --split test the training rows are in-sample, the test rows the run's held-out ones
+    run_regress(a, features=["f/x"], out=tmp_path / "sp", models=("ridge",), split="test")
+    found = store_predictions(tmp_path / "sp", a)
+    assert found.counts == {"fitted": 30, "held-out": 10}
+    assert (found.kind[:30] == "fitted").all()
+    # under --cv 0 every item was trained on
+    run_regress(a, features=["f/x"], out=tmp_path / "all", models=("ridge",), cv=0)
+    assert store_predictions(tmp_path / "all", a).counts == {"fitted": 40}

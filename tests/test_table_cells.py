@@ -8,8 +8,8 @@ import pytest
 from evoked.data import load_dataset, load_lexicon
 from evoked.data.text import MISSING, parse_float, parse_int, read_rows
 from evoked.errors import DatasetError, LabelError
-from evoked.evaluate.runs import read_curve, read_prediction_groups
 from evoked.evaluate.truth import read_prediction_rows
+from evoked.runfolder import read_curve, read_prediction_groups
 
 
 @pytest.mark.parametrize("token", ["", " ", "NaN", "nan", "NA", "n/a", "None", "null", None])

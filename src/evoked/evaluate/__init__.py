@@ -17,7 +17,7 @@ from evoked.evaluate.distribution import (
 )
 from evoked.evaluate.metrics import ccc, mae, mse, pearson, r2, regression_metrics, spearman, va_metrics
 from evoked.evaluate.report import evaluate
-from evoked.evaluate.runs import items_fingerprint, read_run, write_run
+from evoked.runfolder import items_fingerprint, read_run, write_run
 
 __all__ = [
     "category_accuracy",

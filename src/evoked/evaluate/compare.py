@@ -20,6 +20,7 @@ from evoked.evaluate.category import category_accuracy, category_correct, catego
 from evoked.evaluate.distribution import DISTRIBUTION_METRICS, EPS, distribution_values
 from evoked.evaluate.metrics import DIMENSIONS, regression_metrics
 from evoked.evaluate.runs import Items, System
+from evoked.runfolder import Run
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,28 @@ def category_setup(
         notes.append(f"category accuracy skipped: only one category ({', '.join(cats)})")
         return None
     return cats
+
+
+def check_every_run_compared(runs: Sequence[Run], systems: Sequence[System], group: str) -> None:
+    """Refuse a report that would leave a run out: every run must have items in the compared
+    group (`group`: "" for the training side, else an eval set's name), never dropped silently."""
+    inside = {s.run for s in systems}
+    left = [r.name for r in runs if r.name not in inside]
+    if not left:
+        return
+
+    def items(r: Run) -> str:
+        side = len(next(iter(r.predictions.values())).ids) if r.predictions else 0
+        sets = [f"eval set {n!r} ({len(next(iter(g.values())).ids)} items)" for n, g in r.evals.items()]
+        return f"{r.name}: {side} training-side items" + (", " + ", ".join(sets) if sets else ", no eval set")
+
+    what = f"eval set {group!r}" if group else "the training side"
+    raise ConfigError(
+        f"run(s) {', '.join(left)} share no evaluated items with {', '.join(sorted(inside))} ({what}), so "
+        f"they cannot be compared ({'; '.join(items(r) for r in runs)}). Evaluate each run on its own "
+        f"(`evoked evaluate RUN`), or evaluate every run on the same items: the same split or folds of one "
+        "dataset, or the same eval store or dataset (`regress --eval STORE`, `finetune --eval DATASET`)"
+    )
 
 
 def _ranking(results: Sequence[dict]) -> tuple[str, Callable[[dict], tuple]]:

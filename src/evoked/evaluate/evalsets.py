@@ -14,7 +14,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from evoked.data.datasets import _KINDS, split_spec
-from evoked.evaluate.runs import Run, differences, items_fingerprint
+from evoked.evaluate.runs import differences
+from evoked.runfolder import Run, items_fingerprint
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -7,7 +7,7 @@ import math
 
 from evoked.evaluate import tables
 from evoked.evaluate.metrics import DIMENSIONS
-from evoked.evaluate.runs import CURVE_METRICS
+from evoked.runfolder import CURVE_METRICS
 
 
 def protocol_text(p) -> str:

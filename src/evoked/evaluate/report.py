@@ -21,20 +21,12 @@ from evoked.clock import utc_now
 from evoked.data.lexicon import CategoryMap, Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
-from evoked.evaluate.compare import compare_systems, resolve_reference
+from evoked.evaluate.compare import check_every_run_compared, compare_systems, resolve_reference
 from evoked.evaluate.evalsets import eval_sets, membership_notes
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
-from evoked.evaluate.runs import (
-    CURVE_METRICS,
-    Items,
-    Run,
-    System,
-    align_systems,
-    items_fingerprint,
-    read_run,
-    write_json,
-)
+from evoked.evaluate.runs import Items, System, align_systems
+from evoked.runfolder import CURVE_METRICS, Run, items_fingerprint, read_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +206,7 @@ def evaluate_runs(
             + "; ".join(notes + [f"{s['eval_set']}: {s['skipped']}" for s in subs])
             + ")"
         )
+    check_every_run_compared(runs, top["systems"], top["report"]["eval_set"])  # none left out silently
     report = {
         "evoked_version": __version__,
         "created": utc_now(),

@@ -5,8 +5,9 @@ optional): what `evoked predict` writes, and also any run's predictions.csv. The
 ``evoked predict --json`` is read too. Each row is joined to an item of the truth dataset:
 
 1. by ``id``, when it is one of the dataset's ids;
-2. else by ``path``: the row's path, resolved (relative paths against the predictions file's
-   folder), equal to the resolved path of one of the dataset's images.
+2. else by ``path``: the row's path (`evoked predict` writes absolute paths; a relative one is
+   taken against the predictions file's folder), resolved, equal to the resolved path of one of
+   the dataset's images (`evoked.runfolder.image_path_key`).
 
 A row that matches no item is an error naming the count and the first ids (nothing is scored on
 a guess); with ``--truth DATASET:SPLIT`` rows of items outside that split are left out and counted.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from evoked.data import Manifest
 from evoked.data.text import parse_float
 from evoked.errors import ConfigError, DatasetError
-from evoked.evaluate.runs import Predictions, Run
+from evoked.runfolder import Predictions, Run, image_path_key
 
 NEEDED = ("id", "model", "valence_pred", "arousal_pred")
 
@@ -86,21 +86,16 @@ def read_prediction_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _resolve(p: str, base: Path) -> str:
-    q = Path(p).expanduser()
-    return os.path.normcase(os.path.realpath(q if q.is_absolute() else base / q))
-
-
 def match_items(rows: list[dict], truth: Manifest, base: Path, source: str) -> np.ndarray:
     """The truth row of every prediction row (by id, else by resolved path); refuses unmatched rows."""
     by_id = {str(i): k for k, i in enumerate(truth.ids.tolist())}
-    by_path = {os.path.normcase(os.path.realpath(p)): k for k, p in enumerate(truth.abspaths())}
+    by_path = {image_path_key(str(p), base): k for k, p in enumerate(truth.abspaths())}
     index = np.full(len(rows), -1, dtype=np.int64)
     unmatched = []
     for n, r in enumerate(rows):
         k = by_id.get(str(r["id"]))
         if k is None and r["path"]:
-            k = by_path.get(_resolve(r["path"], base))
+            k = by_path.get(image_path_key(r["path"], base))
         if k is None:
             unmatched.append(r["id"] or r["path"])
         else:
@@ -109,8 +104,8 @@ def match_items(rows: list[dict], truth: Manifest, base: Path, source: str) -> n
         shown = ", ".join(repr(u) for u in unmatched[:5])
         raise DatasetError(
             f"{source}: {len(unmatched)} of {len(rows)} prediction row(s) match no item of {truth.name!r} "
-            f"(e.g. {shown}): a row joins by id, else by its path resolved against the predictions file's "
-            "folder. Predict the dataset itself (`evoked predict --run RUN KIND:PATH`) so the ids are its ids, "
+            f"(e.g. {shown}): a row joins by id, else by its path (absolute, or relative to the predictions "
+            "file's folder). Predict the dataset itself (`evoked predict --run RUN KIND:PATH`) so the ids are its ids, "
             "or score against the dataset the images come from"
         )
     return index

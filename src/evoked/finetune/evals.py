@@ -35,7 +35,7 @@ class EvalSet:
     splits: tuple[str, ...]  # each item's split in the eval dataset ("" if none)
 
     def describe(self) -> dict:
-        from evoked.evaluate.runs import items_fingerprint
+        from evoked.runfolder import items_fingerprint
 
         return {
             "name": self.name,

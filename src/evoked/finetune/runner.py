@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoked import __version__
+from evoked import __version__, runfolder
 from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
@@ -160,25 +158,6 @@ def _ids_sha256(part: Part) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, part.ids))).encode("utf-8")).hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    v = {
-        "evoked": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        import open_clip
-
-        v["open_clip"] = open_clip.__version__
-    except ImportError:  # optional at run time
-        pass
-    return v
-
-
 # ---------------------------------------------------------------------------------------------- network
 
 
@@ -303,17 +282,23 @@ def _probabilities(logits: np.ndarray, cls_loss: str) -> np.ndarray:
     return torch.softmax(t, dim=1).numpy()
 
 
-def _prediction_columns(part: Part, va_pred: np.ndarray, probs: np.ndarray | None, classes) -> dict:
+def _prediction_columns(
+    part: Part, va_pred: np.ndarray, probs: np.ndarray | None, classes: Sequence[str], *, kind: str,
+    eval_name: str = "", splits: Sequence[str] | None = None,
+) -> dict:  # fmt: skip
+    """One group of predictions.csv rows (docs/runs.md): the test split, or an eval set."""
     n = len(part)
     cols = {
         "id": part.ids.tolist(),
         "fold": [-1] * n,
-        "split": ["test"] * n,
+        "split": list(splits) if splits is not None else ["test"] * n,
         "valence_true": part.va[:, 0].astype(float).tolist(),
         "arousal_true": part.va[:, 1].astype(float).tolist(),
         "valence_pred": va_pred[:, 0].tolist(),
         "arousal_pred": va_pred[:, 1].tolist(),
         "category_true": part.category.tolist(),
+        "eval": [eval_name] * n,
+        "kind": [kind] * n,
     }
     if probs is not None:
         for k, c in enumerate(classes):
@@ -322,6 +307,12 @@ def _prediction_columns(part: Part, va_pred: np.ndarray, probs: np.ndarray | Non
         for k, c in enumerate(part.categories):
             cols[f"true_p_{c}"] = part.distribution[:, k].tolist()
     return cols
+
+
+def _joined(groups: Sequence[dict]) -> dict:
+    """Column groups one after the other; a column a group lacks is empty there."""
+    names = dict.fromkeys(c for g in groups for c in g)
+    return {c: [v for g in groups for v in g.get(c, [""] * len(g["id"]))] for c in names}
 
 
 # ---------------------------------------------------------------------------------------------- finetune
@@ -725,58 +716,65 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_outputs(
-    *,
-    out,
-    mode,
-    task,
-    data,
-    va_pred,
-    logits,
-    lex,
-    outcome,
-    config,
-    init,
-    params,
-    cat_m,
-    dim_m,
-    ckpt_path,
-    seed,
-    seconds,
-    eval_preds=(),
-    bn=None,
-    inherited=None,
-) -> FinetuneResult:
+    *, out, mode, task, data, va_pred, logits, lex, outcome, config, init, params, cat_m, dim_m, ckpt_path,
+    seed, seconds, eval_preds=(), bn=None, inherited=None,
+) -> FinetuneResult:  # fmt: skip
+    """run.json, predictions.csv (the test split, then each eval set), metrics.json and curve.csv."""
     from evoked.evaluate.metrics import va_metrics
-    from evoked.evaluate.runs import write_json, write_run
 
     name = model_name(mode, task)
     probs = _probabilities(logits, data.cls_loss) if logits is not None else None
     metrics = {**va_metrics(data.test.va, va_pred), "category": _category_metrics(data.test, va_pred, lex)}
     if logits is not None:
         metrics["category_head"] = _head_accuracy(data.test, logits, data.classes)
-    target = (
-        {"kind": "category-va", "lexicon": lex.describe(), "soft": bool(config["soft"])}
-        if mode == "one_stage"
-        else {"kind": "va", "stage1": "category-va", "lexicon": lex.describe()}
+    groups = [_prediction_columns(data.test, va_pred, probs, data.classes, kind="held-out")]
+    for e, pred_e in eval_preds:
+        groups.append(_prediction_columns(e.part, pred_e, None, (), kind="transfer", eval_name=e.name,
+                                          splits=e.splits))  # fmt: skip
+        metrics.setdefault("evals", {})[e.name] = (
+            va_metrics(e.part.va, pred_e) if e.has_ratings else {"skipped": f"{e.spec} has no VA ratings: predicted only"}
+        )  # fmt: skip
+    curve = None
+    if config["n_labels"] is not None:
+        v, a = metrics["valence"], metrics["arousal"]
+        curve = [{"model": name, "setting": mode, "n_labels": config["n_labels"], "seed": seed,
+                  "r_valence": v["r"], "r_arousal": a["r"], "mse_valence": v["mse"], "mse_arousal": a["mse"]}]  # fmt: skip
+    meta = _run_meta(mode=mode, task=task, data=data, lex=lex, outcome=outcome, config=config, init=init,
+                     params=params, cat_m=cat_m, dim_m=dim_m, ckpt_path=ckpt_path, seed=seed, seconds=seconds,
+                     evals=[e.describe() for e, _ in eval_preds], bn=bn, inherited=inherited)  # fmt: skip
+    runfolder.write_run(out, meta, {name: _joined(groups)}, curve=curve)
+    runfolder.write_json(out / "metrics.json", {name: metrics})
+    return FinetuneResult(out=out, model=name, metrics=metrics, outcome=outcome, counts=data.counts,
+                          excluded=data.excluded, meta=json.loads((out / "run.json").read_text("utf-8")))  # fmt: skip
+
+
+def _run_meta(
+    *, mode, task, data, lex, outcome, config, init, params, cat_m, dim_m, ckpt_path, seed, seconds, evals,
+    bn, inherited,
+) -> dict:  # fmt: skip
+    """run.json of a fine-tuning run (docs/runs.md, docs/finetune.md)."""
+    versions = runfolder.versions()
+    checkpoint = (
+        {"path": str(Path(ckpt_path).resolve()), "sha256": config["checkpoint_sha256"]} if ckpt_path else None
     )
-    meta = {
+    return {
         "kind": "finetune",
         "created": utc_now(),
-        "evoked_version": __version__,
+        "evoked_version": versions["evoked"],
         "dataset": dim_m.name,
         "categorical_dataset": cat_m.name if cat_m is not None else None,
         "store": None,
         "features": None,
-        "target": target,
+        "target": {"kind": "category-va", "lexicon": lex.describe(), "soft": bool(config["soft"])}
+        if mode == "one_stage"
+        else {"kind": "va", "stage1": "category-va", "lexicon": lex.describe()},
         "protocol": {"kind": "split", "train": ["train"], "val": "val", "eval": "test", "seed": seed},
         "mode": mode,
         "task": task,
         "backbone": config["backbone"],
         "weights": config["weights"],
         "init": init,
-        "checkpoint": {"path": str(Path(ckpt_path).resolve()), "sha256": config["checkpoint_sha256"]}
-        if ckpt_path
-        else None,
+        "checkpoint": checkpoint,
         "preprocess": config["preprocess"],
         "size": config["size"],
         "freeze_until": config["freeze_until"],
@@ -813,7 +811,7 @@ def _write_outputs(
             "default_model": "none to choose: the run has one model",
             "scored": "the test split of the dimensional dataset and the --eval sets, after the epoch was chosen",
         },
-        "evals": [e.describe() for e, _ in eval_preds],
+        "evals": evals,
         "epochs_run": outcome.epochs_run,
         "best_epoch": outcome.best_epoch,
         "best_val_r_valence": outcome.best_score,
@@ -827,47 +825,5 @@ def _write_outputs(
         "device": config["device"],
         "precision": config["precision"],
         "seconds": seconds,
-        "versions": _versions(),
+        "versions": versions,
     }
-    cols = _prediction_columns(data.test, va_pred, probs, data.classes)
-    n_test = len(cols["id"])
-    cols["eval"], cols["kind"] = [""] * n_test, ["held-out"] * n_test
-    for e, pred_e in eval_preds:
-        ecols = _prediction_columns(e.part, pred_e, None, ())
-        ecols["split"] = list(e.splits)
-        ecols["eval"], ecols["kind"] = [e.name] * len(e.part), ["transfer"] * len(e.part)
-        for c in cols:
-            cols[c] = list(cols[c]) + list(
-                ecols.get(c, [math.nan if c.startswith(("pred_p_", "true_p_")) else ""] * len(e.part))
-            )
-        if e.has_ratings:
-            metrics.setdefault("evals", {})[e.name] = va_metrics(e.part.va, pred_e)
-        else:
-            metrics.setdefault("evals", {})[e.name] = {
-                "skipped": f"{e.spec} has no VA ratings: predicted only"
-            }
-    curve = None
-    if config["n_labels"] is not None:
-        curve = [
-            {
-                "model": name,
-                "setting": mode,
-                "n_labels": config["n_labels"],
-                "seed": seed,
-                "r_valence": metrics["valence"]["r"],
-                "r_arousal": metrics["arousal"]["r"],
-                "mse_valence": metrics["valence"]["mse"],
-                "mse_arousal": metrics["arousal"]["mse"],
-            }
-        ]
-    write_run(out, meta, {name: cols}, curve=curve)
-    write_json(out / "metrics.json", {name: metrics})
-    return FinetuneResult(
-        out=out,
-        model=name,
-        metrics=metrics,
-        outcome=outcome,
-        counts=data.counts,
-        excluded=data.excluded,
-        meta=json.loads((out / "run.json").read_text("utf-8")),
-    )

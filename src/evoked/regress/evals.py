@@ -104,7 +104,7 @@ class EvalSet:
         return bool((~np.isnan(self.va).any(axis=1)).any())
 
     def describe(self) -> dict:
-        from evoked.evaluate.runs import items_fingerprint
+        from evoked.runfolder import items_fingerprint
 
         return {
             "name": self.name,

@@ -21,6 +21,7 @@ import numpy as np
 from evoked.data.datasets import list_images, load_dataset
 from evoked.errors import ConfigError, DatasetError, DecodeError
 from evoked.regress.rundir import load_run_model
+from evoked.runfolder import format_value, image_path_text
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Prediction:
         return {
             "model": self.model,
             "predictions": [
-                {"id": i, "path": p, "valence": float(v), "arousal": float(a)}
+                {"id": i, "path": image_path_text(p), "valence": float(v), "arousal": float(a)}
                 for i, p, (v, a) in zip(self.ids, self.paths, self.va)
             ],
             "failures": self.failures,
@@ -48,11 +49,12 @@ class Prediction:
         }
 
     def write_csv(self, f) -> None:
-        """The predictions file `evoked evaluate --predictions P.csv --truth DATASET` scores."""
+        """The predictions file `evoked evaluate --predictions P.csv --truth DATASET` scores (images
+        named by absolute path, so it means the same wherever it is written and read)."""
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for i, p, (v, a) in zip(self.ids, self.paths, self.va):
-            w.writerow([i, p, self.model, repr(float(v)), repr(float(a))])
+            w.writerow([i, image_path_text(p), self.model, format_value(float(v)), format_value(float(a))])
 
 
 #: the columns of `evoked predict`'s CSV output

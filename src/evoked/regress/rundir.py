@@ -1,75 +1,33 @@
-"""The run directory of `evoked regress` (docs/runs.md): write it, and load a fitted model back.
+"""The folder of a `regress` run: its output folder checked before any work, and its fitted models.
 
 ::
 
-    runs/NAME/run.json  predictions.csv  metrics.json  [curve.csv]  models/MODEL.joblib + MODEL.json
+    runs/NAME/models/MODEL.joblib + MODEL.json + MODEL.fitted_ids.json
 
-Model names may contain ``:`` (``two_stage:ridge``); their files use ``__`` instead
-(``two_stage__ridge.joblib``) so the folder can be copied to any file system.
+The rest of the folder (run.json, predictions.csv, ...) is written by `evoked.runfolder`, the one
+writer of every run. Model names may contain ``:`` (``two_stage:ridge``); their files use ``__``
+instead (``two_stage__ridge.joblib``) so the folder can be copied to any file system.
+``MODEL.fitted_ids.json`` lists the ids the saved model was trained on, so `evoked serve` tells an
+in-sample prediction (``fitted``) from one of an item the model never saw (``unseen``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
-import platform
 import shutil
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.evaluate.runs import CURVE_COLUMNS as CURVE_KEYS
-from evoked.evaluate.runs import (
-    CURVE_METRICS,
-    EVAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    items_fingerprint,  # one recipe for every run writer: evaluate compares it
-)
+from evoked.runfolder import CURVE_COLUMNS, PREDICTION_COLUMNS, write_json  # noqa: F401 (the format)
 
-__all__ = [
-    "items_fingerprint",
-    "load_run_model",
-    "read_run",
-    "save_model",
-    "write_curve",
-    "write_predictions",
-]
-
-# the columns `evoked evaluate` reads, then which eval set a row belongs to ("" = the training side)
-# and its kind (oof, held-out, transfer): one definition for writer and reader (docs/runs.md)
-PREDICTION_COLUMNS = REQUIRED_COLUMNS + EVAL_COLUMNS
-CURVE_COLUMNS = CURVE_KEYS + CURVE_METRICS
-_PACKAGES = (
-    "numpy",
-    "scikit-learn",
-    "torch",
-    "lightgbm",
-    "faiss-cpu",
-    "faiss-gpu",
-    "h5py",
-    "joblib",
-    "scipy",
-)
-
-
-def versions() -> dict[str, str]:
-    """Versions of evoked, Python and the libraries a fitted model depends on (no imports)."""
-    out = {"evoked": __version__, "python": platform.python_version()}
-    for pkg in _PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+__all__ = ["load_run_model", "read_fitted_ids", "save_model"]
 
 
 def model_filename(name: str) -> str:
+    """The file stem of a model name (no ``:`` or ``/``)."""
     return name.replace(":", "__").replace("/", "_")
 
 
@@ -92,86 +50,29 @@ def start_run_dir(path: Path) -> None:
     (path / "models").mkdir(parents=True)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _clean(o):
-    """NaN/inf become null so the JSON is strict (other tools read it)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (float, np.floating)) and not math.isfinite(float(o)):
-        return None
-    if isinstance(o, np.generic):
-        return o.item()
-    return o
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False) + "\n", "utf-8")
-    os.replace(tmp, path)
-
-
-def _fmt(x: float) -> str:  # 9 significant digits: a reread prediction matches to 1e-8
-    return "nan" if not math.isfinite(x) else f"{x:.9g}"
-
-
-def write_predictions(path: Path, rows: Iterable[dict]) -> int:
-    n = 0
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(PREDICTION_COLUMNS)
-        for r in rows:
-            w.writerow(
-                [
-                    r["model"],
-                    r["id"],
-                    int(r["fold"]),
-                    r["split"],
-                    _fmt(r["valence_true"]),
-                    _fmt(r["arousal_true"]),
-                    _fmt(r["valence_pred"]),
-                    _fmt(r["arousal_pred"]),
-                    r["category_true"],
-                    r.get("eval", ""),
-                    r.get("kind", ""),
-                ]
-            )
-            n += 1
-    return n
-
-
-def write_curve(path: Path, rows: Iterable[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(CURVE_COLUMNS)
-        for r in rows:
-            w.writerow(
-                [r["model"], r["setting"], int(r["n_labels"]), int(r["seed"])]
-                + [_fmt(r[c]) for c in CURVE_COLUMNS[4:]]
-            )
-
-
-def save_model(models_dir: Path, name: str, estimator, meta: dict) -> Path:
+def save_model(models_dir: Path, name: str, estimator: Any, meta: dict, fitted_ids: Iterable[str]) -> Path:
+    """models/MODEL.joblib, its metadata MODEL.json and the ids it was fitted on."""
     import joblib
 
     stem = model_filename(name)
     path = models_dir / f"{stem}.joblib"
     joblib.dump(estimator, path)
-    write_json(models_dir / f"{stem}.json", {"name": name, "file": path.name, **meta})
+    ids_file = f"{stem}.fitted_ids.json"
+    write_json(models_dir / ids_file, sorted({str(i) for i in fitted_ids}))
+    write_json(models_dir / f"{stem}.json", {"name": name, "file": path.name, **meta, "fitted_ids": ids_file})
     return path
 
 
-def read_run(run: str | os.PathLike) -> dict:
+def read_fitted_ids(run: str | os.PathLike, meta: dict) -> set[str] | None:
+    """The ids a saved model was trained on (its metadata `meta`); None for a run written before
+    they were recorded."""
+    if not meta.get("fitted_ids"):
+        return None
+    return set(json.loads((Path(run) / "models" / meta["fitted_ids"]).read_text("utf-8")))
+
+
+def _regress_meta(run: str | os.PathLike) -> dict:
+    """run.json of a `regress` run (the runs that have a saved model to load)."""
     path = Path(run) / "run.json"
     if not path.is_file():
         raise ConfigError(
@@ -186,11 +87,11 @@ def read_run(run: str | os.PathLike) -> dict:
     return info
 
 
-def load_run_model(run: str | os.PathLike, model: str | None = None):
+def load_run_model(run: str | os.PathLike, model: str | None = None) -> tuple[Any, dict]:
     """(fitted estimator, its metadata) of `model` in a run; the run's default model when None."""
     import joblib
 
-    info = read_run(run)
+    info = _regress_meta(run)
     models = info.get("models", [])
     name = model or info.get("default_model") or (models[0] if models else None)
     if name not in models:

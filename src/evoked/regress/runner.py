@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from evoked import runfolder
 from evoked.clock import utc_now
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
@@ -185,6 +187,7 @@ class _Stage1Source:
     targets: Targets
     X: np.ndarray | None = None  # other store only
     rows: np.ndarray | None = None  # other store: usable rows
+    ids: np.ndarray | None = None  # other store: the ids of those rows
     description: dict = field(default_factory=dict)
 
 
@@ -203,6 +206,7 @@ def _open_stage1_store(
         ok, finite = other.status == OK, np.isfinite(X).all(axis=1)
         overlap = np.isin(other.ids.astype(str), list(eval_ids))
         rows = np.flatnonzero(ok & finite & targets.mask & ~overlap)
+        ids = other.ids.astype(str)[rows]
         desc = {
             "source": str(other_path.resolve()),
             "store_uuid": other.attrs.get("store_uuid"),
@@ -217,7 +221,7 @@ def _open_stage1_store(
         }
     if not len(rows):
         raise ConfigError(f"--stage1 {path}: no item has features and a {target_kind} label")
-    return _Stage1Source("store", targets, X, rows, desc)
+    return _Stage1Source("store", targets, X, rows, ids, desc)
 
 
 def _open_evals(opts: RegressOptions, st: FeatureStore, tr: _Training, stack: ExitStack) -> list[EvalSet]:
@@ -379,65 +383,71 @@ def _choose_default(results, fitter, opts, tr, plan, progress) -> tuple[str, dic
 # ------------------------------------------------------------------------------------- run folder
 
 
+@dataclass
+class _Fitted:
+    """One model, fitted: its result, its predictions (evaluated rows, each eval set), the saved model."""
+
+    result: ModelResult
+    pred: np.ndarray  # (len(plan.eval_rows), 2)
+    final: Any  # the saved estimator
+    eval_pred: dict[str, np.ndarray] = field(default_factory=dict)  # eval name -> (n, 2)
+
+
 def write_outputs(
-    out_path: Path,
-    results: Sequence[ModelResult],
-    predictions: dict[str, np.ndarray],
-    tr: _Training,
-    plan: Plan,
-    evals: Sequence[EvalSet],
-    eval_predictions: dict[tuple[str, str], np.ndarray],
+    out_path: Path, fitted: Sequence[_Fitted], tr: _Training, plan: Plan, evals: Sequence[EvalSet],
     extra_metrics: dict | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """predictions.csv (training-side rows, then each eval store's) and metrics.json of a run."""
     rows = plan.eval_rows
     kind = "oof" if plan.protocol["kind"] == "cv" else "held-out"
 
     def prediction_rows():
-        for r in results:
-            p = predictions[r.name]
+        for f in fitted:
+            name, p = f.result.name, f.pred
             for i, row in enumerate(rows):
-                yield {"model": r.name, "id": tr.ids[row], "fold": plan.eval_fold[int(row)], "split": plan.eval_split,
+                yield {"model": name, "id": tr.ids[row], "fold": plan.eval_fold[int(row)], "split": plan.eval_split,
                        "valence_true": tr.va[row, 0], "arousal_true": tr.va[row, 1], "valence_pred": p[i, 0],
                        "arousal_pred": p[i, 1], "category_true": str(tr.labels["category"][row] or ""),
                        "eval": "", "kind": kind}  # fmt: skip
             for ev in evals:
-                p = eval_predictions[(r.name, ev.name)]
+                p = f.eval_pred[ev.name]
                 for i in range(len(ev.rows)):
-                    yield {"model": r.name, "id": ev.ids[i], "fold": -1, "split": ev.item_split[i],
+                    yield {"model": name, "id": ev.ids[i], "fold": -1, "split": ev.item_split[i],
                            "valence_true": ev.va[i, 0], "arousal_true": ev.va[i, 1], "valence_pred": p[i, 0],
                            "arousal_pred": p[i, 1], "category_true": str(ev.category[i] or ""),
                            "eval": ev.name, "kind": "transfer"}  # fmt: skip
 
-    rundir.write_predictions(out_path / "predictions.csv", prediction_rows())
-    metrics = {r.name: r.metrics for r in results}
+    runfolder.write_predictions(out_path / "predictions.csv", prediction_rows())
+    metrics: dict = {f.result.name: f.result.metrics for f in fitted}
     if evals:
         metrics["_evals"] = {
-            ev.name: {r.name: r.eval_metrics.get(ev.name, {}) for r in results} for ev in evals
+            ev.name: {f.result.name: f.result.eval_metrics.get(ev.name, {}) for f in fitted} for ev in evals
         }
-    rundir.write_json(out_path / "metrics.json", {**metrics, **(extra_metrics or {})})
+    runfolder.write_json(out_path / "metrics.json", {**metrics, **(extra_metrics or {})})
 
 
 def run_record(
-    name, tr: _Training, targets, plan: Plan, results, default_model, opts: RegressOptions
-) -> dict:
+    name: str, tr: _Training, targets: Targets, plan: Plan, results: Sequence[ModelResult], default_model: str,
+    opts: RegressOptions,
+) -> dict:  # fmt: skip
     """run.json of a regression run (docs/runs.md)."""
     rows = plan.eval_rows
     folds = [plan.eval_fold[int(r)] for r in rows]
+    versions = runfolder.versions()
     return {
         "kind": "regress",
         "name": name,
         "created": utc_now(),
-        "evoked_version": rundir.versions()["evoked"],
+        "evoked_version": versions["evoked"],
         "dataset": tr.info["dataset"],
         "store": tr.info["store"],
         "store_uuid": tr.info["store_uuid"],
         "features": list(tr.resolved),
         "target": targets.description,
         "protocol": plan.protocol,
-        "items_sha256": rundir.items_fingerprint(tr.ids[rows], folds, [plan.eval_split] * len(rows)),
+        "items_sha256": runfolder.items_fingerprint(tr.ids[rows], folds, [plan.eval_split] * len(rows)),
         "models": [r.name for r in results],
-        "versions": rundir.versions(),
+        "versions": versions,
         # fields beyond docs/runs.md
         "default_model": default_model,
         "feature_dims": tr.info["feature_dims"],
@@ -509,8 +519,10 @@ def run_regress(
 
 
 def _fit_and_write(
-    opts, tr: _Training, plan: Plan, evals, source, out_path: Path, on_progress
-) -> RegressResult:
+    opts: RegressOptions, tr: _Training, plan: Plan, evals: list[EvalSet], source: _Stage1Source | None,
+    out_path: Path, on_progress: ProgressFn | None,
+) -> RegressResult:  # fmt: skip
+    """Fit every model, choose the default, save the models, run the curve, write the run folder."""
     curve_spec = None
     if opts.curve_ns is not None:
         rated = [np.intersect1d(f.train, np.flatnonzero(tr.has_va)) for f in plan.folds]
@@ -526,74 +538,12 @@ def _fit_and_write(
     progress = _Progress(total, on_progress)
     rundir.start_run_dir(out_path)
     fitter = _Fitter(opts, tr, plan, source)
-    eval_rows = plan.eval_rows
-    pos = np.full(len(tr.ids), -1, dtype=np.int64)
-    pos[eval_rows] = np.arange(len(eval_rows))
-    final_what = {
-        "cv": "the training-side items the CV folds cover (the folds only measure it)",
-        "split": f"the {'+'.join(plan.protocol.get('train', []))} items",
-        "fit-only": "every usable item",
-    }[plan.protocol["kind"]]
-    results, predictions, eval_predictions, saved = [], {}, {}, {}
-    for name in names:
-        fit = fitter.fitter(name)
-        rows, p, fitted, seconds, sizes = _cross(fit, tr.data, plan.folds, progress.step, name)
-        pred = np.full((len(eval_rows), 2), np.nan)
-        pred[pos[rows]] = p
-        if plan.protocol["kind"] == "split":
-            final = fitted[0]
-        else:
-            t0 = time.perf_counter()
-            final = fit(plan.final_train, ("fold", -1))
-            seconds += time.perf_counter() - t0
-            progress.step(f"{name} final")
-            sizes = sizes or [len(plan.final_train)]
-        info = {**describe_fitted(final), "estimator": _estimator_name(final)}
-        res = ModelResult(name, _score(tr.va[eval_rows], pred) if len(eval_rows) else {}, seconds,
-                          float(np.mean(sizes)), len(eval_rows), info)  # fmt: skip
-        for ev in evals:
-            eval_predictions[(name, ev.name)] = ev.data.predict(final, ev.rows)
-            res.eval_metrics[ev.name] = _score(ev.va, eval_predictions[(name, ev.name)])
-        predictions[name], saved[name] = pred, final
-        results.append(res)
-        log.info("%s: %.1f s", name, seconds)
+    fitted = [_fit_model(name, fitter, tr, plan, evals, progress) for name in names]
+    results = [f.result for f in fitted]
     default_model, default_how = _choose_default(results, fitter, opts, tr, plan, progress)
-
-    saved_common = {"features": tr.resolved, "target": tr.targets.description, "protocol": plan.protocol,
-                    "pca": opts.pca, "log_probs": tr.log_features, "aux": opts.aux, "streaming": tr.data.chunked,
-                    **tr.info}  # fmt: skip
-    for r in results:
-        family = r.name.removeprefix(TWO_STAGE_PREFIX)
-        meta = {"family": family, "params": opts.model_params.get(family, {}), "seed": opts.seed, **saved_common,
-                "fitted_on": {"items": int(len(plan.final_train)), "what": final_what}, "info": r.info,
-                "versions": rundir.versions(), "created": utc_now()}  # fmt: skip
-        if r.name.startswith(TWO_STAGE_PREFIX):
-            s1_items = (
-                len(source.rows) if source.kind == "store" else len(fitter.stage1_rows(plan.final_train))
-            )
-            meta["two_stage"] = {
-                "method": opts.two_stage_method,
-                "stage1": {
-                    **source.description,
-                    "target": source.targets.description,
-                    "items": int(s1_items),
-                },
-                "stage2_items": int(len(np.intersect1d(plan.final_train, np.flatnonzero(tr.has_va)))),
-            }
-        rundir.save_model(out_path / "models", r.name, saved[r.name], meta)
-
-    curve_rows, curve_summary = [], []
-    if curve_spec is not None:
-        for m in opts.model_names:
-            curve_rows += run_curve(
-                model=m, make=lambda m=m: fitter.make(m), X=tr.X, va=tr.va, plan=plan, spec=curve_spec,
-                stage1={f.index: fitter.stage1_fitted[(m, ("fold", f.index))] for f in plan.folds} if source else None,
-                method=opts.two_stage_method, on_fit=progress.step,
-            )  # fmt: skip
-        curve_summary = summarize_curve(curve_rows)
-        rundir.write_curve(out_path / "curve.csv", curve_rows)
-    write_outputs(out_path, results, predictions, tr, plan, evals, eval_predictions,
-                  {"_curve": curve_summary} if curve_summary else {})  # fmt: skip
+    _save_models(out_path / "models", fitted, fitter, opts)
+    curve_summary = _curve(out_path, opts, curve_spec, fitter, progress) if curve_spec is not None else []
+    write_outputs(out_path, fitted, tr, plan, evals, {"_curve": curve_summary} if curve_summary else {})
     run = run_record(opts.name or out_path.name, tr, tr.targets, plan, results, default_model, opts)
     run["estimators"] = {r.name: r.info["estimator"] for r in results}
     run["evals"] = [ev.describe() for ev in evals]
@@ -607,8 +557,83 @@ def _fit_and_write(
         run["curve"] = curve_spec.describe()
     if tr.data.chunked:
         run["streaming"] = {"chunk_rows": int(tr.data.source.chunk_rows), "max_memory": int(tr.budget)}
-    rundir.write_json(out_path / "run.json", run)
+    runfolder.write_json(out_path / "run.json", run)
     return RegressResult(out_path, run, results, plan.counts, curve_summary)
+
+
+def _fit_model(
+    name: str, fitter: _Fitter, tr: _Training, plan: Plan, evals: Sequence[EvalSet], progress: _Progress
+) -> _Fitted:
+    """Fit `name` on each fold (predicting its held-out rows), fit the saved model, predict the evals."""
+    fit = fitter.fitter(name)
+    eval_rows = plan.eval_rows
+    rows, p, fitted, seconds, sizes = _cross(fit, tr.data, plan.folds, progress.step, name)
+    pos = np.full(len(tr.ids), -1, dtype=np.int64)
+    pos[eval_rows] = np.arange(len(eval_rows))
+    pred = np.full((len(eval_rows), 2), np.nan)
+    pred[pos[rows]] = p
+    if plan.protocol["kind"] == "split":
+        final = fitted[0]  # trained on the training split: the model that is saved
+    else:
+        t0 = time.perf_counter()
+        final = fit(plan.final_train, ("fold", -1))
+        seconds += time.perf_counter() - t0
+        progress.step(f"{name} final")
+        sizes = sizes or [len(plan.final_train)]
+    info = {**describe_fitted(final), "estimator": _estimator_name(final)}
+    res = ModelResult(name, _score(tr.va[eval_rows], pred) if len(eval_rows) else {}, seconds,
+                      float(np.mean(sizes)), len(eval_rows), info)  # fmt: skip
+    out = _Fitted(res, pred, final)
+    for ev in evals:
+        out.eval_pred[ev.name] = ev.data.predict(final, ev.rows)
+        res.eval_metrics[ev.name] = _score(ev.va, out.eval_pred[ev.name])
+    log.info("%s: %.1f s", name, seconds)
+    return out
+
+
+def _save_models(models_dir: Path, fitted: Sequence[_Fitted], fitter: _Fitter, opts: RegressOptions) -> None:
+    """models/: each saved model, its metadata and the ids it was trained on (docs/runs.md)."""
+    tr, plan, source = fitter.tr, fitter.plan, fitter.source
+    final_what = {
+        "cv": "the training-side items the CV folds cover (the folds only measure it)",
+        "split": f"the {'+'.join(plan.protocol.get('train', []))} items",
+        "fit-only": "every usable item",
+    }[plan.protocol["kind"]]
+    common = {"features": tr.resolved, "target": tr.targets.description, "protocol": plan.protocol,
+              "pca": opts.pca, "log_probs": tr.log_features, "aux": opts.aux, "streaming": tr.data.chunked,
+              **tr.info}  # fmt: skip
+    rated = np.intersect1d(plan.final_train, np.flatnonzero(tr.has_va))
+    for f in fitted:
+        name, ids = f.result.name, tr.ids[plan.final_train]
+        family = name.removeprefix(TWO_STAGE_PREFIX)
+        meta = {"family": family, "params": opts.model_params.get(family, {}), "seed": opts.seed, **common,
+                "fitted_on": {"items": int(len(plan.final_train)), "what": final_what}, "info": f.result.info,
+                "versions": runfolder.versions(), "created": utc_now()}  # fmt: skip
+        if name.startswith(TWO_STAGE_PREFIX):
+            s1_ids = source.ids if source.kind == "store" else tr.ids[fitter.stage1_rows(plan.final_train)]
+            ids = np.concatenate([tr.ids[rated], s1_ids])
+            meta["two_stage"] = {
+                "method": opts.two_stage_method,
+                "stage1": {**source.description, "target": source.targets.description, "items": len(s1_ids)},
+                "stage2_items": int(len(rated)),
+            }
+        rundir.save_model(models_dir, name, f.final, meta, fitted_ids=ids)
+
+
+def _curve(
+    out_path: Path, opts: RegressOptions, spec: CurveSpec, fitter: _Fitter, progress: _Progress
+) -> list[dict]:
+    """The low-resource curve: curve.csv, and its summary (means and spreads over seeds)."""
+    tr, plan, two_stage = fitter.tr, fitter.plan, fitter.source is not None
+    rows: list[dict] = []
+    for m in opts.model_names:
+        rows += run_curve(
+            model=m, make=lambda m=m: fitter.make(m), X=tr.X, va=tr.va, plan=plan, spec=spec,
+            stage1={f.index: fitter.stage1_fitted[(m, ("fold", f.index))] for f in plan.folds} if two_stage else None,
+            method=opts.two_stage_method, on_fit=progress.step,
+        )  # fmt: skip
+    runfolder.write_curve(out_path / "curve.csv", rows)
+    return summarize_curve(rows)
 
 
 def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Training) -> dict:

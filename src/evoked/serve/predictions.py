@@ -1,14 +1,14 @@
 """Predicted VA for every item of a store, from a regression run's saved model, with its kind.
 
-`store_predictions` says for every item which kind of prediction the page shows (docs/serve.md):
+`store_predictions` says for every item which kind of prediction the page shows (docs/serve.md),
+reading the kinds the run recorded (`evoked.runfolder.KINDS`), never guessing them:
 
-- ``oof`` / ``held-out``: the run's predictions.csv row of the item (out of fold under --cv, a
-  held-out split row under --split), when the store is the run's training store: the honest
-  number, made by a model that never saw the item;
-- ``transfer``: the row of an eval set of the run (``regress --eval``) when the store is that
-  eval store;
-- ``fitted``: every other item, predicted by the final model (fitted on all training rows, so
-  in-sample for the items it was trained on).
+- ``oof`` / ``held-out`` / ``transfer``: the item's row of the run's predictions.csv (its training
+  store's rows, or an eval store's when that store is served), with the kind written there;
+- ``fitted``: every other item the saved model was trained on (its recorded fitted ids), predicted
+  by that model: in-sample;
+- ``unseen``: every other item, predicted by the saved model, which never saw it (a test split
+  left out of --cv, an unrated item, another store's item).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked import runfolder
 from evoked.errors import ConfigError
 from evoked.features.store import open_store
 
 log = logging.getLogger(__name__)
 
-KINDS = ("oof", "held-out", "transfer", "fitted")
+KINDS = tuple(runfolder.KINDS)
 
 
 def _comparable(config: dict) -> dict:
@@ -59,16 +60,20 @@ def _same_store(info: dict, path: Path, uuid: str | None) -> bool:
 def store_predictions(
     run_dir: str | os.PathLike, store: str | os.PathLike, model: str | None = None, chunk_rows: int = 65536
 ) -> StorePredictions:
-    """The final model's predictions for every row of `store`, replaced by the run's out-of-fold,
+    """The saved model's predictions for every row of `store`, replaced by the run's out-of-fold,
     held-out or transfer predictions (predictions.csv) for the items it has them for."""
-    from evoked.evaluate.runs import read_run
-
-    va, name = _fitted(run_dir, store, model, chunk_rows)
-    kind = np.where(np.isfinite(va).all(axis=1), "fitted", "").astype(object)
-    run = read_run(run_dir)
+    va, name, fitted_ids = _fitted(run_dir, store, model, chunk_rows)
     with open_store(store) as s:
         ids = [str(i) for i in s.ids.tolist()]
         uuid = s.attrs.get("store_uuid")
+    if fitted_ids is None:  # a run written before the fitted ids were recorded
+        log.warning("%s does not record the ids its models were trained on (rerun `evoked regress`): every "
+                    "item without a row in predictions.csv is shown as fitted", run_dir)  # fmt: skip
+        fitted_ids = set(ids)
+    seen = np.array([i in fitted_ids for i in ids], dtype=bool)
+    kind = np.where(seen, "fitted", "unseen").astype(object)
+    kind[~np.isfinite(va).all(axis=1)] = ""
+    run = runfolder.read_run(run_dir)
     row_of = {i: k for k, i in enumerate(ids)}
     groups = []
     if _same_store(run.meta, Path(store), uuid) and name in run.predictions:
@@ -93,11 +98,8 @@ def store_predictions(
                 "%s of %s: %d item(s) of predictions.csv are not in %s", what, run_dir, missing, store
             )
     if not groups:
-        log.info(
-            "%s is neither the training store nor an eval store of %s: every prediction is fitted",
-            store,
-            run_dir,
-        )
+        log.info("%s is neither the training store nor an eval store of %s: no item has a row of "
+                 "predictions.csv", store, run_dir)  # fmt: skip
     kinds, counts = np.unique(kind[kind != ""].astype(str), return_counts=True)
     label = f"{os.path.basename(os.path.normpath(run_dir))}/{name}"
     return StorePredictions(va, kind, label, {str(k): int(c) for k, c in zip(kinds, counts)})
@@ -111,19 +113,20 @@ def run_predictions(
     These are in-sample for the rows the model was fitted on; `store_predictions` says which
     prediction is which and uses the run's out-of-fold ones where it has them.
     """
-    pred, name = _fitted(run_dir, store, model, chunk_rows)
+    pred, name, _ = _fitted(run_dir, store, model, chunk_rows)
     return pred, f"{os.path.basename(os.path.normpath(run_dir))}/{name}"
 
 
 def _fitted(
     run_dir: str | os.PathLike, store: str | os.PathLike, model: str | None, chunk_rows: int
-) -> tuple[np.ndarray, str]:
-    """(N, 2) predictions for the store's rows (NaN where a row has no features) and the model name.
+) -> tuple[np.ndarray, str, set[str] | None]:
+    """(N, 2) predictions for the store's rows (NaN where a row has no features), the model name
+    and the ids it was trained on (None when the run does not record them).
 
     The store must hold the run's features, extracted with the same configuration as the store
     the run was fitted on (backbone, weights, preprocessing), else the predictions would be noise.
     """
-    from evoked.regress.rundir import load_run_model
+    from evoked.regress.rundir import load_run_model, read_fitted_ids
 
     estimator, meta = load_run_model(run_dir, model)
     features = list(meta["features"])
@@ -144,4 +147,4 @@ def _fitted(
             ok = np.isfinite(x).all(axis=1)
             if ok.any():
                 pred[rows[ok]] = estimator.predict(x[ok])
-    return pred, str(meta.get("name", model or "model"))
+    return pred, str(meta.get("name", model or "model")), read_fitted_ids(run_dir, meta)
