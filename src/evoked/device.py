@@ -1,11 +1,5 @@
-"""Where and how models run: the one resolver of ``--device`` and ``--precision``, and how idle
-OpenMP threads wait.
-
-Extraction, fine-tuning, the MLP regressor, `predict`, search and serve resolve their device here;
-`resolve_compute` adds the run's precision, whose rules (what ``auto`` gives, what each backbone
-computes in) are in `evoked.extract.precision`. torch is imported on use: the CLI reads
-`PRECISIONS` for its choices, and sets `OPENMP_DEFAULTS`, before anything loads it.
-"""
+"""Where models run: the one resolver of ``--device`` (and, with `evoked.extract.precision`'s rules,
+of ``--precision``) for every command, and how idle OpenMP threads wait. torch loads on use."""
 
 from __future__ import annotations
 
@@ -24,21 +18,15 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = "auto, cpu, cuda or cuda:N"
 
-#: How idle OpenMP threads wait, where the user has not said (BENCHMARKS.md):
-#: - OMP_WAIT_POLICY=PASSIVE: with several runtimes in one process (torch, faiss, LightGBM), or with
-#:   the cores shared, threads that spin without end made the same work 3-10x slower on a 2-core
-#:   machine (the regression tests: 97 s against 9 s). Passive also means no spinning at all when a
-#:   runtime has more threads than cores.
-#: - GOMP_SPINCOUNT=30000 (about 0.3 ms): a CNN on the CPU is thousands of small parallel regions
-#:   back to back, and threads that went to sleep after each one took 1.6x longer for MobileNetV2
-#:   ("OpenMP threads spin briefly"); a short spin keeps them awake between layers.
+#: How idle OpenMP threads wait (BENCHMARKS.md): PASSIVE, since several runtimes (torch, faiss,
+#: LightGBM) spinning on shared cores made the same work 3-10x slower; a 0.3 ms spin, since CNN layers
+#: are small parallel regions back to back and a team asleep after each one made MobileNetV2 1.6x slower.
 OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
 
 
 def use_openmp_defaults() -> dict[str, str]:
-    """Set the `OPENMP_DEFAULTS` the user has not set; returns those it set. Called where a run
-    starts (`evoked.cli.main`; a script calls it before importing torch), never on import: each
-    OpenMP runtime reads them once, when it is loaded (torch's when torch is imported)."""
+    """Set the `OPENMP_DEFAULTS` the user has not set (returned) where a run starts, never on import:
+    `evoked.cli.main`, or a script before it imports torch (OpenMP reads them when torch loads it)."""
     added = {k: v for k, v in OPENMP_DEFAULTS.items() if k not in os.environ}
     if added and "torch" in sys.modules:
         log.debug("torch was imported before %s were set: its OpenMP threads wait as before", added)
@@ -69,8 +57,7 @@ def resolve_device(device: str | torch.device, flag: str = "--device") -> torch.
 
 
 def resolve_compute(device: str, precision: str, *, training: bool = False) -> tuple[torch.device, str]:
-    """The device and the run's precision (`evoked.extract.precision.resolve_precision`);
-    `training`: ``auto`` keeps fp32 on the CPU, where bf16 was measured for extraction only."""
+    """The device and the run's precision (`evoked.extract.precision.resolve_precision`)."""
     from evoked.extract.precision import resolve_precision
 
     dev = resolve_device(device)

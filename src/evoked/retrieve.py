@@ -82,7 +82,6 @@ class RecordedBackbones:
     precisions: dict[str, str]  # by feature group: what each computes in, as in the store
 
     def run(self, images: list[torch.Tensor]) -> dict[str, np.ndarray]:
-        """Features ``"group/output" -> (n, D)`` of decoded (3, H, W) uint8 images on `device`."""
         from evoked.extract.precision import amp_dtypes
         from evoked.extract.runner import run_backbones
 
@@ -91,19 +90,15 @@ class RecordedBackbones:
 
 
 def ready_backbones(store: FeatureStore, extractors: Sequence[str], device: str = "cpu") -> RecordedBackbones:
-    """The backbones that wrote `extractors`, ready to compute features as the store's rows were:
-    their recorded configuration (`backbone_for`: weights, preprocessing), each one's recorded
-    precision (fp16, a CUDA autocast, computes in fp32 elsewhere; a store without a record: fp32),
-    and the folding, memory format and bf16 weights `place_backbones` gives on `device`. `predict`,
-    search and serve use this, so that a query is computed as the rows it is compared with."""
+    """The backbones that wrote `extractors`, computing as the store's rows were (predict, search and
+    serve): recorded configuration (`backbone_for`) and precision (fp16 is fp32 off CUDA; none: fp32),
+    folded and placed by `place_backbones`."""
     from evoked.extract.runner import place_backbones
 
     dev = resolve_device(device)
     built = [backbone_for(store, e) for e in extractors]
-    precisions = {}
-    for bb in built:
-        prec = store.extractors.get(bb.name, {}).get("precision", "fp32")
-        precisions[bb.name] = "fp32" if prec == "fp16" and dev.type != "cuda" else prec
+    recorded = {bb.name: store.extractors.get(bb.name, {}).get("precision", "fp32") for bb in built}
+    precisions = {k: "fp32" if p == "fp16" and dev.type != "cuda" else p for k, p in recorded.items()}
     place_backbones(built, dev, precisions=precisions)
     return RecordedBackbones(built, dev, precisions)
 

@@ -10,9 +10,8 @@ each backbone computes in it where that helps and in fp32 where not:
   runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16
   for CNNs rests on agreement measured with real weights, and no real CLIP weights could be
   measured;
-- on a GPU without bf16 support, ``auto`` falls back to fp16 with a message;
-- training (`evoked finetune`) asks with ``training=True``: the same rules, but ``auto`` stays
-  fp32 on the CPU, where bf16 was measured for extraction only.
+- on a GPU without bf16 support, ``auto`` falls back to fp16 with a message; training keeps
+  ``auto`` fp32 on the CPU (bf16 was measured for extraction only).
 
 Each backbone's own precision is recorded in its feature group (``precision`` attribute).
 """
@@ -27,7 +26,7 @@ import torch
 from evoked.device import PRECISIONS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone
-from evoked.extract.cpu import bf16_units, fast_bf16, is_convnet
+from evoked.extract.cpu import fast_bf16, is_convnet
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +112,3 @@ def dtype_for(bb: Backbone, amp: torch.dtype | None | Mapping[str, torch.dtype |
     if isinstance(amp, Mapping):
         return amp.get(bb.name)
     return amp if bb.amp else None
-
-
-def describe_cpu_bf16() -> str:
-    units = bf16_units()
-    return (
-        f"bf16 units: {', '.join(units)}" if units else "no bf16 units (bf16 is emulated, slower than fp32)"
-    )

@@ -7,8 +7,6 @@ the device. Blocks of `batch_size` rows are the unit of work, of writing and of 
 from __future__ import annotations
 
 import ctypes
-import functools
-import inspect
 import json
 import logging
 import os
@@ -34,9 +32,9 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.fold import fold_batch_norms
-from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, parse_shard, shard_rows
+from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
 from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
-from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (gather_images: public here before)
+from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (public here before)
 from evoked.extract.reader import collate
 from evoked.extract.registry import create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink
@@ -382,21 +380,6 @@ def _run_slice(
     return out
 
 
-def _one_writer(fn: Callable[..., ExtractSummary]) -> Callable[..., ExtractSummary]:
-    """Hold the output's exclusive lock for the whole run (see evoked.features.lock)."""
-
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def run(*args, **kw) -> ExtractSummary:
-        out, ix = Path(signature.bind(*args, **kw).arguments["out"]), parse_shard(kw.get("shard"))
-        with output_lock(out if ix is None else shard_path(out, *ix)):
-            return fn(*args, **kw)
-
-    return run
-
-
-@_one_writer
 def extract(
     dataset: str | Manifest,
     out: str | os.PathLike,
@@ -418,54 +401,54 @@ def extract(
     """
     t_start = time.perf_counter()
     opts = ExtractOptions(backbones, **options).check()
-    manifest, out, shard_info = _source(dataset, Path(out), opts)
-    built = build_backbones(opts.plans)
-    precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
-    place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
-    todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
-    n_todo = int(sum(len(r) for _, r in todo))
-    if on_start:
-        on_start(n_items, n_todo)
-    loader = make_loader(
-        manifest, [r.tolist() for _, r in todo], opts.dev, opts.decoder, workers, opts.max_pixels
-    )
-    # Reader processes are forked when the iterator starts. The store must not be open then:
-    # a forked child would inherit its file lock and hold it after this process is killed.
-    batches = gathered_batches(iter(loader), opts.dev, opts.max_pixels)
-    with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers):
-        sinks = [StoreSink(store, run)] + ([sink] if sink is not None else [])
-        totals, failures = _loop(
-            sinks, batches, todo, manifest, built, opts.dev, amp_dtypes(precisions), on_batch
+    out = Path(out) if opts.shard_index is None else shard_path(Path(out), *opts.shard_index)
+    with output_lock(out):  # one writer per output for the whole run (evoked.features.lock)
+        manifest, shard_info = _source(dataset, out, opts)
+        built = build_backbones(opts.plans)
+        precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
+        place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
+        todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        n_todo = int(sum(len(r) for _, r in todo))
+        if on_start:
+            on_start(n_items, n_todo)
+        loader = make_loader(
+            manifest, [r.tolist() for _, r in todo], opts.dev, opts.decoder, workers, opts.max_pixels
         )
-        failed_total = store.counts()["failed"]
-    return ExtractSummary(
-        path=out,
-        items=n_items,
-        already_done=n_items - n_todo,
-        processed=n_todo,
-        failed_total=failed_total,
-        seconds=time.perf_counter() - t_start,
-        device=str(opts.dev),
-        precision=opts.run_precision,
-        decode=opts.decoder,
-        failures=failures,
-        **totals,
-    )
+        # Reader processes are forked when the iterator starts. The store must not be open then:
+        # a forked child would inherit its file lock and hold it after this process is killed.
+        batches = gathered_batches(iter(loader), opts.dev, opts.max_pixels)
+        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers):
+            sinks = [StoreSink(store, run)] + ([sink] if sink is not None else [])
+            totals, failures = _loop(
+                sinks, batches, todo, manifest, built, opts.dev, amp_dtypes(precisions), on_batch
+            )
+            failed_total = store.counts()["failed"]
+        return ExtractSummary(
+            path=out,
+            items=n_items,
+            already_done=n_items - n_todo,
+            processed=n_todo,
+            failed_total=failed_total,
+            seconds=time.perf_counter() - t_start,
+            device=str(opts.dev),
+            precision=opts.run_precision,
+            decode=opts.decoder,
+            failures=failures,
+            **totals,
+        )
 
 
-def _source(
-    dataset: str | Manifest, out: Path, opts: ExtractOptions
-) -> tuple[Manifest, Path, ShardInfo | None]:
-    """The items of this run (one shard's with --shard) and the file they go to."""
+def _source(dataset: str | Manifest, out: Path, opts: ExtractOptions) -> tuple[Manifest, ShardInfo | None]:
+    """The items of this run (one shard's with --shard), to go to `out`."""
     manifest, shard_info = load_dataset(dataset), None
     if opts.shard_index is not None:
         i, n = opts.shard_index
         start, stop = shard_rows(len(manifest), i, n)
         shard_info = ShardInfo(i, n, start, stop, len(manifest), ids_fingerprint(manifest.ids))
-        manifest, out = manifest.subset(np.arange(start, stop)), shard_path(out, i, n)
+        manifest = manifest.subset(np.arange(start, stop))
     if out.exists() and not (opts.resume or opts.overwrite):
         raise ConfigError(f"{out} exists; pass --resume to complete it, or --overwrite to start over")
-    return manifest, out, shard_info
+    return manifest, shard_info
 
 
 def _open_store(
@@ -476,8 +459,7 @@ def _open_store(
     opts: ExtractOptions,
     shard_info: ShardInfo | None,
 ) -> tuple[list[tuple[int, np.ndarray]], int, int, int]:
-    """Create the store (or check that a resumed one was made the same way) and record this run.
-    Returns the blocks to do, the reader processes, the run's number and the store's rows."""
+    """Create the store (or check a resumed one); returns the blocks to do, readers, run and rows."""
     if out.exists() and opts.resume:
         store = FeatureStore(out, "r+")
         try:
@@ -534,16 +516,7 @@ def _run_record(opts: ExtractOptions, workers: int, threads: int | None, n_todo:
     }
 
 
-def _loop(
-    sinks: Sequence[Sink],
-    batches: Iterator,
-    todo: Sequence[tuple[int, np.ndarray]],
-    manifest: Manifest,
-    backbones: Sequence[Backbone],
-    dev: torch.device,
-    amp_dtype: dict[str, torch.dtype | None],
-    on_batch: Callable[[BatchReport], None] | None,
-) -> tuple[dict, dict[str, str]]:
+def _loop(sinks, batches, todo, manifest, backbones, dev, amp_dtype, on_batch) -> tuple[dict, dict]:
     """Read -> models -> writer queue, block by block. Returns totals and the new failures."""
     totals = {"ok": 0, "failed": 0, "read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     failures: dict[str, str] = {}
