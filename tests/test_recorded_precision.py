@@ -50,9 +50,9 @@ def test_predict_computes_in_the_precision_the_store_recorded(bf16_run):
         row = 3
         image, features = ds / st.ids[row], st.read("resnet18/pool", rows=[row])
     result = predict_images([image], run)
-    assert result.precisions == {"resnet18": "bf16"}
     # the store's row, to rounding: in fp32 the prediction moved by about 1e-3
     np.testing.assert_allclose(result.va, estimator.predict(features), rtol=0, atol=1e-5)
+    assert result.precisions == {"resnet18": "bf16"}
 
 
 def test_search_by_image_finds_the_stored_row_itself(bf16_run):

@@ -34,7 +34,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -323,7 +323,8 @@ def extract_distributed(
     out = Path(out)
     options = dict(options)
     # -- everything that fails the same way on every rank, before any process waits for another ----
-    ExtractOptions(backbones, **{k: v for k, v in options.items() if k != "shard"}).check()
+    settings = {f.name for f in fields(ExtractOptions) if f.init and f.name != "shard"}  # not callbacks
+    ExtractOptions(backbones, **{k: v for k, v in options.items() if k in settings}).check()
     device = _device_for(options.pop("device", "auto"), launch)
     manifest = load_dataset(dataset)
     _check_before_start(out, launch.world_size, len(manifest), options)
