@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.device import use_openmp_defaults
+
+use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 EMOTION6 = SHARED / "data" / "emotion6"

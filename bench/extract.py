@@ -44,6 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.device import use_openmp_defaults
+
+OPENMP_ADDED = use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
+
 REPO = Path(__file__).resolve().parents[1]
 EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 DEFAULT_CONFIGS = ("resnet50", "color", "clip:ViT-B-32", "tv:mobilenet_v2", "resnet50+clip:ViT-B-32+color")
@@ -293,11 +297,9 @@ def plain_loops(paths, specs) -> float | None:
 
 
 def user_environment() -> dict[str, str]:
-    """This process's environment without the OpenMP settings that importing evoked added
-    (`evoked.OPENMP_DEFAULTS`): a user's own script runs with the runtimes' defaults."""
-    import evoked
-
-    return {k: v for k, v in os.environ.items() if k not in evoked.OPENMP_DEFAULTS}
+    """This process's environment without the OpenMP settings this script added (`OPENMP_ADDED`,
+    from `evoked.device.OPENMP_DEFAULTS`): a user's own script runs with the runtimes' defaults."""
+    return {k: v for k, v in os.environ.items() if k not in OPENMP_ADDED}
 
 
 def measure_plain(paths, specs) -> float | None:
@@ -330,25 +332,41 @@ def plain_main(job: str) -> int:
     return 0
 
 
+def options_for(specs: list[str], args):
+    """The checked `ExtractOptions` of one configuration, as `evoked extract` would run it."""
+    from evoked.extract.options import ExtractOptions
+
+    return ExtractOptions(
+        specs,
+        weights=with_default_weights(for_config(args.weights, specs)),
+        preprocess=for_config(args.preprocess, specs),
+        device=args.device,
+        precision=args.precision,
+        decode=args.decode,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_pixels=args.max_pixels,
+        compile=args.compile,
+    ).check()
+
+
 def run_config(config: str, manifest, args, tmp: Path) -> Result:
     import torch
 
-    from evoked.extract.options import resolve_decoder, resolve_device, resolve_precision
     from evoked.extract.precision import amp_dtypes, backbone_precisions
     from evoked.extract.runner import build_backbones, cpu_settings, default_workers, place_backbones
 
     specs = [s.strip() for s in config.split("+") if s.strip()]
     weights = with_default_weights(for_config(args.weights, specs))
     preprocess = for_config(args.preprocess, specs)
-    dev = resolve_device(args.device)
-    prec = resolve_precision(args.precision, dev)
-    decoder = resolve_decoder(args.decode, dev)
+    opts = options_for(specs, args)
+    dev, prec, decoder = opts.dev, opts.run_precision, opts.decoder
     n = len(manifest)
     blocks = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
     workers = default_workers(n, args.batch_size, dev) if args.workers is None else args.workers
     paths = [str(p) for p in manifest.abspaths()]
     max_pixels = args.max_pixels
-    backbones = build_backbones(specs, weights, preprocess)
+    backbones = build_backbones(opts.plans)
     precisions = backbone_precisions(backbones, prec, dev, asked=args.precision)
     place_backbones(backbones, dev, compile=args.compile, precisions=precisions)
     load0 = os.getloadavg()[0]
@@ -398,7 +416,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         ratio=round(ratio, 3),
         goal_met=bool(ratio >= GOAL),
         plain_img_s=None if plain is None else round(plain, 1),
-        vs_plain=None if plain is None else round(e2e / plain, 2),
+        vs_plain=None if not plain else round(round(e2e, 1) / round(plain, 1), 2),  # as the table shows
         runs={k: [round(v, 1) for v in vs] for k, vs in runs.items()},
         e2e_seconds=split,
         cpu_ms_per_img={
@@ -523,7 +541,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from evoked.errors import EvokedError
-    from evoked.extract.options import plan_backbones, resolve_decoder, resolve_device, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -531,16 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         # every option is checked before the first model is built
-        dev = resolve_device(args.device)
-        resolve_precision(args.precision, dev)
-        resolve_decoder(args.decode, dev)
         for c in configs:
-            specs = c.split("+")
-            plan_backbones(
-                specs,
-                with_default_weights(for_config(args.weights, specs)),
-                for_config(args.preprocess, specs),
-            )
+            options_for(c.split("+"), args)
         with tempfile.TemporaryDirectory(prefix="evoked-bench-") as tmp:
             manifest, source = load_images(args.images, args.n, Path(tmp))
             if len(manifest) <= args.warmup * args.batch_size:

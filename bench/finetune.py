@@ -28,6 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from evoked.device import use_openmp_defaults
+
+use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
+
 REPO = Path(__file__).resolve().parents[1]
 EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 MOBILENET = REPO.parent / "shared" / "models" / "mobilenet_v2_imagenet_tflite.pth"

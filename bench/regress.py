@@ -22,6 +22,10 @@ import time
 
 import numpy as np
 
+from evoked.device import use_openmp_defaults
+
+use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
+
 DEFAULT_MODELS = ("ridge", "svr", "lgbm", "mlp", "knn")
 GOALS_S = {"ridge": 5.0}
 OTHER_GOAL_S = 60.0

@@ -43,6 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evoked.device import use_openmp_defaults
+
+use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
+
 FEATURE = "synth/embed"
 CLUSTERS = 1000
 LATENT = 32

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-import evoked  # noqa: F401  (sets the OpenMP wait policy before numpy/faiss load it)
+from evoked.device import use_openmp_defaults
+
+use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
 
 
 def write_store(path: Path, n: int, dim: int, seed: int = 0) -> None:

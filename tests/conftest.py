@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Before any test module imports torch: importing evoked sets how OpenMP threads wait (its __init__).
-import evoked  # noqa: F401, I001
+# Before any test module imports torch: how OpenMP threads wait, as `evoked` commands run.
+from evoked.device import use_openmp_defaults  # noqa: I001
+
+use_openmp_defaults()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -349,7 +349,7 @@ def test_impossible_configurations_fail_before_training(ds, tmp_path):
     )
     # a dimensional set without a split
     _expect_before_training(tmp_path, ConfigError, "evoked data split", **{**base, "dimensional": ds["cat"]})
-    _expect_before_training(tmp_path, ConfigError, "needs a CUDA device", precision="bf16", **base)
+    _expect_before_training(tmp_path, ConfigError, "fp16 needs CUDA", precision="fp16", **base)
     _expect_before_training(
         tmp_path, ConfigError, "--freeze-until 'layer9'.*layer4", freeze_until="layer9", **base
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from evoked.data.decode import load_rgb
+from evoked.device import resolve_device
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone
 from evoked.extract.registry import create_backbone
@@ -71,6 +73,36 @@ def backbone_for(store: FeatureStore, extractor: str) -> Backbone:
     return bb
 
 
+@dataclass
+class RecordedBackbones:
+    """Backbones readied as a store recorded them (`ready_backbones`), and the one way to run them."""
+
+    backbones: list[Backbone]
+    device: torch.device
+    precisions: dict[str, str]  # by feature group: what each computes in, as in the store
+
+    def run(self, images: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        from evoked.extract.precision import amp_dtypes
+        from evoked.extract.runner import run_backbones
+
+        with torch.inference_mode():
+            return run_backbones(images, self.backbones, self.device, amp_dtypes(self.precisions))
+
+
+def ready_backbones(store: FeatureStore, extractors: Sequence[str], device: str = "cpu") -> RecordedBackbones:
+    """The backbones that wrote `extractors`, computing as the store's rows were (predict, search and
+    serve): recorded configuration (`backbone_for`) and precision (fp16 is fp32 off CUDA; none: fp32),
+    folded and placed by `place_backbones`."""
+    from evoked.extract.runner import place_backbones
+
+    dev = resolve_device(device)
+    built = [backbone_for(store, e) for e in extractors]
+    recorded = {bb.name: store.extractors.get(bb.name, {}).get("precision", "fp32") for bb in built}
+    precisions = {k: "fp32" if p == "fp16" and dev.type != "cuda" else p for k, p in recorded.items()}
+    place_backbones(built, dev, precisions=precisions)
+    return RecordedBackbones(built, dev, precisions)
+
+
 class Retriever:
     """Search one feature of a store. Use as a context manager, or call `close`."""
 
@@ -82,18 +114,17 @@ class Retriever:
         index_path: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
+        self.device = resolve_device(device)
         self.store = open_store(store_path)
         self.feature = feature
         self.store.dataset(feature)
         self.extractor, self.output = feature.split("/")
-        self.device = torch.device(device)
         labels = self.store.labels()
         self.valence, self.arousal, self.category = labels["valence"], labels["arousal"], labels["category"]
         self.ids, self.paths = self.store.ids, self.store.paths
         self.status = self.store.status
         self._row_of = {item: i for i, item in enumerate(self.ids.tolist())}  # queries by id are frequent
-        self._backbone: Backbone | None = None
-        self._amp: dict[str, torch.dtype | None] = {}  # compute dtype of the query backbone (backbone())
+        self._ready: RecordedBackbones | None = None  # the query backbone, built on first use
         path = Path(index_path) if index_path else faiss_index.index_path_for(store_path, feature)
         self.index = self.info = None
         if path.is_file():
@@ -152,32 +183,16 @@ class Retriever:
         q = self.store.dataset(self.feature)[row : row + 1].astype(np.float32)
         return self.search_vectors(q, k, None if include_self else {row})[0]
 
-    def _precision(self) -> str:
-        """The precision the store's vectors were computed in (bf16 CNNs on AMX CPUs); fp16 only on CUDA."""
-        prec = self.store.extractors.get(self.extractor, {}).get("precision", "fp32")
-        return "fp32" if prec == "fp16" and self.device.type != "cuda" else prec
-
     def backbone(self) -> Backbone:
-        if self._backbone is None:
-            from evoked.extract.precision import amp_dtypes
-            from evoked.extract.runner import place_backbones
-
-            bb = backbone_for(self.store, self.extractor)
-            precisions = {bb.name: self._precision()}
-            place_backbones([bb], self.device, precisions=precisions)
-            self._amp = amp_dtypes(precisions)
-            self._backbone = bb
-        return self._backbone
+        if self._ready is None:
+            self._ready = ready_backbones(self.store, [self.extractor], self.device)
+        return self._ready.backbones[0]
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
         """The query vector of one decoded (H, W, 3) uint8 image, computed as the store's were."""
-        from evoked.extract.runner import run_backbones
-
         bb = self.backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
-        with torch.inference_mode():
-            feats = run_backbones([tensor], [bb], self.device, self._amp)
-        return feats[f"{bb.name}/{self.output}"]
+        return self._ready.run([tensor])[f"{bb.name}/{self.output}"]
 
     def by_image(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:
         return self.search_vectors(self.embed_image(load_rgb(path)), k)[0]

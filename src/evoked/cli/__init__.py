@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from evoked import __version__
+from evoked.device import use_openmp_defaults
 from evoked.errors import EvokedError
 
 # Subcommand modules in the order they appear in ``evoked --help``.
@@ -57,6 +58,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_openmp_defaults()  # before any command loads torch, faiss or LightGBM
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)

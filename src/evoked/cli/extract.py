@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from evoked.cli._common import COMMON, print_json, progress
+from evoked.device import PRECISIONS
 from evoked.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 autocast on CUDA; on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
+        choices=PRECISIONS,
+        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
         "bf16 on such a CPU also runs CLIP ViTs with bf16 weights (4-5x faster; see docs/gpu.md)",
     )
     p.add_argument(

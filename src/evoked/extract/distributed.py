@@ -34,7 +34,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 
 from evoked.data import Manifest, load_dataset
+from evoked.device import resolve_device
 from evoked.errors import ConfigError, EvokedError
-from evoked.extract.options import plan_backbones, resolve_device, shard_rows
-from evoked.extract.registry import load_plugin
+from evoked.extract.options import ExtractOptions, shard_rows
 from evoked.extract.runner import ExtractSummary, default_workers, extract, shard_path
 from evoked.features.merge import merge_shards
 from evoked.features.store import PENDING
@@ -323,9 +323,8 @@ def extract_distributed(
     out = Path(out)
     options = dict(options)
     # -- everything that fails the same way on every rank, before any process waits for another ----
-    for p in options.get("plugins", ()):
-        load_plugin(p)
-    plan_backbones(backbones, options.get("weights", ()), options.get("preprocess", ()))
+    settings = {f.name for f in fields(ExtractOptions) if f.init and f.name != "shard"}  # not callbacks
+    ExtractOptions(backbones, **{k: v for k, v in options.items() if k in settings}).check()
     device = _device_for(options.pop("device", "auto"), launch)
     manifest = load_dataset(dataset)
     _check_before_start(out, launch.world_size, len(manifest), options)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from evoked.data.decode import DEFAULT_MAX_PIXELS
+from evoked.device import resolve_compute
 from evoked.errors import ConfigError
 from evoked.extract.backbone import PREPROCESS_KEYS, parse_preprocess_overrides
+from evoked.extract.registry import BackboneSpec, load_plugin, parse_spec
 
-# re-exported: they lived here before precision.py
-from evoked.extract.precision import AMP_DTYPES, PRECISIONS, resolve_precision  # noqa: F401
-from evoked.extract.registry import BackboneSpec, parse_spec
+log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "cpu", "device")
 UNWEIGHTED = ("color",)  # backbones without weights or a model preprocessing to override
@@ -104,20 +106,6 @@ def shard_rows(n_items: int, index: int, count: int) -> tuple[int, int]:
     return index * n_items // count, (index + 1) * n_items // count
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
-    return dev
-
-
 def resolve_decoder(decode: str, device: torch.device) -> str:
     """``auto`` decodes JPEGs on the device on CUDA, and with the CPU decoder otherwise."""
     if decode not in DECODERS:
@@ -149,11 +137,60 @@ def check_resume_options(path, attrs: dict, requested: dict, block_size: int | N
             )
     stored = attrs.get("block_size")
     if block_size is not None and stored is not None and int(stored) != block_size:
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s: --batch-size %d does not apply on --resume; the store's blocks are %d rows, so batches are too",
             path,
             block_size,
             int(stored),
         )
+
+
+@dataclass
+class ExtractOptions:
+    """What `evoked.extract.extract` does (docs/extract.md): the CLI flags, as Python values."""
+
+    backbones: Sequence[str]
+    weights: Sequence[str] = ()
+    preprocess: Sequence[str] = ()
+    plugins: Sequence[str] = ()
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None
+    precision: str = "auto"
+    decode: str = "auto"
+    shard: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    retry_failed: bool = False
+    dtype: str = "float32"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    compile: bool = False
+    # set by `check`
+    dev: torch.device = field(default=torch.device("cpu"), init=False)
+    run_precision: str = field(default="fp32", init=False)  # `precision` resolved on `dev`
+    decoder: str = field(default="cpu", init=False)
+    shard_index: tuple[int, int] | None = field(default=None, init=False)
+    plans: list[BackbonePlan] = field(default_factory=list, init=False)
+
+    def check(self) -> ExtractOptions:
+        """Parse and check every option (plugins loaded, backbones planned), before any model loads."""
+        self.dev, self.run_precision = resolve_compute(self.device, self.precision)
+        self.decoder = resolve_decoder(self.decode, self.dev)
+        self.shard_index = parse_shard(self.shard)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers {self.workers}: use 0 (read in this process) or more")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"--dtype {self.dtype!r}: use float32 or float16")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels {self.max_pixels}: must be at least 1")
+        for p in self.plugins:
+            load_plugin(p)
+        self.plans = plan_backbones(self.backbones, self.weights, self.preprocess)
+        return self
+
+    @property
+    def row_options(self) -> dict:
+        """The options besides backbones and precision that change a row's result (`RESUME_OPTIONS`)."""
+        return {"dtype": self.dtype, "max_pixels": int(self.max_pixels), "decode": self.decoder}

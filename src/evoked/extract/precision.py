@@ -10,7 +10,8 @@ each backbone computes in it where that helps and in fp32 where not:
   runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16
   for CNNs rests on agreement measured with real weights, and no real CLIP weights could be
   measured;
-- on a GPU without bf16 support, ``auto`` falls back to fp16 with a message.
+- on a GPU without bf16 support, ``auto`` falls back to fp16 with a message; training keeps
+  ``auto`` fp32 on the CPU (bf16 was measured for extraction only).
 
 Each backbone's own precision is recorded in its feature group (``precision`` attribute).
 """
@@ -22,13 +23,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from evoked.device import PRECISIONS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone
 from evoked.extract.cpu import fast_bf16, is_convnet
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: What ``--precision auto`` gives on a CPU with fast bf16 units. Measured on Emotion6 with the real
@@ -48,11 +49,11 @@ def cuda_bf16_supported(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The run's precision.
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> str:
+    """The run's precision (reached through `evoked.device.resolve_compute`).
 
     ``auto``: bf16 autocast on CUDA (fp16 on GPUs without bf16); on the CPU, bf16 for CNNs where
-    the CPU has AMX or AVX-512 BF16 (`CPU_AUTO_BF16`), else fp32.
+    the CPU has AMX or AVX-512 BF16 (`CPU_AUTO_BF16`), else fp32, and fp32 for `training`.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -72,7 +73,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16":
         raise ConfigError("--precision fp16 needs CUDA; on the CPU use fp32 (or bf16)")
     if precision == "auto":
-        return "bf16" if CPU_AUTO_BF16 and fast_bf16() else "fp32"
+        return "bf16" if CPU_AUTO_BF16 and not training and fast_bf16() else "fp32"
     if precision == "bf16" and not fast_bf16():
         log.warning(
             "--precision bf16: this CPU has no AMX or AVX-512 BF16 units, so bf16 is emulated and slower "

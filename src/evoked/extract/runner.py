@@ -7,8 +7,6 @@ the device. Blocks of `batch_size` rows are the unit of work, of writing and of 
 from __future__ import annotations
 
 import ctypes
-import functools
-import inspect
 import json
 import logging
 import os
@@ -34,19 +32,11 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.fold import fold_batch_norms
-from evoked.extract.options import (
-    check_resume_options,
-    parse_shard,
-    plan_backbones,
-    resolve_decoder,
-    resolve_device,
-    resolve_precision,
-    shard_rows,
-)
+from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
 from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
-from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (gather_images: public here before)
+from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (public here before)
 from evoked.extract.reader import collate
-from evoked.extract.registry import create_backbone, load_plugin
+from evoked.extract.registry import create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink
 from evoked.extract.sources import open_source
 from evoked.features.lock import output_lock
@@ -103,16 +93,8 @@ def shard_path(out: Path, index: int, count: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{index}-of-{count}{out.suffix}")
 
 
-def build_backbones(
-    backbones: Sequence[str],
-    weights: Sequence[str] = (),
-    preprocess: Sequence[str] = (),
-    plugins: Sequence[str] = (),
-) -> list[Backbone]:
-    """Validate every option first, then build the models."""
-    for p in plugins:
-        load_plugin(p)
-    plans = plan_backbones(backbones, weights, preprocess)
+def build_backbones(plans: Sequence[BackbonePlan]) -> list[Backbone]:
+    """The models of `ExtractOptions.plans` (options checked before: see `ExtractOptions.check`)."""
     built = [create_backbone(p.spec, p.weights, p.preprocess) for p in plans]
     names = [b.name for b in built]
     if len(set(names)) != len(names):
@@ -196,37 +178,37 @@ def check_resumable(
 
 
 class _Writer(threading.Thread):
-    """Writes blocks to a sink off the critical path; a bounded queue keeps memory flat."""
+    """Writes blocks to the sinks off the critical path; a bounded queue keeps memory flat."""
 
-    def __init__(self, sink: Sink, on_written: Callable[[int, float], None]):
+    def __init__(self, sinks: Sequence[Sink], on_written: Callable[[int, float], None]):
         super().__init__(daemon=True, name="evoked-writer")
-        self.sink, self.on_written = sink, on_written
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.sinks, self.on_written = sinks, on_written
+        self.queue: queue.Queue[Block | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
 
-    def put(self, item) -> None:
+    def put(self, block: Block | None) -> None:
         while True:
             if self.error is not None:
                 raise self.error
             if not self.is_alive():
                 raise RuntimeError("the HDF5 writer thread stopped unexpectedly")
             try:
-                self.queue.put(item, timeout=0.5)
+                self.queue.put(block, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
     def run(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            block = self.queue.get()
+            if block is None:
                 return
             if self.error is not None:
                 continue  # drain after a failure
             try:
                 t0 = time.perf_counter()
-                block = Block(*item)  # (block, rows, feats, ok, errors, read_s, model_s) from _loop
-                self.sink.write(block)
+                for sink in self.sinks:
+                    sink.write(block)
                 self.on_written(int(block.ok.sum()), time.perf_counter() - t0)
             except BaseException as e:  # re-raised in the main thread
                 self.error = e
@@ -398,158 +380,110 @@ def _run_slice(
     return out
 
 
-def _one_writer(fn: Callable[..., ExtractSummary]) -> Callable[..., ExtractSummary]:
-    """Hold the output's exclusive lock for the whole run (see evoked.features.lock)."""
-
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def run(*args, **kw) -> ExtractSummary:
-        given = signature.bind(*args, **kw).arguments
-        out, ix = Path(given["out"]), parse_shard(given.get("shard"))
-        with output_lock(out if ix is None else shard_path(out, *ix)):
-            return fn(*args, **kw)
-
-    return run
-
-
-@_one_writer
 def extract(
     dataset: str | Manifest,
     out: str | os.PathLike,
     backbones: Sequence[str],
     *,
-    weights: Sequence[str] = (),
-    preprocess: Sequence[str] = (),
-    plugins: Sequence[str] = (),
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int | None = None,
-    precision: str = "auto",
-    decode: str = "auto",
-    shard: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    retry_failed: bool = False,
-    dtype: str = "float32",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    compile: bool = False,
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
+    sink: Sink | None = None,
+    **options,
 ) -> ExtractSummary:
     """Extract features of every item of `dataset` into the HDF5 store `out`.
 
-    `on_start(total_items, items_to_do)` and `on_batch(report)` let a caller show progress.
+    `dataset` is the source: a dataset spec or a `Manifest`, read by the source registered for its
+    kind (`evoked.extract.sources`). Every block goes to the store (`StoreSink`, which resume, merge
+    and the indexes stand on) and then to `sink` when one is given. `options` are the fields of
+    `ExtractOptions` (weights, device, precision, batch_size, ...), all checked before any model
+    loads. `on_start(total_items, items_to_do)` and `on_batch(report)` let a caller show progress.
     Returns counts and timings; failed images are recorded rows, listed in `failures`.
     """
     t_start = time.perf_counter()
-    # -- validate everything cheap first ---------------------------------------------------------
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    decoder = resolve_decoder(decode, dev)
-    shard_ix = parse_shard(shard)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
-    for p in plugins:
-        load_plugin(p)
-    plan_backbones(backbones, weights, preprocess)
-    manifest = load_dataset(dataset)
-    out = Path(out)
-    shard_info = None
-    if shard_ix is not None:
-        i, n = shard_ix
+    opts = ExtractOptions(backbones, **options).check()
+    out = Path(out) if opts.shard_index is None else shard_path(Path(out), *opts.shard_index)
+    with output_lock(out):  # one writer per output for the whole run (evoked.features.lock)
+        manifest, shard_info = _source(dataset, out, opts)
+        built = build_backbones(opts.plans)
+        precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
+        place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
+        todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        n_todo = int(sum(len(r) for _, r in todo))
+        if on_start:
+            on_start(n_items, n_todo)
+        loader = make_loader(
+            manifest, [r.tolist() for _, r in todo], opts.dev, opts.decoder, workers, opts.max_pixels
+        )
+        # Reader processes are forked when the iterator starts. The store must not be open then:
+        # a forked child would inherit its file lock and hold it after this process is killed.
+        batches = gathered_batches(iter(loader), opts.dev, opts.max_pixels)
+        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers):
+            sinks = [StoreSink(store, run)] + ([sink] if sink is not None else [])
+            totals, failures = _loop(
+                sinks, batches, todo, manifest, built, opts.dev, amp_dtypes(precisions), on_batch
+            )
+            failed_total = store.counts()["failed"]
+        return ExtractSummary(
+            path=out,
+            items=n_items,
+            already_done=n_items - n_todo,
+            processed=n_todo,
+            failed_total=failed_total,
+            seconds=time.perf_counter() - t_start,
+            device=str(opts.dev),
+            precision=opts.run_precision,
+            decode=opts.decoder,
+            failures=failures,
+            **totals,
+        )
+
+
+def _source(dataset: str | Manifest, out: Path, opts: ExtractOptions) -> tuple[Manifest, ShardInfo | None]:
+    """The items of this run (one shard's with --shard), to go to `out`."""
+    manifest, shard_info = load_dataset(dataset), None
+    if opts.shard_index is not None:
+        i, n = opts.shard_index
         start, stop = shard_rows(len(manifest), i, n)
         shard_info = ShardInfo(i, n, start, stop, len(manifest), ids_fingerprint(manifest.ids))
         manifest = manifest.subset(np.arange(start, stop))
-        out = shard_path(out, i, n)
-    if out.exists() and not (resume or overwrite):
+    if out.exists() and not (opts.resume or opts.overwrite):
         raise ConfigError(f"{out} exists; pass --resume to complete it, or --overwrite to start over")
-    # -- models ----------------------------------------------------------------------------------
-    built = build_backbones(backbones, weights, preprocess)
-    precisions = backbone_precisions(built, prec, dev, asked=precision)
-    place_backbones(built, dev, compile=compile, precisions=precisions)
-    # -- store -----------------------------------------------------------------------------------
-    if out.exists() and resume:
+    return manifest, shard_info
+
+
+def _open_store(
+    out: Path,
+    manifest: Manifest,
+    built: Sequence[Backbone],
+    precisions: dict[str, str],
+    opts: ExtractOptions,
+    shard_info: ShardInfo | None,
+) -> tuple[list[tuple[int, np.ndarray]], int, int, int]:
+    """Create the store (or check a resumed one); returns the blocks to do, readers, run and rows."""
+    if out.exists() and opts.resume:
         store = FeatureStore(out, "r+")
         try:
-            check_resumable(store, manifest, built, prec, precisions)
-            check_resume_options(out, store.attrs, _row_options(dtype, max_pixels, decoder), batch_size)
+            check_resumable(store, manifest, built, opts.run_precision, precisions)
+            check_resume_options(out, store.attrs, opts.row_options, opts.batch_size)
         except BaseException:
             store.close()
             raise
     else:
+        # the reader's notes (files left out, what a truncated tar lost) stay with the features
+        attrs = {"precision": opts.run_precision, "dataset_notes": list(manifest.notes), **opts.row_options}
+        specs = extractor_specs(built, str(opts.dev), precisions)
         store = FeatureStore.create(
-            out,
-            manifest,
-            extractor_specs(built, str(dev), precisions),
-            block_size=batch_size,
-            dtype=dtype,
-            shard=shard_info,
-            # the reader's notes (files left out, what a truncated tar lost) stay with the features
-            attrs={
-                "precision": prec,
-                "dataset_notes": list(manifest.notes),
-                **_row_options(dtype, max_pixels, decoder),
-            },
+            out, manifest, specs, block_size=opts.batch_size, dtype=opts.dtype, shard=shard_info, attrs=attrs
         )
-    try:
-        todo = _blocks_to_do(store, retry_failed)
+    with store:
+        todo = _blocks_to_do(store, opts.retry_failed)
         n_todo = int(sum(len(r) for _, r in todo))
-        if on_start:
-            on_start(len(store), n_todo)
-        if workers is None:
-            workers = default_workers(n_todo, store.block_size, dev)
-        threads = cpu_threads(workers) if dev.type == "cpu" else None
-        run = store.record_run(_run_record(dev, prec, decoder, workers, threads, n_todo))
-        n_items = len(store)
-    finally:
-        store.close()
-    loader = make_loader(
-        manifest,
-        [rows.tolist() for _, rows in todo],
-        dev,
-        decoder,
-        workers,
-        max_pixels,
-    )
-    # Reader processes are forked when the iterator starts. The store must not be open then:
-    # a forked child would inherit its file lock and hold it after this process is killed.
-    batches = gathered_batches(iter(loader), dev, max_pixels)
-    with FeatureStore(out, "r+") as store, cpu_settings(dev, workers):
-        totals, failures = _loop(
-            StoreSink(store, run),
-            batches,
-            todo,
-            manifest,
-            built,
-            dev,
-            amp_dtypes(precisions),
-            max_pixels,
-            on_batch,
+        workers = (
+            default_workers(n_todo, store.block_size, opts.dev) if opts.workers is None else opts.workers
         )
-        failed_total = store.counts()["failed"]
-    return ExtractSummary(
-        path=out,
-        items=n_items,
-        already_done=n_items - n_todo,
-        processed=n_todo,
-        ok=totals["ok"],
-        failed=totals["failed"],
-        failed_total=failed_total,
-        seconds=time.perf_counter() - t_start,
-        read_s=totals["read_s"],
-        model_s=totals["model_s"],
-        write_s=totals["write_s"],
-        device=str(dev),
-        precision=prec,
-        decode=decoder,
-        failures=failures,
-    )
-
-
-def _row_options(dtype: str, max_pixels: int, decoder: str) -> dict:
-    """The options besides backbones and precision that change a row's result (the resume check)."""
-    return {"dtype": dtype, "max_pixels": int(max_pixels), "decode": decoder}
+        threads = cpu_threads(workers) if opts.dev.type == "cpu" else None
+        run = store.record_run(_run_record(opts, workers, threads, n_todo))
+        return todo, workers, run, len(store)
 
 
 def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np.ndarray]]:
@@ -565,16 +499,15 @@ def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np
     return todo
 
 
-def _run_record(
-    dev: torch.device, prec: str, decoder: str, workers: int, threads: int | None, n_todo: int
-) -> dict:
+def _run_record(opts: ExtractOptions, workers: int, threads: int | None, n_todo: int) -> dict:
+    dev = opts.dev
     return {
         "started": utc_now(),
         "evoked_version": __version__,
         "torch": torch.__version__,
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-        "precision": prec,
-        "decode": decoder,
+        "precision": opts.run_precision,
+        "decode": opts.decoder,
         "workers": workers,
         "threads": threads or torch.get_num_threads(),
         "rows_to_do": n_todo,
@@ -583,12 +516,12 @@ def _run_record(
     }
 
 
-def _loop(sink, batches, todo, manifest, backbones, dev, amp_dtype, max_pixels, on_batch):
+def _loop(sinks, batches, todo, manifest, backbones, dev, amp_dtype, on_batch) -> tuple[dict, dict]:
     """Read -> models -> writer queue, block by block. Returns totals and the new failures."""
     totals = {"ok": 0, "failed": 0, "read_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     failures: dict[str, str] = {}
     written: queue.SimpleQueue = queue.SimpleQueue()  # write seconds reported by the writer thread
-    writer = _Writer(sink, lambda n_ok, write_s: written.put(write_s))
+    writer = _Writer(sinks, lambda n_ok, write_s: written.put(write_s))
     writer.start()
     empty = {
         f"{bb.name}/{o}": np.zeros((0, bb.outputs[o]), np.float32)
@@ -608,7 +541,9 @@ def _loop(sink, batches, todo, manifest, backbones, dev, amp_dtype, max_pixels, 
                 for k, reason in errors.items():
                     failures[manifest.ids[rows[k]]] = reason
                 writer.put(
-                    (block, rows, feats, ok, {int(rows[k]): r for k, r in errors.items()}, read_s, model_s)
+                    Block(
+                        block, rows, feats, ok, {int(rows[k]): r for k, r in errors.items()}, read_s, model_s
+                    )
                 )
                 write_s = 0.0
                 while not written.empty():

@@ -25,6 +25,7 @@ from evoked import __version__, runfolder
 from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
+from evoked.device import resolve_compute
 from evoked.errors import ConfigError, DatasetError
 from evoked.extract.backbone import Preprocess, WeightsInfo, parse_preprocess_overrides
 from evoked.finetune.data import (
@@ -55,8 +56,6 @@ from evoked.finetune.train import (
     TrainConfig,
     load_checkpoint,
     predict,
-    resolve_device,
-    resolve_precision,
     train_network,
 )
 
@@ -403,8 +402,7 @@ def finetune(
     cfg.check()
     if size is not None and size < 8:
         raise ConfigError(f"--size {size}: the input side in pixels, at least 8 (the paper: 448)")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    dev, prec = resolve_compute(device, precision, training=True)
     overrides = _preprocess_overrides(preprocess)
     if plugins:
         from evoked.extract.registry import load_plugin

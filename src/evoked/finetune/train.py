@@ -33,8 +33,6 @@ from evoked.finetune.model import VANet, frozen_norm_layers, set_train_mode
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 @dataclass
 class TrainConfig:
@@ -97,31 +95,6 @@ class Outcome:
 
 
 # ---------------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on CUDA, fp32 on the CPU. Mixed precision runs on CUDA only."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision != "fp32" and device.type != "cuda":
-        raise ConfigError(f"--precision {precision} needs a CUDA device; on the CPU use fp32 (or auto)")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
-    return precision
 
 
 def autocast(device: torch.device, precision: str):

@@ -27,19 +27,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from evoked.device import resolve_device
 from evoked.regress.registry import register_regressor
 
 log = logging.getLogger(__name__)
 
 KIM_HIDDEN = (512, 256, 128)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _build(n_in: int, hidden: tuple[int, ...], n_out: int, dropout: float):
@@ -144,7 +137,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         weight = np.r_[np.ones(Y.shape[1]), np.full(self.n_aux_, float(self.aux_weight))]
         X = np.ascontiguousarray(X, dtype=np.float32)
         Z = Z.astype(np.float32)
-        device = torch.device(resolve_device(self.device))
+        device = resolve_device(self.device, "MLP device")
 
         def data(seed):
             train_idx, val_idx = self._split(len(X), seed)
@@ -175,7 +168,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         std = Yr.std(axis=0)
         self.y_scale_ = np.where(std > 0, std, 1.0)
         Z = ((Y - self.y_mean_) / self.y_scale_).astype(np.float32)
-        device = torch.device(resolve_device(self.device))
+        device = resolve_device(self.device, "MLP device")
 
         def data(seed):
             _, val_pos = self._split(view.n, seed)

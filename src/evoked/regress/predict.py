@@ -1,9 +1,9 @@
 """`predict_images`: VA of new images with a model saved by `evoked regress`.
 
-The features are extracted exactly as the run's store recorded them: each feature group's
-backbone is rebuilt by `evoked.retrieve.backbone_for` from the store (or, when the store has moved,
-from the configuration copied into the model's metadata), and the outputs are concatenated in the
-order the model was trained on. Images are decoded with `evoked.data.decode.load_rgb`; an image
+The features are computed exactly as the run's store recorded them: each feature group's backbone
+is readied by `evoked.retrieve.ready_backbones` from the store, in the store's precision (or, when
+the store has moved, from the configuration copied into the model's metadata, in fp32), and the
+outputs are concatenated in the order the model was trained on. Images are decoded with `evoked.data.decode.load_rgb`; an image
 that cannot be read is reported with its reason, never skipped silently.
 """
 
@@ -36,6 +36,7 @@ class Prediction:
     failures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # per path: the dataset id, or the path below its folder
+    precisions: dict[str, str] = field(default_factory=dict)  # feature group -> what it computed in
 
     def to_dict(self) -> dict:
         return {
@@ -46,6 +47,7 @@ class Prediction:
             ],
             "failures": self.failures,
             "notes": self.notes,
+            "precisions": self.precisions,
         }
 
     def write_csv(self, f) -> None:
@@ -101,23 +103,23 @@ class _RecordedConfigs:
         self.path = Path(name)
 
 
-def _backbones(meta: dict):
+def _ready(meta: dict, device: str):
+    """The run's backbones (`ready_backbones`), from its store, or from the configurations saved
+    with the model when the store is gone or was rewritten."""
     from evoked.features.store import open_store
-    from evoked.retrieve import backbone_for
+    from evoked.retrieve import ready_backbones
 
     groups: dict[str, list[str]] = {}
     for f in meta["features"]:
         g, o = f.split("/")
         groups.setdefault(g, []).append(o)
     store_path = Path(meta.get("store", ""))
-    built = []
+    ready = None
     if store_path.is_file():
         with open_store(store_path) as st:
-            same = st.attrs.get("store_uuid") == meta.get("store_uuid")
-            source = st if same else None
-            if source is not None:
-                built = [backbone_for(source, g) for g in groups]
-    if not built:
+            if st.attrs.get("store_uuid") == meta.get("store_uuid"):
+                ready = ready_backbones(st, list(groups), device)
+    if ready is None:
         configs = meta.get("extractor_configs") or {}
         missing = [g for g in groups if g not in configs]
         if missing:
@@ -126,11 +128,10 @@ def _backbones(meta: dict):
                 "extracted; put the store back"
             )
         log.info("store %s not found (or changed): using the configuration saved with the model", store_path)
-        shim = _RecordedConfigs(configs, store_path.name or "model")
-        built = [backbone_for(shim, g) for g in groups]
-    for bb in built:
+        ready = ready_backbones(_RecordedConfigs(configs, store_path.name or "model"), list(groups), device)
+    for bb in ready.backbones:
         bb.selected = tuple(groups[bb.name])
-    return built
+    return ready
 
 
 def predict_images(
@@ -146,17 +147,13 @@ def predict_images(
     import torch
 
     from evoked.data.decode import load_rgb
-    from evoked.extract.runner import place_backbones, run_backbones
-    from evoked.regress.mlp import resolve_device
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     estimator, meta = load_run_model(run, model)
     paths, ids, notes = collect_images(images)
     id_of = {str(p): i for p, i in zip(paths, ids)}
-    dev = torch.device(resolve_device(device))
-    backbones = _backbones(meta)
-    place_backbones(backbones, dev)
+    ready = _ready(meta, device)
     features = meta["features"]
     dims = meta.get("feature_dims", {})
     done_paths: list[str] = []
@@ -171,11 +168,10 @@ def predict_images(
             except DecodeError as e:
                 failures[str(p)] = e.reason
                 continue
-            tensors.append(torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev))
+            tensors.append(torch.from_numpy(img).permute(2, 0, 1).contiguous().to(ready.device))
             names.append(str(p))
         if tensors:
-            with torch.inference_mode():
-                out = run_backbones(tensors, backbones, dev, None)
+            out = ready.run(tensors)
             for f in features:
                 if f in dims and out[f].shape[1] != dims[f]:
                     raise ConfigError(
@@ -193,4 +189,7 @@ def predict_images(
         if on_progress is not None:
             on_progress(len(batch))
     va = np.concatenate(preds) if preds else np.zeros((0, 2))
-    return Prediction(meta["name"], done_paths, va, failures, notes, ids=[id_of[p] for p in done_paths])
+    ids_done = [id_of[p] for p in done_paths]
+    return Prediction(
+        meta["name"], done_paths, va, failures, notes, ids=ids_done, precisions=ready.precisions
+    )
