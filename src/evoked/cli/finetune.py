@@ -127,10 +127,7 @@ def _network_flags(g: argparse._ArgumentGroup) -> None:
 
 def _training_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)",
+        "--alpha", type=float, help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)"
     )
     g.add_argument("--cls-loss", choices=("auto", "ce", "bce"), default="auto", help="auto: bce with --soft")
     g.add_argument("--epochs", type=int, default=100)
@@ -174,10 +171,15 @@ class _Bars:
             self.cm.__exit__(None, None, None)
         self.key = self.cm = self.bar = None
 
-    def on_check(self, done: int, total: int) -> None:
-        bar = self.get("check", "checking images", "img")
-        bar.total = total
-        bar.update(done - bar.n)
+    def counter(self, key: str, desc: str):
+        """A ``(done, total)`` callback: images checked, test images predicted."""
+
+        def update(done: int, total: int) -> None:
+            bar = self.get(key, desc, "img")
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return update
 
     def on_batch(self, epoch: int, batch: int, n_batches: int, loss: float) -> None:
         bar = self.get(f"epoch{epoch}", f"epoch {epoch}/{self.args.epochs}", "batch")
@@ -193,11 +195,6 @@ class _Bars:
             val_r_a=f"{rec['val_r_arousal']:.3f}",
         )
         self.close()
-
-    def on_predict(self, done: int, total: int) -> None:
-        bar = self.get("test", "predicting test", "img")
-        bar.total = total
-        bar.update(done - bar.n)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -216,10 +213,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = finetune(
             options_from_args(args),
-            on_check=bars.on_check,
+            on_check=bars.counter("check", "checking images"),
             on_batch=bars.on_batch,
             on_epoch=bars.on_epoch,
-            on_predict=bars.on_predict,
+            on_predict=bars.counter("test", "predicting test"),
         )
     finally:
         bars.close()

@@ -13,7 +13,7 @@ every framework (two_stage/multi mixes category-only and VA-only items).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,37 +341,41 @@ def _try_decode(path: str) -> str | None:
 
 
 def find_bad_images(
-    paths: list[str], *, workers: int = 4, on_progress: Callable[[int], None] | None = None
+    paths: list[str], *, workers: int = 4, on_progress: Callable[[int, int], None] | None = None
 ) -> dict[str, str]:
-    """{path: reason} for every image of `paths` that cannot be decoded."""
+    """{path: reason} for every image of `paths` that cannot be decoded; ``on_progress(done, total)``."""
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path, reason in zip(paths, pool.map(_try_decode, paths)):
+        for done, (path, reason) in enumerate(zip(paths, pool.map(_try_decode, paths)), 1):
             if reason is not None:
                 bad[path] = reason
             if on_progress is not None:
-                on_progress(1)
+                on_progress(done, len(paths))
     return bad
 
 
 def check_images(
     data: FinetuneData,
+    evals: Sequence = (),
     *,
     skip_bad: bool = False,
     workers: int = 4,
-    on_progress: Callable[[int], None] | None = None,
-) -> FinetuneData:
-    """Decode every image once before training. A bad image is a DatasetError listing them all,
-    or, with `skip_bad`, left out of its part and counted (``excluded["bad_image_<part>"]``)."""
-    paths = sorted({p for part in data.parts.values() for p in part.paths.tolist()})
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[FinetuneData, list]:
+    """Decode every image of the parts and of the eval sets (`finetune.evals.EvalSet`) once before
+    training. A bad image is a DatasetError listing them all, or, with `skip_bad`, left out of its
+    part and counted (``excluded["bad_image_<part>"]``, ``bad_image_eval_<name>`` for an eval set)."""
+    named = {**data.parts, **{f"eval_{e.name}": e.part for e in evals}}
+    paths = sorted({p for part in named.values() for p in part.paths.tolist()})
     bad = find_bad_images(paths, workers=workers, on_progress=on_progress)
     if not bad:
-        return data
-    listed = []
-    for name, part in data.parts.items():
-        for i, p in zip(part.ids.tolist(), part.paths.tolist()):
-            if p in bad:
-                listed.append({"part": name, "id": i, "path": p, "reason": bad[p]})
+        return data, list(evals)
+    listed = [
+        {"part": name, "id": i, "path": p, "reason": bad[p]}
+        for name, part in named.items()
+        for i, p in zip(part.ids.tolist(), part.paths.tolist())
+        if p in bad
+    ]
     if not skip_bad:
         shown = "; ".join(f"{b['id']} ({b['path']}): {b['reason']}" for b in listed[:10])
         more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
@@ -380,17 +384,20 @@ def check_images(
             "--skip-bad-images to leave them out (they are counted in run.json)"
         )
     log.warning("%d image(s) cannot be read and are left out: %s", len(bad), ", ".join(list(bad)[:5]))
-    for name in ("train", "val", "test"):
-        part = getattr(data, name)
-        keep = np.array([p not in bad for p in part.paths.tolist()], dtype=bool)
-        if (~keep).any():
-            data.excluded[f"bad_image_{name}"] = int((~keep).sum())
-            setattr(data, name, part.subset(np.flatnonzero(keep)))
-        if not len(getattr(data, name)):
+    keep = {
+        name: np.array([p not in bad for p in part.paths.tolist()], dtype=bool)
+        for name, part in named.items()
+    }
+    for name, rows in keep.items():
+        if (~rows).any():
+            data.excluded[f"bad_image_{name}"] = int((~rows).sum())
+        if not rows.any():
             raise DatasetError(f"no readable images left in the {name} part; see the failures listed above")
+    for name in ("train", "val", "test"):
+        setattr(data, name, getattr(data, name).subset(np.flatnonzero(keep[name])))
     data.bad_images = listed
     data.counts = count_items(data)
-    return data
+    return data, [e.subset(keep[f"eval_{e.name}"]) for e in evals]
 
 
 # ---------------------------------------------------------------------------------------------- torch

@@ -113,10 +113,6 @@ class FinetuneOptions:
         if self.category_map and not isinstance(self.category_map, Mapping):
             self.category_map = parse_category_map(self.category_map)
         self.scale = None if self.va_range is None else parse_va_range(self.va_range)
-        self._check_network()
-        return self
-
-    def _check_network(self) -> None:
         if self.mode == "one_stage" and not self.backbone:
             raise ConfigError(
                 "one_stage needs --backbone (e.g. resnet101, tv:mobilenet_v2, clip:ViT-B-32:openai)"
@@ -127,6 +123,7 @@ class FinetuneOptions:
 
             for p in self.plugins:
                 load_plugin(p)
+        return self
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:

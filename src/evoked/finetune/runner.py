@@ -28,17 +28,16 @@ from evoked import __version__
 from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
-from evoked.errors import ConfigError, DatasetError
+from evoked.errors import ConfigError
 from evoked.extract.backbone import Preprocess, WeightsInfo
 from evoked.finetune.data import (
     FinetuneData,
     Part,
     check_images,
-    find_bad_images,
     make_transform,
     prepare_data,
 )
-from evoked.finetune.evals import EvalSet, keep_rows, load_evals
+from evoked.finetune.evals import EvalSet, load_evals
 from evoked.finetune.model import (
     FREEZE_AUTO,
     FREEZE_NONE,
@@ -293,7 +292,8 @@ def finetune(
     built = _network(opts, inputs, ckpt)
     config = _settings(opts, inputs, built)
     resume_state = _resume_state(opts, config)
-    _check_all_images(opts, inputs, on_check)
+    images = {"skip_bad": opts.skip_bad_images, "workers": opts.check_workers, "on_progress": on_check}
+    inputs.data, inputs.eval_sets = check_images(inputs.data, inputs.eval_sets, **images)
     if opts.overwrite:
         _clear_outputs(opts.out_path)
     outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
@@ -303,7 +303,7 @@ def finetune(
         logits=logits, lex=inputs.lex, outcome=outcome, config=config, init=built.init,
         params=built.params, cat_m=inputs.cat_m, dim_m=inputs.dim_m, ckpt_path=opts.ckpt_path,
         seed=opts.seed, seconds=time.perf_counter() - t_start, eval_preds=eval_preds, bn=built.bn,
-        inherited=inputs.inherited, name=opts.name,
+        inherited=inputs.inherited, run_name=opts.name,
     )  # fmt: skip
 
 
@@ -443,17 +443,6 @@ def _resume_state(opts: FinetuneOptions, config: dict) -> dict | None:
     return state
 
 
-def _check_all_images(
-    opts: FinetuneOptions, inputs: _Inputs, on_check: Callable[[int, int], None] | None
-) -> None:
-    """Decode every image before training: a bad one fails, or is left out and counted."""
-    n_paths = len({p for part in inputs.data.parts.values() for p in part.paths.tolist()})
-    skip, workers = opts.skip_bad_images, opts.check_workers
-    step = _counting(on_check, n_paths)
-    inputs.data = check_images(inputs.data, skip_bad=skip, workers=workers, on_progress=step)
-    inputs.eval_sets = _check_eval_images(inputs.eval_sets, inputs.data, skip, workers)
-
-
 def _train(
     opts: FinetuneOptions,
     inputs: _Inputs,
@@ -569,32 +558,6 @@ def _resolve_freeze_bn(given: bool | None, net: VANet, stage1: dict) -> tuple[bo
     return value, info
 
 
-def _check_eval_images(eval_sets: list, data: FinetuneData, skip_bad: bool, workers: int) -> list:
-    """Decode every --eval image before training; a bad one fails, or is left out and counted."""
-    paths = sorted({p for e in eval_sets for p in e.part.paths.tolist()})
-    if not paths:
-        return eval_sets
-    bad = find_bad_images(paths, workers=workers)
-    if not bad:
-        return eval_sets
-    shown = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:10])
-    if not skip_bad:
-        raise DatasetError(
-            f"{len(bad)} --eval image(s) cannot be read: {shown}. Fix or remove them, or pass "
-            "--skip-bad-images to leave them out (they are counted in run.json)"
-        )
-    out = []
-    for e in eval_sets:
-        keep = np.array([p not in bad for p in e.part.paths.tolist()], dtype=bool)
-        if (~keep).any():
-            data.excluded[f"bad_image_eval_{e.name}"] = int((~keep).sum())
-            e = keep_rows(e, keep)
-        if not len(e.part):
-            raise DatasetError(f"--eval {e.spec}: no readable images left")
-        out.append(e)
-    return out
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -624,7 +587,7 @@ def _write_outputs(
     eval_preds=(),
     bn=None,
     inherited=None,
-    name=None,
+    run_name=None,
 ) -> FinetuneResult:
     from evoked.evaluate.metrics import va_metrics
     from evoked.evaluate.runs import write_json, write_run
@@ -641,7 +604,7 @@ def _write_outputs(
     )
     meta = {
         "kind": "finetune",
-        "name": name or Path(out).name,
+        "name": run_name or Path(out).name,
         "created": utc_now(),
         "evoked_version": __version__,
         "dataset": dim_m.name,
