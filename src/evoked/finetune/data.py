@@ -98,7 +98,7 @@ class FinetuneData:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
-def _part(
+def make_part(
     m: Manifest,
     rows: np.ndarray,
     *,
@@ -108,6 +108,7 @@ def _part(
     source: str,
     keep_distribution: bool = False,
 ) -> Part:
+    """The `rows` of `m` as a part: `va` / `cls` targets (None: none, masked out) and their masks."""
     n = len(rows)
     va_arr = np.full((n, 2), np.nan, dtype=np.float32) if va is None else va.astype(np.float32)
     cls_arr = np.zeros((n, n_classes), dtype=np.float32) if cls is None else cls.astype(np.float32)
@@ -240,7 +241,7 @@ def prepare_data(
             else:
                 cat_va = lexicon.hard(cat.category[crows].tolist())
         cls = _category_targets(cat, crows, classes, soft, loss_kind) if task == "multi" else None
-        parts.append(_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
+        parts.append(make_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
     if mode == "two_stage":
         rows = _fine_tuning_rows(drows["train"], n_labels, seed, excluded)
         parts.append(_rated_part(dimensional, rows, len(classes)))
@@ -315,7 +316,7 @@ def _fine_tuning_rows(
 def _rated_part(m: Manifest, rows: np.ndarray, n_classes: int, keep_distribution: bool = False) -> Part:
     va = np.stack([m.valence[rows], m.arousal[rows]], axis=1)
     kw = {"n_classes": n_classes, "source": "dimensional", "keep_distribution": keep_distribution}
-    return _part(m, rows, va=va, cls=None, **kw)
+    return make_part(m, rows, va=va, cls=None, **kw)
 
 
 def count_items(data: FinetuneData) -> dict[str, int]:

@@ -20,7 +20,7 @@ from evoked.data.datasets import split_spec
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
 from evoked.evaluate.evalsets import parse_eval_spec, unique_name
-from evoked.finetune.data import Part, _part
+from evoked.finetune.data import Part, make_part
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def load_evals(
                 overlap,
                 len(rows),
             )
-        part = _part(m, rows, va=va, cls=None, n_classes=0, source="eval", keep_distribution=True)
+        part = make_part(m, rows, va=va, cls=None, n_classes=0, source="eval", keep_distribution=True)
         splits = tuple(str(s) for s in m.split[rows].tolist())
         out.append(EvalSet(name, str(spec), split, part, has_ratings, splits))
     return out

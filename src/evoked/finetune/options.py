@@ -106,10 +106,8 @@ class FinetuneOptions:
             raise ConfigError(f"--check-workers {self.check_workers}: use 1 or more threads")
         self.dev = resolve_device(self.device)
         self.prec = resolve_precision(self.precision, self.dev)
-        if isinstance(self.preprocess, Mapping) or not self.preprocess:
-            self.overrides = dict(self.preprocess or {})
-        else:
-            self.overrides = parse_preprocess_overrides(self.preprocess)
+        pre = self.preprocess
+        self.overrides = parse_preprocess_overrides(pre) if isinstance(pre, str) and pre else dict(pre or {})
         if self.category_map and not isinstance(self.category_map, Mapping):
             self.category_map = parse_category_map(self.category_map)
         self.scale = None if self.va_range is None else parse_va_range(self.va_range)
