@@ -456,3 +456,14 @@ def test_freeze_bn_keeps_every_batch_norm_in_eval_mode():
     assert len(every) == n_bn and 0 < len(some) < n_bn  # layer4's batch norms train unless --freeze-bn
     set_train_mode(net, every)
     assert net.training and not any(m.training for m in every)
+
+
+def test_cli_name_and_check_workers_flags(ds, tmp_path, capsys):
+    out = tmp_path / "named"
+    argv = ["finetune", "--categorical", ds["cat"], "--dimensional", ds["dim"], "--mode", "one_stage"]
+    argv += ["--task", "single", "--backbone", "resnet18", "--weights", "random", "--size", "32"]
+    argv += ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--check-workers", "1"]
+    assert main([*argv, "--name", "e6-net", "--out", str(out), "-q"]) == 0
+    assert read_run(out).meta["name"] == "e6-net"
+    assert main([*argv, "--out", str(tmp_path / "unnamed"), "-q"]) == 0
+    assert read_run(tmp_path / "unnamed").meta["name"] == "unnamed"  # the folder's name, as regress

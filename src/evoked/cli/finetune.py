@@ -8,13 +8,6 @@ from pathlib import Path
 from evoked.cli._common import COMMON, print_json, progress
 
 
-def _milestones(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: epochs separated by commas, e.g. 10,20,30") from None
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
@@ -33,7 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "      --preprocess mean=0.5,std=0.5,rotate=180 --size 224",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("data")
+    _data_flags(p.add_argument_group("data"))
+    _network_flags(p.add_argument_group("network"))
+    _training_flags(p.add_argument_group("training"))
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True, help="the run directory to write (runs/NAME)")
+    g.add_argument("--name", default=None, help="the run's name in run.json (default: the folder's name)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/models/last.pt")
+    g.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run")
+    g.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_run)
+
+
+def _data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--categorical", metavar="DATASET", help="category-labelled dataset (KIND:PATH)")
     g.add_argument(
         "--dimensional", metavar="DATASET", required=True, help="VA-rated dataset with train/val/test splits"
@@ -73,8 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave unreadable images out (counted) instead of failing",
     )
+    g.add_argument(
+        "--check-workers",
+        type=int,
+        default=4,
+        help="threads that decode every image before training (default 4)",
+    )
 
-    g = p.add_argument_group("network")
+
+def _network_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--mode", choices=("one_stage", "two_stage"), required=True)
     g.add_argument("--task", choices=("single", "multi"), required=True)
     g.add_argument(
@@ -85,7 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preprocess", default=None, metavar="KEY=VAL,...", help="override mean, std, rotate, ..."
     )
     g.add_argument(
-        "--plugin", action="append", default=[], help="a module or .py file that registers backbones"
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        help="a module or .py file that registers backbones",
     )
     g.add_argument(
         "--checkpoint", type=Path, help="two_stage: the one_stage network (runs/ONE/models/best.pt)"
@@ -108,12 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--size", type=int, default=None, help="input side in pixels (default 448; CLIP: its own)")
 
-    g = p.add_argument_group("training")
+
+def _training_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)",
+        "--alpha", type=float, help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)"
     )
     g.add_argument("--cls-loss", choices=("auto", "ce", "bce"), default="auto", help="auto: bce with --soft")
     g.add_argument("--epochs", type=int, default=100)
@@ -121,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument(
-        "--milestones", type=_milestones, default=(10, 20, 30, 40, 50), help="epochs, e.g. 10,20,30"
+        "--milestones", default=(10, 20, 30, 40, 50), help="epochs, e.g. 10,20,30 (default 10,20,30,40,50)"
     )
     g.add_argument("--gamma", type=float, default=0.5, help="learning-rate factor at each milestone")
     g.add_argument(
@@ -134,13 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     g.add_argument("--eval-batch-size", type=int, default=32)
-
-    g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, required=True, help="the run directory to write (runs/NAME)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/models/last.pt")
-    g.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run")
-    g.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=_run)
 
 
 class _Bars:
@@ -164,86 +171,63 @@ class _Bars:
             self.cm.__exit__(None, None, None)
         self.key = self.cm = self.bar = None
 
+    def counter(self, key: str, desc: str):
+        """A ``(done, total)`` callback: images checked, test images predicted."""
 
-def _run(args: argparse.Namespace) -> int:
-    from evoked.finetune import finetune
+        def update(done: int, total: int) -> None:
+            bar = self.get(key, desc, "img")
+            bar.total = total
+            bar.update(done - bar.n)
 
-    bars = _Bars(args)
+        return update
 
-    def on_check(done: int, total: int) -> None:
-        bar = bars.get("check", "checking images", "img")
-        bar.total = total
-        bar.update(done - bar.n)
-
-    def on_batch(epoch: int, batch: int, n_batches: int, loss: float) -> None:
-        bar = bars.get(f"epoch{epoch}", f"epoch {epoch}/{args.epochs}", "batch")
+    def on_batch(self, epoch: int, batch: int, n_batches: int, loss: float) -> None:
+        bar = self.get(f"epoch{epoch}", f"epoch {epoch}/{self.args.epochs}", "batch")
         bar.total = n_batches
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def on_epoch(rec: dict) -> None:
-        bar = bars.get(f"epoch{rec['epoch']}", f"epoch {rec['epoch']}/{args.epochs}", "batch")
+    def on_epoch(self, rec: dict) -> None:
+        bar = self.get(f"epoch{rec['epoch']}", f"epoch {rec['epoch']}/{self.args.epochs}", "batch")
         bar.set_postfix(
             loss=f"{rec['train_loss']:.3f}",
             val_r_v=f"{rec['val_r_valence']:.3f}",
             val_r_a=f"{rec['val_r_arousal']:.3f}",
         )
-        bars.close()
+        self.close()
 
-    def on_predict(done: int, total: int) -> None:
-        bar = bars.get("test", "predicting test", "img")
-        bar.total = total
-        bar.update(done - bar.n)
 
+def options_from_args(args: argparse.Namespace):
+    """The `FinetuneOptions` of a parsed command line: every field is a flag of the same name."""
+    from dataclasses import fields
+
+    from evoked.finetune.options import FinetuneOptions
+
+    return FinetuneOptions(**{f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if f.init})
+
+
+def _run(args: argparse.Namespace) -> int:
+    from evoked.finetune import finetune
+
+    bars = _Bars(args)
     try:
         result = finetune(
-            categorical=args.categorical,
-            dimensional=args.dimensional,
-            out=args.out,
-            mode=args.mode,
-            task=args.task,
-            backbone=args.backbone,
-            weights=args.weights,
-            preprocess=args.preprocess,
-            plugins=args.plugin,
-            checkpoint=args.checkpoint,
-            from_run=args.from_run,
-            freeze_until=args.freeze_until,
-            freeze_bn=args.freeze_bn,
-            size=args.size,
-            lexicon=args.lexicon,
-            category_map=args.category_map,
-            soft=args.soft,
-            cls_loss=args.cls_loss,
-            alpha=args.alpha,
-            n_labels=args.n_labels,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            milestones=args.milestones,
-            gamma=args.gamma,
-            patience=args.patience,
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-            workers=args.workers,
-            eval_batch_size=args.eval_batch_size,
-            skip_bad_images=args.skip_bad_images,
-            evals=args.evals,
-            va_range=args.va_range,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            on_check=on_check,
-            on_batch=on_batch,
-            on_epoch=on_epoch,
-            on_predict=on_predict,
+            options_from_args(args),
+            on_check=bars.counter("check", "checking images"),
+            on_batch=bars.on_batch,
+            on_epoch=bars.on_epoch,
+            on_predict=bars.counter("test", "predicting test"),
         )
     finally:
         bars.close()
     if args.json:
         print_json({result.model: result.metrics})
-        return 0
+    else:
+        _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
     m, o = result.metrics, result.outcome
     print(
         f"{result.model}: {o.epochs_run} epoch(s), best epoch {o.best_epoch} (val valence r {o.best_score:.3f})"
@@ -271,4 +255,3 @@ def _run(args: argparse.Namespace) -> int:
     if left_out:
         print("left out: " + ", ".join(f"{k} {v}" for k, v in left_out.items()))
     print(f"wrote {result.out} (compare with: evoked evaluate {result.out} ...)")
-    return 0

@@ -13,7 +13,7 @@ every framework (two_stage/multi mixes category-only and VA-only items).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +108,7 @@ def make_part(
     source: str,
     keep_distribution: bool = False,
 ) -> Part:
+    """The `rows` of `m` as a part: `va` / `cls` targets (None: none, masked out) and their masks."""
     n = len(rows)
     va_arr = np.full((n, 2), np.nan, dtype=np.float32) if va is None else va.astype(np.float32)
     cls_arr = np.zeros((n, n_classes), dtype=np.float32) if cls is None else cls.astype(np.float32)
@@ -137,6 +138,23 @@ def resolve_cls_loss(task: str, soft: bool, cls_loss: str) -> str | None:
     if cls_loss not in ("ce", "bce"):
         raise ConfigError(f"--cls-loss {cls_loss!r}: use auto, ce or bce")
     return cls_loss
+
+
+def check_framework(
+    mode: str, task: str, has_categorical: bool, n_labels: int | None, soft: bool, cls_loss: str
+) -> str | None:
+    """The checks of a framework that need no data; returns its category loss (`resolve_cls_loss`)."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+    if (mode == "one_stage" or task == "multi") and not has_categorical:
+        raise ConfigError(f"{mode}/{task} trains on a categorical dataset: pass --categorical DATASET")
+    if n_labels is not None and mode != "two_stage":
+        raise ConfigError(
+            "--n-labels sets the size of the two_stage fine-tuning set; use it with --mode two_stage"
+        )
+    return resolve_cls_loss(task, soft, cls_loss)
 
 
 def _dimensional_rows(dim: Manifest, mode: str, excluded: dict[str, int]) -> dict[str, np.ndarray]:
@@ -204,60 +222,17 @@ def prepare_data(
     seed: int = 0,
 ) -> FinetuneData:
     """Parts and targets of one framework. Raises ConfigError / LabelError for an impossible setup."""
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: use one_stage or two_stage")
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r}: use single or multi")
-    loss_kind = resolve_cls_loss(task, soft, cls_loss)
-    needs_categorical = mode == "one_stage" or task == "multi"
-    if needs_categorical and categorical is None:
-        raise ConfigError(f"{mode}/{task} trains on a categorical dataset: pass --categorical DATASET")
-    if n_labels is not None and mode != "two_stage":
-        raise ConfigError(
-            "--n-labels sets the size of the two_stage fine-tuning set; use it with --mode two_stage"
-        )
-
+    loss_kind = check_framework(mode, task, categorical is not None, n_labels, soft, cls_loss)
     excluded: dict[str, int] = {}
     drows = _dimensional_rows(dimensional, mode, excluded)
     # every id of the val/test splits, rated or not, stays out of the categorical training items
     eval_ids = set(dimensional.ids[np.isin(dimensional.split, ("val", "test"))].tolist())
-
     classes: tuple[str, ...] = ()
     parts: list[Part] = []
-    if needs_categorical:
+    if mode == "one_stage" or task == "multi":
         cat = categorical
-        crows = _categorical_rows(cat, eval_ids, excluded)
-        if soft:
-            if cat.distribution is None:
-                raise LabelError(
-                    f"--soft uses label distributions, and the categorical dataset {cat.name!r} has none "
-                    "(p_<category> columns); leave out --soft to use its category labels"
-                )
-            has = cat.has_distribution[crows]
-            if (~has).any():
-                excluded["categorical_no_distribution"] = int((~has).sum())
-            crows = crows[has]
-        else:
-            has = cat.category[crows] != ""
-            if (~has).any():
-                excluded["categorical_no_category"] = int((~has).sum())
-            crows = crows[has]
-        if not len(crows):
-            what = "label distributions" if soft else "category labels"
-            raise LabelError(
-                f"the categorical dataset {cat.name!r} has no training items with {what}; "
-                + (
-                    "a label-distribution set needs --soft"
-                    if not soft and cat.distribution is not None
-                    else "give it a category column (or folders per category)"
-                )
-            )
-        if task == "multi":
-            classes = tuple(cat.categories) if soft else tuple(cat.label_categories)
-            if len(classes) < 2:
-                raise LabelError(
-                    f"the multi task needs at least two categories; {cat.name!r} has {list(classes)}"
-                )
+        crows = _labelled_rows(cat, _categorical_rows(cat, eval_ids, excluded), soft, excluded)
+        classes = _head_classes(cat, task, soft)
         cat_va = None
         if mode == "one_stage":
             # category-derived VA: every label must be a lexicon word (LabelError lists the others)
@@ -265,59 +240,83 @@ def prepare_data(
                 cat_va = lexicon.soft(cat.distribution[crows], cat.categories)
             else:
                 cat_va = lexicon.hard(cat.category[crows].tolist())
-        cls = None
-        if task == "multi":
-            if soft:
-                d = np.nan_to_num(cat.distribution[crows])
-                cls = (
-                    multi_hot_top(d) if loss_kind == "bce" else d / np.maximum(d.sum(1, keepdims=True), 1e-12)
-                )
-            else:
-                index = {c: k for k, c in enumerate(classes)}
-                cls = np.zeros((len(crows), len(classes)), dtype=np.float32)
-                cls[np.arange(len(crows)), [index[c] for c in cat.category[crows]]] = 1.0
+        cls = _category_targets(cat, crows, classes, soft, loss_kind) if task == "multi" else None
         parts.append(make_part(cat, crows, va=cat_va, cls=cls, n_classes=len(classes), source="categorical"))
-
     if mode == "two_stage":
-        train_rows = drows["train"]
-        if n_labels is not None:
-            if n_labels < 1 or n_labels > len(train_rows):
-                raise ConfigError(
-                    f"--n-labels {n_labels}: the dimensional train split has {len(train_rows)} VA-rated items; "
-                    f"use 1..{len(train_rows)}"
-                )
-            rng = np.random.default_rng(seed)
-            train_rows = np.sort(rng.choice(train_rows, size=n_labels, replace=False))
-            excluded["dimensional_train_beyond_n_labels"] = len(drows["train"]) - n_labels
-        va = np.stack([dimensional.valence[train_rows], dimensional.arousal[train_rows]], axis=1)
-        parts.append(
-            make_part(dimensional, train_rows, va=va, cls=None, n_classes=len(classes), source="dimensional")
-        )
-
+        rows = _fine_tuning_rows(drows["train"], n_labels, seed, excluded)
+        parts.append(_rated_part(dimensional, rows, len(classes)))
+    val, test = (_rated_part(dimensional, drows[s], len(classes), True) for s in ("val", "test"))
     train = parts[0] if len(parts) == 1 else Part.concat(parts[0], parts[1])
-    evals = {}
-    for s in ("val", "test"):
-        r = drows[s]
-        va = np.stack([dimensional.valence[r], dimensional.arousal[r]], axis=1)
-        evals[s] = make_part(
-            dimensional,
-            r,
-            va=va,
-            cls=None,
-            n_classes=len(classes),
-            source="dimensional",
-            keep_distribution=True,
-        )
-    data = FinetuneData(
-        train=train,
-        val=evals["val"],
-        test=evals["test"],
-        classes=classes,
-        cls_loss=loss_kind,
-        excluded=excluded,
-    )
+    data = FinetuneData(train, val, test, classes=classes, cls_loss=loss_kind, excluded=excluded)
     data.counts = count_items(data)
     return data
+
+
+def _labelled_rows(cat: Manifest, crows: np.ndarray, soft: bool, excluded: dict[str, int]) -> np.ndarray:
+    """The categorical training rows with a label distribution (`soft`) or a category label."""
+    if soft and cat.distribution is None:
+        raise LabelError(
+            f"--soft uses label distributions, and the categorical dataset {cat.name!r} has none "
+            "(p_<category> columns); leave out --soft to use its category labels"
+        )
+    has = cat.has_distribution[crows] if soft else cat.category[crows] != ""
+    if (~has).any():
+        excluded["categorical_no_distribution" if soft else "categorical_no_category"] = int((~has).sum())
+    if not has.any():
+        what = "label distributions" if soft else "category labels"
+        raise LabelError(
+            f"the categorical dataset {cat.name!r} has no training items with {what}; "
+            + (
+                "a label-distribution set needs --soft"
+                if not soft and cat.distribution is not None
+                else "give it a category column (or folders per category)"
+            )
+        )
+    return crows[has]
+
+
+def _head_classes(cat: Manifest, task: str, soft: bool) -> tuple[str, ...]:
+    """The category head's outputs: none for the single task."""
+    if task != "multi":
+        return ()
+    classes = tuple(cat.categories) if soft else tuple(cat.label_categories)
+    if len(classes) < 2:
+        raise LabelError(f"the multi task needs at least two categories; {cat.name!r} has {list(classes)}")
+    return classes
+
+
+def _category_targets(
+    cat: Manifest, crows: np.ndarray, classes: tuple[str, ...], soft: bool, loss_kind: str | None
+) -> np.ndarray:
+    """The category head's targets: multi-hot (BCE) or a distribution (CE) with --soft, else one-hot."""
+    if soft:
+        d = np.nan_to_num(cat.distribution[crows])
+        return multi_hot_top(d) if loss_kind == "bce" else d / np.maximum(d.sum(1, keepdims=True), 1e-12)
+    index = {c: k for k, c in enumerate(classes)}
+    cls = np.zeros((len(crows), len(classes)), dtype=np.float32)
+    cls[np.arange(len(crows)), [index[c] for c in cat.category[crows]]] = 1.0
+    return cls
+
+
+def _fine_tuning_rows(
+    train_rows: np.ndarray, n_labels: int | None, seed: int, excluded: dict[str, int]
+) -> np.ndarray:
+    """two_stage: the VA-rated train rows fine-tuned on, `n_labels` of them drawn by `seed`."""
+    if n_labels is None:
+        return train_rows
+    if n_labels < 1 or n_labels > len(train_rows):
+        raise ConfigError(
+            f"--n-labels {n_labels}: the dimensional train split has {len(train_rows)} VA-rated items; "
+            f"use 1..{len(train_rows)}"
+        )
+    excluded["dimensional_train_beyond_n_labels"] = len(train_rows) - n_labels
+    return np.sort(np.random.default_rng(seed).choice(train_rows, size=n_labels, replace=False))
+
+
+def _rated_part(m: Manifest, rows: np.ndarray, n_classes: int, keep_distribution: bool = False) -> Part:
+    va = np.stack([m.valence[rows], m.arousal[rows]], axis=1)
+    kw = {"n_classes": n_classes, "source": "dimensional", "keep_distribution": keep_distribution}
+    return make_part(m, rows, va=va, cls=None, **kw)
 
 
 def count_items(data: FinetuneData) -> dict[str, int]:
@@ -343,37 +342,41 @@ def _try_decode(path: str) -> str | None:
 
 
 def find_bad_images(
-    paths: list[str], *, workers: int = 4, on_progress: Callable[[int], None] | None = None
+    paths: list[str], *, workers: int = 4, on_progress: Callable[[int, int], None] | None = None
 ) -> dict[str, str]:
-    """{path: reason} for every image of `paths` that cannot be decoded."""
+    """{path: reason} for every image of `paths` that cannot be decoded; ``on_progress(done, total)``."""
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path, reason in zip(paths, pool.map(_try_decode, paths)):
+        for done, (path, reason) in enumerate(zip(paths, pool.map(_try_decode, paths)), 1):
             if reason is not None:
                 bad[path] = reason
             if on_progress is not None:
-                on_progress(1)
+                on_progress(done, len(paths))
     return bad
 
 
 def check_images(
     data: FinetuneData,
+    evals: Sequence = (),
     *,
     skip_bad: bool = False,
     workers: int = 4,
-    on_progress: Callable[[int], None] | None = None,
-) -> FinetuneData:
-    """Decode every image once before training. A bad image is a DatasetError listing them all,
-    or, with `skip_bad`, left out of its part and counted (``excluded["bad_image_<part>"]``)."""
-    paths = sorted({p for part in data.parts.values() for p in part.paths.tolist()})
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[FinetuneData, list]:
+    """Decode every image of the parts and of the eval sets (`finetune.evals.EvalSet`) once before
+    training. A bad image is a DatasetError listing them all, or, with `skip_bad`, left out of its
+    part and counted (``excluded["bad_image_<part>"]``, ``bad_image_eval_<name>`` for an eval set)."""
+    named = {**data.parts, **{f"eval_{e.name}": e.part for e in evals}}
+    paths = sorted({p for part in named.values() for p in part.paths.tolist()})
     bad = find_bad_images(paths, workers=workers, on_progress=on_progress)
     if not bad:
-        return data
-    listed = []
-    for name, part in data.parts.items():
-        for i, p in zip(part.ids.tolist(), part.paths.tolist()):
-            if p in bad:
-                listed.append({"part": name, "id": i, "path": p, "reason": bad[p]})
+        return data, list(evals)
+    listed = [
+        {"part": name, "id": i, "path": p, "reason": bad[p]}
+        for name, part in named.items()
+        for i, p in zip(part.ids.tolist(), part.paths.tolist())
+        if p in bad
+    ]
     if not skip_bad:
         shown = "; ".join(f"{b['id']} ({b['path']}): {b['reason']}" for b in listed[:10])
         more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
@@ -382,17 +385,20 @@ def check_images(
             "--skip-bad-images to leave them out (they are counted in run.json)"
         )
     log.warning("%d image(s) cannot be read and are left out: %s", len(bad), ", ".join(list(bad)[:5]))
-    for name in ("train", "val", "test"):
-        part = getattr(data, name)
-        keep = np.array([p not in bad for p in part.paths.tolist()], dtype=bool)
-        if (~keep).any():
-            data.excluded[f"bad_image_{name}"] = int((~keep).sum())
-            setattr(data, name, part.subset(np.flatnonzero(keep)))
-        if not len(getattr(data, name)):
+    keep = {
+        name: np.array([p not in bad for p in part.paths.tolist()], dtype=bool)
+        for name, part in named.items()
+    }
+    for name, rows in keep.items():
+        if (~rows).any():
+            data.excluded[f"bad_image_{name}"] = int((~rows).sum())
+        if not rows.any():
             raise DatasetError(f"no readable images left in the {name} part; see the failures listed above")
+    for name in ("train", "val", "test"):
+        setattr(data, name, getattr(data, name).subset(np.flatnonzero(keep[name])))
     data.bad_images = listed
     data.counts = count_items(data)
-    return data
+    return data, [e.subset(keep[f"eval_{e.name}"]) for e in evals]
 
 
 # ---------------------------------------------------------------------------------------------- torch

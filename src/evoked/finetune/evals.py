@@ -47,6 +47,12 @@ class EvalSet:
             "items_sha256": items_fingerprint(self.part.ids, [-1] * len(self.part), self.splits),
         }
 
+    def subset(self, keep: np.ndarray) -> EvalSet:
+        """The eval set without the rows `keep` is False for (unreadable images under --skip-bad-images)."""
+        rows = np.flatnonzero(keep)
+        splits = tuple(self.splits[i] for i in rows)
+        return EvalSet(self.name, self.spec, self.split, self.part.subset(rows), self.has_ratings, splits)
+
 
 def _known_kind(spec: str) -> bool:
     from evoked.data.datasets import _KINDS
@@ -112,10 +118,3 @@ def load_evals(
         splits = tuple(str(s) for s in m.split[rows].tolist())
         out.append(EvalSet(name, str(spec), split, part, has_ratings, splits))
     return out
-
-
-def keep_rows(e: EvalSet, keep: np.ndarray) -> EvalSet:
-    """The eval set without the rows `keep` is False for (unreadable images under --skip-bad-images)."""
-    rows = np.flatnonzero(keep)
-    splits = tuple(e.splits[i] for i in rows)
-    return EvalSet(e.name, e.spec, e.split, e.part.subset(rows), e.has_ratings, splits)

@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,20 +26,16 @@ from evoked import __version__, runfolder
 from evoked.clock import utc_now
 from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
-from evoked.device import resolve_compute
-from evoked.errors import ConfigError, DatasetError
-from evoked.extract.backbone import Preprocess, WeightsInfo, parse_preprocess_overrides
+from evoked.errors import ConfigError
+from evoked.extract.backbone import Preprocess, WeightsInfo
 from evoked.finetune.data import (
-    MODES,
-    TASKS,
     FinetuneData,
     Part,
     check_images,
-    find_bad_images,
     make_transform,
     prepare_data,
 )
-from evoked.finetune.evals import keep_rows, load_evals
+from evoked.finetune.evals import EvalSet, load_evals
 from evoked.finetune.model import (
     FREEZE_AUTO,
     FREEZE_NONE,
@@ -51,18 +48,12 @@ from evoked.finetune.model import (
     native_size,
     resolve_freeze_point,
 )
-from evoked.finetune.train import (
-    Outcome,
-    TrainConfig,
-    load_checkpoint,
-    predict,
-    train_network,
-)
+from evoked.finetune.options import FinetuneOptions
+from evoked.finetune.train import Outcome, load_checkpoint, predict, train_network
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 448  # the paper's input size for CNNs
-DEFAULT_ALPHA = {"one_stage": 0.5, "two_stage": 0.9}
 OUTPUTS = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "models/last.pt", "models/best.pt")
 # settings that may change when a run is resumed; everything else must match
 _RESUMABLE = ("epochs", "workers", "eval_batch_size", "device", "precision")
@@ -88,69 +79,16 @@ def model_name(mode: str, task: str) -> str:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
-    last = out / "models" / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise ConfigError(f"--resume: {last} does not exist; start the run without --resume")
-        return
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a run directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"--out {str(out)!r} already exists; pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
-        )
-
-
 def _clear_outputs(out: Path) -> None:
     """--overwrite, once every check has passed: remove what a run writes (never a whole folder)."""
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
 
 
-def _resolve_checkpoint(mode: str, checkpoint: str | Path | None, from_run: str | Path | None) -> Path | None:
-    if mode == "one_stage":
-        if checkpoint or from_run:
-            raise ConfigError(
-                "--checkpoint/--from give the one_stage model that two_stage fine-tunes; "
-                "with --mode one_stage the network starts from --weights"
-            )
-        return None
-    if checkpoint and from_run:
-        raise ConfigError("pass either --checkpoint FILE or --from RUN_DIR, not both")
-    if from_run:
-        path = Path(from_run) / "models" / "best.pt"
-        if not path.is_file():
-            raise ConfigError(
-                f"--from {str(from_run)!r}: {path} does not exist; give the run directory of a finished one_stage run"
-            )
-        return path
-    if not checkpoint:
-        raise ConfigError(
-            "two_stage fine-tunes a one_stage network: pass --checkpoint runs/ONE/models/best.pt "
-            "(or --from runs/ONE)"
-        )
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"--checkpoint {str(checkpoint)!r}: no such file")
-    return path
-
-
 def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
     if spec is None or isinstance(spec, Manifest):
         return spec
     return load_dataset(str(spec))
-
-
-def _preprocess_overrides(preprocess: str | Mapping | None) -> dict:
-    if not preprocess:
-        return {}
-    if isinstance(preprocess, Mapping):
-        return dict(preprocess)
-    return parse_preprocess_overrides(preprocess)
 
 
 def _ids_sha256(part: Part) -> str:
@@ -165,10 +103,6 @@ def _encoder(
 ) -> tuple[Encoder, dict]:
     """The backbone to train and where its weights come from (--weights, or the checkpoint)."""
     if ckpt is None:
-        if not backbone:
-            raise ConfigError(
-                "one_stage needs --backbone (e.g. resnet101, tv:mobilenet_v2, clip:ViT-B-32:openai)"
-            )
         encoder = build_encoder(backbone, weights, overrides)
         return encoder, {"from": "weights", "weights": encoder.weights.to_dict()}
     m = ckpt["meta"]
@@ -318,314 +252,248 @@ def _joined(groups: Sequence[dict]) -> dict:
 
 
 def finetune(
+    options: FinetuneOptions | None = None,
     *,
-    dimensional: str | Manifest,
-    out: str | Path,
-    mode: str = "one_stage",
-    task: str = "single",
-    categorical: str | Manifest | None = None,
-    backbone: str | None = None,
-    weights: str = "default",
-    preprocess: str | Mapping | None = None,
-    plugins: Sequence[str] = (),
-    checkpoint: str | Path | None = None,
-    from_run: str | Path | None = None,
-    freeze_until: str | None = None,
-    freeze_bn: bool | None = None,
-    size: int | None = None,
-    lexicon: str | Lexicon = "nrc",
-    category_map: Mapping[str, str] | Sequence[str] | None = None,
-    soft: bool = False,
-    cls_loss: str = "auto",
-    alpha: float | None = None,
-    n_labels: int | None = None,
-    epochs: int = 100,
-    batch_size: int = 10,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-5,
-    milestones: Sequence[int] = (10, 20, 30, 40, 50),
-    gamma: float = 0.5,
-    patience: int = 5,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    workers: int = 0,
-    eval_batch_size: int = 32,
-    check_workers: int = 4,
-    skip_bad_images: bool = False,
-    evals: Sequence[str | Manifest] = (),
-    va_range: str | Sequence[float] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
     on_check: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_predict: Callable[[int, int], None] | None = None,
+    **kwargs: Any,
 ) -> FinetuneResult:
     """Train one framework (`mode` one_stage|two_stage x `task` single|multi) and write ``out``.
 
-    one_stage trains `backbone` (with `weights`) on the `categorical` set's category-derived VA
-    (and categories for multi); two_stage loads `checkpoint` (or ``from_run/models/best.pt``), freezes
-    the encoder before `freeze_until` (``auto``: layer4 for ResNets) and fine-tunes on `n_labels` of
-    the `dimensional` set's VA-rated train items (plus the categorical items, category loss only, for
-    multi). Both stop early on the validation valence r and predict the dimensional test split,
-    and every item of each `evals` dataset (``SPEC[:SPLIT]``, see `finetune.evals`).
-    `freeze_bn` None: inherited from the checkpoint (two_stage), else turned on when the encoder's
-    batch norm is folded (`folded_norm_layers`), with the reason in run.json. Ratings outside
-    `va_range` (``"LO,HI"``, default 1,9; two_stage: the checkpoint's) are refused before training.
-    Callbacks: ``on_check(done, total)`` images checked, ``on_batch(epoch, batch, n_batches, loss)``,
-    ``on_epoch(record)``, ``on_predict(done, total)`` test images predicted.
+    The options are a `FinetuneOptions` or its fields as keywords (keywords beside `options`
+    replace those fields). one_stage trains `backbone` (with `weights`) on the `categorical` set's
+    category-derived VA (and categories for multi); two_stage loads `checkpoint` (or
+    ``from_run/models/best.pt``), freezes the encoder before `freeze_until` (``auto``: layer4 for
+    ResNets) and fine-tunes on `n_labels` of the `dimensional` set's VA-rated train items (plus the
+    categorical items, category loss only, for multi). Both stop early on the validation valence r
+    and predict the dimensional test split, and every item of each `evals` dataset
+    (``SPEC[:SPLIT]``, see `finetune.evals`). `freeze_bn` None: inherited from the checkpoint
+    (two_stage), else turned on when the encoder's batch norm is folded (`folded_norm_layers`),
+    with the reason in run.json. Ratings outside `va_range` (``"LO,HI"``, default 1,9; two_stage:
+    the checkpoint's) are refused before training. Callbacks: ``on_check(done, total)`` images
+    checked, ``on_batch(epoch, batch, n_batches, loss)``, ``on_epoch(record)``,
+    ``on_predict(done, total)`` test images predicted.
     """
     t_start = time.perf_counter()
-    out = Path(out)
-    # ---- options (cheap checks first)
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r}: use one of {', '.join(TASKS)}")
-    _check_out(out, resume, overwrite)
-    alpha = DEFAULT_ALPHA[mode] if alpha is None else float(alpha)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        milestones=tuple(milestones),
-        gamma=gamma,
-        patience=patience,
-        freeze_bn=bool(freeze_bn),
-        alpha=alpha,
-        seed=seed,
-        eval_batch_size=eval_batch_size,
-        workers=workers,
-    )
-    cfg.check()
-    if size is not None and size < 8:
-        raise ConfigError(f"--size {size}: the input side in pixels, at least 8 (the paper: 448)")
-    dev, prec = resolve_compute(device, precision, training=True)
-    overrides = _preprocess_overrides(preprocess)
-    if plugins:
-        from evoked.extract.registry import load_plugin
+    opts = (FinetuneOptions(**kwargs) if options is None else replace(options, **kwargs)).check()
+    ckpt = load_checkpoint(opts.ckpt_path, "--checkpoint") if opts.ckpt_path else None
+    inputs = _inputs(opts, ckpt)
+    built = _network(opts, inputs, ckpt)
+    config = _settings(opts, inputs, built)
+    resume_state = _resume_state(opts, config)
+    images = {"skip_bad": opts.skip_bad_images, "workers": opts.check_workers, "on_progress": on_check}
+    inputs.data, inputs.eval_sets = check_images(inputs.data, inputs.eval_sets, **images)
+    if opts.overwrite:
+        _clear_outputs(opts.out_path)
+    outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
+    va_pred, logits, eval_preds = _predict_all(opts, inputs, built, on_predict)
+    return _write_outputs(
+        out=opts.out_path, mode=opts.mode, task=opts.task, data=inputs.data, va_pred=va_pred,
+        logits=logits, lex=inputs.lex, outcome=outcome, config=config, init=built.init,
+        params=built.params, cat_m=inputs.cat_m, dim_m=inputs.dim_m, ckpt_path=opts.ckpt_path,
+        seed=opts.seed, seconds=time.perf_counter() - t_start, eval_preds=eval_preds, bn=built.bn,
+        inherited=inputs.inherited, run_name=opts.name,
+    )  # fmt: skip
 
-        for p in plugins:
-            load_plugin(p)
-    ckpt_path = _resolve_checkpoint(mode, checkpoint, from_run)
-    ckpt = load_checkpoint(ckpt_path, "--checkpoint") if ckpt_path else None
-    lex = load_lexicon(lexicon, category_map)
+
+@dataclass
+class _Inputs:
+    """The data step: the labelled parts, the eval sets, the rating scale."""
+
+    lex: Lexicon
+    cat_m: Manifest | None
+    dim_m: Manifest
+    data: FinetuneData
+    scale: tuple[float, float]
+    eval_sets: list[EvalSet]
+    inherited: dict  # settings taken from the stage-1 checkpoint (recorded in run.json)
+
+
+@dataclass
+class _Network:
+    """The network step: the encoder with its heads, what it starts from and what trains."""
+
+    encoder: Encoder
+    net: VANet
+    init: dict
+    size: int
+    point: str  # the module the encoder is frozen before
+    params: dict
+    bn: dict
+
+    def transform(self, train: bool) -> Callable:
+        return make_transform(self.encoder.preprocess, self.size, train=train)
+
+
+def _inputs(opts: FinetuneOptions, ckpt: dict | None) -> _Inputs:
+    """Read the datasets and the lexicon; the parts of the framework, its eval sets and scale."""
     stage1 = (ckpt or {}).get("meta", {}).get("config", {})
     inherited: dict = {}
-    if va_range is None and stage1.get("va_range"):
-        va_range = stage1["va_range"]
-        inherited["va_range"] = list(va_range)
-    scale = parse_va_range(va_range)
-
-    # ---- labels
-    cat_m = _load_manifest(categorical)
-    dim_m = _load_manifest(dimensional)
-    if mode == "two_stage" and task == "single" and cat_m is not None:
+    scale = opts.scale
+    if scale is None:
+        if stage1.get("va_range"):
+            inherited["va_range"] = list(stage1["va_range"])
+        scale = parse_va_range(stage1.get("va_range") or None)
+    lex = load_lexicon(opts.lexicon, opts.category_map)
+    cat_m, dim_m = _load_manifest(opts.categorical), _load_manifest(opts.dimensional)
+    if opts.mode == "two_stage" and opts.task == "single" and cat_m is not None:
         log.warning("two_stage/single fine-tunes on the dimensional set only; --categorical is not used")
         cat_m = None
-    data: FinetuneData = prepare_data(
-        categorical=cat_m,
-        dimensional=dim_m,
-        mode=mode,
-        task=task,
-        lexicon=lex,
-        soft=soft,
-        cls_loss=cls_loss,
-        n_labels=n_labels,
-        seed=seed,
-    )
-    cfg.cls_loss = data.cls_loss
+    data = prepare_data(
+        categorical=cat_m, dimensional=dim_m, mode=opts.mode, task=opts.task, lexicon=lex,
+        soft=opts.soft, cls_loss=opts.cls_loss, n_labels=opts.n_labels, seed=opts.seed,
+    )  # fmt: skip
     _check_scale(dim_m, scale)
     training_ids = [*data.train.ids.tolist(), *data.val.ids.tolist()]
-    eval_sets = load_evals(evals, training_ids=training_ids, va_range=scale)
+    eval_sets = load_evals(opts.evals, training_ids=training_ids, va_range=scale)
+    return _Inputs(lex, cat_m, dim_m, data, scale, eval_sets, inherited)
 
-    # ---- network
-    encoder, init = _encoder(backbone=backbone, weights=weights, overrides=overrides, ckpt=ckpt)
+
+def _network(opts: FinetuneOptions, inputs: _Inputs, ckpt: dict | None) -> _Network:
+    """Build the encoder and heads, decide batch norm and the frozen blocks."""
+    encoder, init = _encoder(
+        backbone=opts.backbone, weights=opts.weights, overrides=opts.overrides, ckpt=ckpt
+    )
+    inherited, data = inputs.inherited, inputs.data
+    size = opts.size
     if size is None:
         size = native_size(encoder) or (int(ckpt["meta"]["size"]) if ckpt else DEFAULT_SIZE)
         if ckpt and not native_size(encoder):
             inherited["size"] = size
     if ckpt:
-        inherited["preprocess"] = "stage 1's" + (" with --preprocess overrides" if overrides else "")
+        inherited["preprocess"] = "stage 1's" + (" with --preprocess overrides" if opts.overrides else "")
     supervised = data.train.va[data.train.va_mask]
     va_mean = supervised.mean(axis=0) if len(supervised) else None
     net = _assemble(
-        encoder, task=task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=seed, va_mean=va_mean
-    )
-    cfg.freeze_bn, bn = _resolve_freeze_bn(freeze_bn, net, stage1)
+        encoder, task=opts.task, classes=data.classes, size=size, ckpt=ckpt, init=init, seed=opts.seed,
+        va_mean=va_mean,
+    )  # fmt: skip
+    stage1 = (ckpt or {}).get("meta", {}).get("config", {})
+    opts.train.freeze_bn, bn = _resolve_freeze_bn(opts.freeze_bn, net, stage1)
     if bn["freeze_bn_from"] == "stage 1":
-        inherited["freeze_bn"] = cfg.freeze_bn
-    freeze_default = FREEZE_AUTO if mode == "two_stage" else FREEZE_NONE
-    point = resolve_freeze_point(encoder, freeze_until or freeze_default)
+        inherited["freeze_bn"] = opts.train.freeze_bn
+    freeze_default = FREEZE_AUTO if opts.mode == "two_stage" else FREEZE_NONE
+    point = resolve_freeze_point(encoder, opts.freeze_until or freeze_default)
     params = freeze_before(net, point)
     log.info(
         "%s: %s, freeze before %s (%d of %d parameters train), input %d px",
-        model_name(mode, task),
-        encoder.spec,
-        point,
-        params["trainable"],
-        params["total"],
-        size,
-    )
+        model_name(opts.mode, opts.task), encoder.spec, point, params["trainable"], params["total"], size,
+    )  # fmt: skip
+    return _Network(encoder, net, init, size, point, params, bn)
 
-    config = {
-        "mode": mode,
-        "task": task,
-        "backbone": encoder.spec,
-        "weights": init["weights"],
-        "checkpoint_sha256": _sha256_file(ckpt_path) if ckpt_path else None,
-        "preprocess": encoder.preprocess.to_dict(),
-        "size": size,
-        "freeze_until": point,
-        "lexicon": lex.describe(),
-        "soft": soft,
-        "classes": list(data.classes),
-        "n_labels": n_labels,
-        "va_range": list(scale),
-        "parts_sha256": {k: _ids_sha256(p) for k, p in data.parts.items()},
-        "evals": [e.name for e in eval_sets],
-        **cfg.to_dict(),
-        "device": dev.type,
-        "precision": prec,
+
+def _settings(opts: FinetuneOptions, inputs: _Inputs, built: _Network) -> dict:
+    """What the run was trained with: saved in every checkpoint, compared on --resume."""
+    return {
+        "mode": opts.mode,
+        "task": opts.task,
+        "backbone": built.encoder.spec,
+        "weights": built.init["weights"],
+        "checkpoint_sha256": _sha256_file(opts.ckpt_path) if opts.ckpt_path else None,
+        "preprocess": built.encoder.preprocess.to_dict(),
+        "size": built.size,
+        "freeze_until": built.point,
+        "lexicon": inputs.lex.describe(),
+        "soft": opts.soft,
+        "classes": list(inputs.data.classes),
+        "n_labels": opts.n_labels,
+        "va_range": list(inputs.scale),
+        "parts_sha256": {k: _ids_sha256(p) for k, p in inputs.data.parts.items()},
+        "evals": [e.name for e in inputs.eval_sets],
+        **opts.train.to_dict(),
+        "device": opts.dev.type,
+        "precision": opts.prec,
     }
 
-    resume_state = None
-    if resume:
-        resume_state = load_checkpoint(out / "models" / "last.pt", "--resume")
-        before = resume_state["meta"].get("config", {})
-        diff = sorted(
-            k
-            for k in set(before) | set(config)
-            if k not in _RESUMABLE
-            and before.get(k) != config.get(k)
-            and not (k in _ADDED_LATER and k not in before and config.get(k) == _ADDED_LATER[k])
-        )
-        if diff:
-            raise ConfigError(
-                f"--resume: the settings {', '.join(diff)} differ from the run in {out}; resume with the same "
-                "settings (only --epochs, --workers, --eval-batch-size, --device, --precision may change), "
-                "or start a new run with --overwrite"
-            )
-        if any(resume_state["meta"]["config"].get(k) != config[k] for k in ("device", "precision")):
-            log.warning("--resume on another device/precision: results will not equal an uninterrupted run")
 
-    # ---- images
-    n_paths = len({p for part in data.parts.values() for p in part.paths.tolist()})
+def _resume_state(opts: FinetuneOptions, config: dict) -> dict | None:
+    """--resume: the last checkpoint, refused when it was trained with other settings."""
+    if not opts.resume:
+        return None
+    state = load_checkpoint(opts.out_path / "models" / "last.pt", "--resume")
+    before = state["meta"].get("config", {})
+    diff = sorted(
+        k
+        for k in set(before) | set(config)
+        if k not in _RESUMABLE
+        and before.get(k) != config.get(k)
+        and not (k in _ADDED_LATER and k not in before and config.get(k) == _ADDED_LATER[k])
+    )
+    if diff:
+        raise ConfigError(
+            f"--resume: the settings {', '.join(diff)} differ from the run in {opts.out_path}; resume with the "
+            "same settings (only --epochs, --workers, --eval-batch-size, --device, --precision may change), "
+            "or start a new run with --overwrite"
+        )
+    if any(before.get(k) != config[k] for k in ("device", "precision")):
+        log.warning("--resume on another device/precision: results will not equal an uninterrupted run")
+    return state
+
+
+def _train(
+    opts: FinetuneOptions,
+    inputs: _Inputs,
+    built: _Network,
+    config: dict,
+    resume_state: dict | None,
+    on_batch: Callable[[int, int, int, float], None] | None,
+    on_epoch: Callable[[dict], None] | None,
+) -> Outcome:
+    """Train (checkpoints in models/); a network that only ever predicted a constant is an error."""
+    # what a later two_stage run (`_encoder`, `_assemble`) reads back from the checkpoint
+    shown = ("mode", "task", "backbone", "weights", "preprocess", "size", "classes", "lexicon")
+    meta = {"config": config, **{k: config[k] for k in shown}, "relu": built.encoder.relu}
+    meta.update(cls_loss=inputs.data.cls_loss, evoked_version=__version__)
+    data, cfg, models_dir = inputs.data, opts.train, opts.out_path / "models"
+    outcome = train_network(
+        built.net, data.train, data.val, train_transform=built.transform(True),
+        eval_transform=built.transform(False), cfg=cfg, device=opts.dev, precision=opts.prec,
+        models_dir=models_dir, meta=meta, resume_from=resume_state, on_batch=on_batch, on_epoch=on_epoch,
+    )  # fmt: skip
+    if not outcome.collapsed:
+        return outcome
+    h = outcome.history[-1]
+    raise ConfigError(
+        f"the network predicts a constant: in every one of the {len(outcome.history)} epoch(s) the "
+        f"validation predictions hardly vary (valence std {h['val_pred_std_valence']:.2g} against a "
+        f"ratings std of {float(np.nanstd(data.val.va[:, 0])):.2g}), so there is no epoch to keep and no "
+        "output was written. "
+        + (
+            "Batch norm was frozen (--freeze-bn); try a lower --lr or more --epochs."
+            if cfg.freeze_bn
+            else "Batch norm trained in train mode: if the weights have batch norm folded into the "
+            "convolutions, or batches are small, pass --freeze-bn; else try a lower --lr."
+        )
+        + f" The last epoch is in {models_dir / 'last.pt'}; rerun with --overwrite."
+    )
+
+
+def _predict_all(
+    opts: FinetuneOptions, inputs: _Inputs, built: _Network, on_predict: Callable[[int, int], None] | None
+) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """The best epoch's predictions: the test split (VA, category logits) and each eval set."""
+    best = load_checkpoint(opts.out_path / "models" / "best.pt", "best checkpoint")
+    built.net.load_state_dict(best["model"])
+    run = dict(device=opts.dev, precision=opts.prec, batch_size=opts.eval_batch_size, workers=opts.workers)
+    eval_tf, step = built.transform(False), _counting(on_predict, len(inputs.data.test))
+    va_pred, logits = predict(built.net, inputs.data.test, eval_tf, on_progress=step, **run)
+    eval_preds = [(e, predict(built.net, e.part, eval_tf, **run)[0]) for e in inputs.eval_sets]
+    return va_pred, logits, eval_preds
+
+
+def _counting(callback: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A progress step of `k` more items done, reported as ``callback(done, total)``."""
     done = 0
 
-    def _checked(k: int) -> None:
+    def step(k: int) -> None:
         nonlocal done
         done += k
-        if on_check is not None:
-            on_check(done, n_paths)
+        if callback is not None:
+            callback(done, total)
 
-    data = check_images(data, skip_bad=skip_bad_images, workers=check_workers, on_progress=_checked)
-    eval_sets = _check_eval_images(eval_sets, data, skip_bad_images, check_workers)
-    if overwrite:
-        _clear_outputs(out)
-
-    # ---- train
-    meta = {
-        "config": config,
-        "mode": mode,
-        "task": task,
-        "backbone": encoder.spec,
-        "weights": init["weights"],
-        "preprocess": encoder.preprocess.to_dict(),
-        "size": size,
-        "relu": encoder.relu,
-        "classes": list(data.classes),
-        "cls_loss": data.cls_loss,
-        "lexicon": lex.describe(),
-        "evoked_version": __version__,
-    }
-    train_tf = make_transform(encoder.preprocess, size, train=True)
-    eval_tf = make_transform(encoder.preprocess, size, train=False)
-    models_dir = out / "models"
-    outcome = train_network(
-        net,
-        data.train,
-        data.val,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        cfg=cfg,
-        device=dev,
-        precision=prec,
-        models_dir=models_dir,
-        meta=meta,
-        resume_from=resume_state,
-        on_batch=on_batch,
-        on_epoch=on_epoch,
-    )
-
-    if outcome.collapsed:
-        h = outcome.history[-1]
-        raise ConfigError(
-            f"the network predicts a constant: in every one of the {len(outcome.history)} epoch(s) the "
-            f"validation predictions hardly vary (valence std {h['val_pred_std_valence']:.2g} against a "
-            f"ratings std of {float(np.nanstd(data.val.va[:, 0])):.2g}), so there is no epoch to keep and no "
-            "output was written. "
-            + (
-                "Batch norm was frozen (--freeze-bn); try a lower --lr or more --epochs."
-                if cfg.freeze_bn
-                else "Batch norm trained in train mode: if the weights have batch norm folded into the "
-                "convolutions, or batches are small, pass --freeze-bn; else try a lower --lr."
-            )
-            + f" The last epoch is in {models_dir / 'last.pt'}; rerun with --overwrite."
-        )
-
-    # ---- predict the test split with the best epoch
-    best = load_checkpoint(models_dir / "best.pt", "best checkpoint")
-    net.load_state_dict(best["model"])
-    n_test = len(data.test)
-    seen = 0
-
-    def _predicted(k: int) -> None:
-        nonlocal seen
-        seen += k
-        if on_predict is not None:
-            on_predict(seen, n_test)
-
-    va_pred, logits = predict(
-        net,
-        data.test,
-        eval_tf,
-        device=dev,
-        precision=prec,
-        batch_size=eval_batch_size,
-        workers=workers,
-        on_progress=_predicted,
-    )
-    eval_preds = []
-    for e in eval_sets:
-        pred_e, _ = predict(
-            net, e.part, eval_tf, device=dev, precision=prec, batch_size=eval_batch_size, workers=workers
-        )
-        eval_preds.append((e, pred_e))
-    result = _write_outputs(
-        out=out,
-        mode=mode,
-        task=task,
-        data=data,
-        va_pred=va_pred,
-        logits=logits,
-        lex=lex,
-        outcome=outcome,
-        config=config,
-        init=init,
-        params=params,
-        cat_m=cat_m,
-        dim_m=dim_m,
-        ckpt_path=ckpt_path,
-        seed=seed,
-        seconds=time.perf_counter() - t_start,
-        eval_preds=eval_preds,
-        bn=bn,
-        inherited=inherited,
-    )
-    return result
+    return step
 
 
 def _check_scale(dim_m: Manifest, scale: tuple[float, float]) -> None:
@@ -679,32 +547,6 @@ def _resolve_freeze_bn(given: bool | None, net: VANet, stage1: dict) -> tuple[bo
     return value, info
 
 
-def _check_eval_images(eval_sets: list, data: FinetuneData, skip_bad: bool, workers: int) -> list:
-    """Decode every --eval image before training; a bad one fails, or is left out and counted."""
-    paths = sorted({p for e in eval_sets for p in e.part.paths.tolist()})
-    if not paths:
-        return eval_sets
-    bad = find_bad_images(paths, workers=workers)
-    if not bad:
-        return eval_sets
-    shown = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:10])
-    if not skip_bad:
-        raise DatasetError(
-            f"{len(bad)} --eval image(s) cannot be read: {shown}. Fix or remove them, or pass "
-            "--skip-bad-images to leave them out (they are counted in run.json)"
-        )
-    out = []
-    for e in eval_sets:
-        keep = np.array([p not in bad for p in e.part.paths.tolist()], dtype=bool)
-        if (~keep).any():
-            data.excluded[f"bad_image_eval_{e.name}"] = int((~keep).sum())
-            e = keep_rows(e, keep)
-        if not len(e.part):
-            raise DatasetError(f"--eval {e.spec}: no readable images left")
-        out.append(e)
-    return out
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -714,10 +556,28 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_outputs(
-    *, out, mode, task, data, va_pred, logits, lex, outcome, config, init, params, cat_m, dim_m, ckpt_path,
-    seed, seconds, eval_preds=(), bn=None, inherited=None,
-) -> FinetuneResult:  # fmt: skip
-    """run.json, predictions.csv (the test split, then each eval set), metrics.json and curve.csv."""
+    *,
+    out,
+    mode,
+    task,
+    data,
+    va_pred,
+    logits,
+    lex,
+    outcome,
+    config,
+    init,
+    params,
+    cat_m,
+    dim_m,
+    ckpt_path,
+    seed,
+    seconds,
+    eval_preds=(),
+    bn=None,
+    inherited=None,
+    run_name=None,
+) -> FinetuneResult:
     from evoked.evaluate.metrics import va_metrics
 
     name = model_name(mode, task)
@@ -739,7 +599,8 @@ def _write_outputs(
                   "r_valence": v["r"], "r_arousal": a["r"], "mse_valence": v["mse"], "mse_arousal": a["mse"]}]  # fmt: skip
     meta = _run_meta(mode=mode, task=task, data=data, lex=lex, outcome=outcome, config=config, init=init,
                      params=params, cat_m=cat_m, dim_m=dim_m, ckpt_path=ckpt_path, seed=seed, seconds=seconds,
-                     evals=[e.describe() for e, _ in eval_preds], bn=bn, inherited=inherited)  # fmt: skip
+                     evals=[e.describe() for e, _ in eval_preds], bn=bn, inherited=inherited,
+                     name=run_name or Path(out).name)  # fmt: skip
     runfolder.write_run(out, meta, {name: _joined(groups)}, curve=curve)
     runfolder.write_json(out / "metrics.json", {name: metrics})
     return FinetuneResult(out=out, model=name, metrics=metrics, outcome=outcome, counts=data.counts,
@@ -748,7 +609,7 @@ def _write_outputs(
 
 def _run_meta(
     *, mode, task, data, lex, outcome, config, init, params, cat_m, dim_m, ckpt_path, seed, seconds, evals,
-    bn, inherited,
+    bn, inherited, name,
 ) -> dict:  # fmt: skip
     """run.json of a fine-tuning run (docs/runs.md, docs/finetune.md)."""
     versions = runfolder.versions()
@@ -757,6 +618,7 @@ def _run_meta(
     )
     return {
         "kind": "finetune",
+        "name": name,
         "created": utc_now(),
         "evoked_version": versions["evoked"],
         "dataset": dim_m.name,

@@ -294,13 +294,12 @@ def train_network(
         optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma
     )
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-
+    state = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     start, best, best_epoch, bad, history = 1, None, 0, 0, []
     if resume_from is not None:
         net.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from["scaler"])
+        for key, obj in state.items():
+            obj.load_state_dict(resume_from[key])
         set_rng_state(resume_from["rng"])
         start = int(resume_from["epoch"]) + 1
         best, best_epoch = resume_from["best_score"], int(resume_from["best_epoch"])
@@ -309,7 +308,6 @@ def train_network(
 
     train_ds = ImageDataset(train, train_transform, augment=True, seed=cfg.seed)
     stopped = cfg.patience > 0 and bad >= cfg.patience
-    epoch = start - 1
     for epoch in range(start, cfg.epochs + 1):
         if stopped:
             break
@@ -321,82 +319,26 @@ def train_network(
             train_ds, cfg.batch_size, cfg.workers, device, torch.Generator().manual_seed(s), True
         )
         set_train_mode(net, frozen_norms)
-        total, sums, n_seen = 0.0, {}, 0
-        n_batches = len(loader)
-        for b, batch in enumerate(loader):
-            batch = _to(batch, device)
-            x = batch["image"]
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                out = net(x)
-            loss, parts = task_loss(out, batch, alpha=cfg.alpha, cls_loss=cfg.cls_loss or "ce")
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            k = len(x)
-            total += float(loss.detach()) * k
-            for name, v in parts.items():
-                sums[name] = sums.get(name, 0.0) + v * k
-            n_seen += k
-            if on_batch is not None:
-                on_batch(epoch, b, n_batches, float(loss.detach()))
         lr = optimizer.param_groups[0]["lr"]
+        losses = _train_epoch(net, loader, optimizer, scaler, cfg, device, precision, epoch, on_batch)
         scheduler.step()
-
-        pred, _ = predict(
-            net,
-            val,
-            eval_transform,
-            device=device,
-            precision=precision,
-            batch_size=cfg.eval_batch_size,
-            workers=cfg.workers,
-        )
-        r_v, r_a = pearson(val.va[:, 0], pred[:, 0])[0], pearson(val.va[:, 1], pred[:, 1])[0]
-        constant = constant_prediction(val.va, pred)
-        if constant:
-            log.warning(
-                "epoch %d: the validation predictions are constant (valence std %.2g, ratings std %.2g); "
-                "this epoch cannot be the best one",
-                epoch,
-                float(np.std(pred[:, 0])) if np.isfinite(pred).all() else float("nan"),
-                float(np.nanstd(val.va[:, 0])),
-            )
-        score = _score(r_v, constant)
+        record = _validate(net, val, eval_transform, cfg, device, precision, epoch)
+        score = _score(record["val_r_valence"], record["val_constant"])
         improved = best is None or score > best
         if improved:
             best, best_epoch, bad = score, epoch, 0
-            save_atomic(
-                {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val_r_valence": r_v}},
-                models_dir / "best.pt",
-            )
+            best_meta = {**meta, "epoch": epoch, "val_r_valence": record["val_r_valence"]}
+            save_atomic({"model": net.state_dict(), "meta": best_meta}, models_dir / "best.pt")
         else:
             bad += 1
-        record = {
-            "epoch": epoch,
-            "train_loss": total / max(n_seen, 1),
-            **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
-            "val_r_valence": r_v,
-            "val_r_arousal": r_a,
-            "val_mse_valence": mse(val.va[:, 0], pred[:, 0]),
-            "val_mse_arousal": mse(val.va[:, 1], pred[:, 1]),
-            "val_pred_std_valence": float(np.std(pred[:, 0])),
-            "val_pred_std_arousal": float(np.std(pred[:, 1])),
-            "val_constant": constant,
-            "lr": lr,
-            "improved": improved,
-            "seconds": time.perf_counter() - t0,
-        }
+        record = {"epoch": epoch, **losses, **record, "lr": lr, "improved": improved}
+        record["seconds"] = time.perf_counter() - t0
         history.append(record)
         stopped = cfg.patience > 0 and bad >= cfg.patience
         save_atomic(
             {
                 "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+                **{key: obj.state_dict() for key, obj in state.items()},
                 "epoch": epoch,
                 "best_score": best,
                 "best_epoch": best_epoch,
@@ -412,8 +354,8 @@ def train_network(
             epoch,
             cfg.epochs,
             record["train_loss"],
-            r_v,
-            r_a,
+            record["val_r_valence"],
+            record["val_r_arousal"],
             " *" if improved else "",
             record["seconds"],
         )
@@ -427,3 +369,66 @@ def train_network(
         stopped_early=stopped and epochs_run < cfg.epochs,
         history=history,
     )
+
+
+def _train_epoch(
+    net: VANet,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    epoch: int,
+    on_batch: Callable[[int, int, int, float], None] | None,
+) -> dict[str, float]:
+    """One pass over the training loader: the mean loss, and the mean of each part of it."""
+    total, sums, n_seen = 0.0, {}, 0
+    n_batches = len(loader)
+    for b, batch in enumerate(loader):
+        batch = _to(batch, device)
+        x = batch["image"]
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            out = net(x)
+        loss, parts = task_loss(out, batch, alpha=cfg.alpha, cls_loss=cfg.cls_loss or "ce")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        k = len(x)
+        total += float(loss.detach()) * k
+        for name, v in parts.items():
+            sums[name] = sums.get(name, 0.0) + v * k
+        n_seen += k
+        if on_batch is not None:
+            on_batch(epoch, b, n_batches, float(loss.detach()))
+    n = max(n_seen, 1)
+    return {"train_loss": total / n, **{f"train_{k}": v / n for k, v in sums.items()}}
+
+
+def _validate(
+    net: VANet, val: Part, transform, cfg: TrainConfig, device: torch.device, precision: str, epoch: int
+) -> dict:
+    """The epoch's scores on the validation split; constant predictions are flagged (never the best)."""
+    run = {"device": device, "precision": precision, "workers": cfg.workers}
+    pred, _ = predict(net, val, transform, batch_size=cfg.eval_batch_size, **run)
+    constant = constant_prediction(val.va, pred)
+    if constant:
+        log.warning(
+            "epoch %d: the validation predictions are constant (valence std %.2g, ratings std %.2g); "
+            "this epoch cannot be the best one",
+            epoch,
+            float(np.std(pred[:, 0])) if np.isfinite(pred).all() else float("nan"),
+            float(np.nanstd(val.va[:, 0])),
+        )
+    return {
+        "val_r_valence": pearson(val.va[:, 0], pred[:, 0])[0],
+        "val_r_arousal": pearson(val.va[:, 1], pred[:, 1])[0],
+        "val_mse_valence": mse(val.va[:, 0], pred[:, 0]),
+        "val_mse_arousal": mse(val.va[:, 1], pred[:, 1]),
+        "val_pred_std_valence": float(np.std(pred[:, 0])),
+        "val_pred_std_arousal": float(np.std(pred[:, 1])),
+        "val_constant": constant,
+    }
