@@ -14,30 +14,28 @@ A spec names a backbone and optionally the outputs to write: ``resnet50``,
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evoked.errors import ConfigError
-from evoked.extract.backbone import Backbone
+from evoked.registry import Registry
 
-Factory = Callable[[str | None, str], Backbone]
+if TYPE_CHECKING:
+    from evoked.extract.backbone import Backbone
 
+Factory = Callable[[str | None, str], "Backbone"]
 
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    factory: Factory
-    family: bool
-    help: str
-    example: str
-
-
-_REGISTRY: dict[str, Entry] = {}
+#: Backbones by name. Extras: ``family`` (the name takes ``:ARG``, e.g. ``tv:mobilenet_v2``) and
+#: ``example``. The built-ins are named by module path: listing them imports no torch.
+BACKBONES: Registry[Factory] = Registry(
+    "backbone", fix="Register your own with --plugin FILE.py (see docs/api.md)."
+)
+_TV = "evoked.extract.backbones.torchvision_models"
 
 
 def register_backbone(
@@ -47,30 +45,44 @@ def register_backbone(
 
     A family (``tv``, ``clip``) receives the text after ``name:`` as `arg`; a plain backbone gets None.
     """
-
-    def deco(fn: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ConfigError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = Entry(name, fn, family, help, example or (f"{name}:..." if family else name))
-        return fn
-
-    return deco
+    return BACKBONES.register(name, help=help, **_extras(name, family, example))
 
 
-def _ensure_builtin() -> None:
-    # The built-in backbones register themselves on import.
-    from evoked.extract import backbones  # noqa: F401
+def _extras(name: str, family: bool, example: str | None) -> dict:
+    example = example or (f"{name}:..." if family else name)
+    return {"family": family, "example": example, "usage": example}
+
+
+for _depth in (18, 34, 50, 101, 152):
+    BACKBONES.add(
+        f"resnet{_depth}",
+        f"{_TV}:resnet{_depth}",
+        help=f"torchvision ResNet-{_depth}: probs (1000), pool, stages (optional)",
+        **_extras(f"resnet{_depth}", False, None),
+    )
+BACKBONES.add(
+    "tv",
+    f"{_TV}:torchvision_any",
+    help="any torchvision classifier: probs and pool",
+    **_extras("tv", True, "tv:mobilenet_v2"),
+)
+BACKBONES.add(
+    "clip",
+    "evoked.extract.backbones.clip:clip",
+    help="open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
+    **_extras("clip", True, "clip:ViT-B-32:openai"),
+)
+BACKBONES.add(
+    "color",
+    "evoked.extract.backbones.color:color",
+    help="RGB/HSV statistics, HSV histogram, Valdez-Mehrabian PAD, uniform LBP",
+    **_extras("color", False, None),
+)
 
 
 def list_backbones(families: bool = True) -> list[str]:
     """Registered names; a family is listed by its example spec (e.g. ``tv:mobilenet_v2``)."""
-    _ensure_builtin()
-    return [e.example if e.family else e.name for e in _REGISTRY.values() if families or not e.family]
-
-
-def backbone_help() -> dict[str, str]:
-    _ensure_builtin()
-    return {e.example: e.help for e in _REGISTRY.values()}
+    return [e.usage for e in BACKBONES if families or not e.meta["family"]]
 
 
 @dataclass(frozen=True)
@@ -83,21 +95,13 @@ class BackboneSpec:
 
 def parse_spec(spec: str) -> BackboneSpec:
     """Split ``name[:arg][@out,out]`` and check that the name is registered."""
-    _ensure_builtin()
     text, _, outs = spec.strip().partition("@")
     outputs = tuple(o.strip() for o in outs.split(",") if o.strip())
     name, sep, arg = text.partition(":")
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"unknown backbone {spec!r}.{hint} Known: {', '.join(list_backbones())}. "
-            "Register your own with --plugin FILE.py (see docs/api.md)."
-        )
-    if entry.family and not arg:
-        raise ConfigError(f"backbone {name!r} needs an argument, e.g. {entry.example}")
-    if not entry.family and sep:
+    entry = BACKBONES.get(name)
+    if entry.meta["family"] and not arg:
+        raise ConfigError(f"backbone {name!r} needs an argument, e.g. {entry.meta['example']}")
+    if not entry.meta["family"] and sep:
         raise ConfigError(f"backbone {name!r} takes no ':' argument (got {spec!r})")
     return BackboneSpec(text, name, arg or None, outputs)
 
@@ -108,7 +112,7 @@ def create_backbone(spec: str, weights: str = "default", preprocess: dict | None
     `preprocess` overrides fields of the backbone's own preprocessing (see `Preprocess`).
     """
     parsed = parse_spec(spec)
-    bb = _REGISTRY[parsed.name].factory(parsed.arg, weights)
+    bb = BACKBONES.load(parsed.name)(parsed.arg, weights)
     unknown = [o for o in parsed.outputs if o not in bb.outputs]
     if unknown:
         raise ConfigError(
