@@ -48,9 +48,9 @@ def register_backbone(
     return BACKBONES.register(name, help=help, **_extras(name, family, example))
 
 
-def _extras(name: str, family: bool, example: str | None) -> dict:
+def _extras(name: str, family: bool, example: str | None, usage: str | None = None) -> dict:
     example = example or (f"{name}:..." if family else name)
-    return {"family": family, "example": example, "usage": example}
+    return {"family": family, "example": example, "usage": usage or example}
 
 
 for _depth in (18, 34, 50, 101, 152):
@@ -64,13 +64,13 @@ BACKBONES.add(
     "tv",
     f"{_TV}:torchvision_any",
     help="any torchvision classifier: probs and pool",
-    **_extras("tv", True, "tv:mobilenet_v2"),
+    **_extras("tv", True, "tv:mobilenet_v2", "tv:NAME"),
 )
 BACKBONES.add(
     "clip",
     "evoked.extract.backbones.clip:clip",
     help="open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
-    **_extras("clip", True, "clip:ViT-B-32:openai"),
+    **_extras("clip", True, "clip:ViT-B-32:openai", "clip:ARCH[:TAG]"),
 )
 BACKBONES.add(
     "color",
@@ -82,7 +82,7 @@ BACKBONES.add(
 
 def list_backbones(families: bool = True) -> list[str]:
     """Registered names; a family is listed by its example spec (e.g. ``tv:mobilenet_v2``)."""
-    return [e.usage for e in BACKBONES if families or not e.meta["family"]]
+    return [e.meta["example"] for e in BACKBONES if families or not e.meta["family"]]
 
 
 @dataclass(frozen=True)

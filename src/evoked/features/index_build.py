@@ -67,7 +67,7 @@ def parse_bytes(text: str | int) -> int:
     try:
         return int(float(t[:-1]) * scale[t[-1]]) if t and t[-1] in scale else int(float(t))
     except (ValueError, IndexError):
-        raise ConfigError(f"--memory-budget {text!r}: expected a size such as 2GB or 512MB") from None
+        raise ConfigError(f"{text!r} is not a size such as 2GB or 512MB") from None
 
 
 def bytes_per_vector(kind: str, d: int, pq_m: int = 0) -> int:
