@@ -12,17 +12,22 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from functools import cached_property
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from evoked.data.decode import load_rgb
 from evoked.errors import ConfigError
-from evoked.extract.backbone import Backbone
 from evoked.extract.registry import create_backbone
-from evoked.extract.weights import sha256_of
 from evoked.features import index as faiss_index
 from evoked.features.store import OK, FeatureStore, open_store
 from evoked.features.store_index import build_store_index  # noqa: F401  (part of this module's API)
+
+if TYPE_CHECKING:  # torch loads with the first image or text query, not for VA or id queries
+    import torch
+
+    from evoked.extract.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ def backbone_for(store: FeatureStore, extractor: str) -> Backbone:
             raise ConfigError(
                 f"the weights file {path} that {extractor} was extracted with is gone; put it back to query by image"
             )
+        from evoked.extract.weights import sha256_of
+
         if w.get("sha256") and sha256_of(path) != w["sha256"]:
             raise ConfigError(
                 f"the weights file {path} changed since extraction (sha256 differs); queries would not match"
@@ -86,7 +93,7 @@ class Retriever:
         self.feature = feature
         self.store.dataset(feature)
         self.extractor, self.output = feature.split("/")
-        self.device = torch.device(device)
+        self._device = device
         labels = self.store.labels()
         self.valence, self.arousal, self.category = labels["valence"], labels["arousal"], labels["category"]
         self.ids, self.paths = self.store.ids, self.store.paths
@@ -111,6 +118,12 @@ class Retriever:
             rows = np.flatnonzero(self.store.status == OK)
             self._rows = rows
             self._vectors = faiss_index.normalize(self.store.read(feature, rows=rows))
+
+    @cached_property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self._device)
 
     def close(self) -> None:
         self.store.close()
@@ -171,6 +184,8 @@ class Retriever:
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
         """The query vector of one decoded (H, W, 3) uint8 image, computed as the store's were."""
+        import torch
+
         from evoked.extract.runner import run_backbones
 
         bb = self.backbone()
@@ -183,6 +198,8 @@ class Retriever:
         return self.search_vectors(self.embed_image(load_rgb(path)), k)[0]
 
     def by_text(self, text: str, k: int = 10) -> list[Hit]:
+        import torch
+
         bb = self.backbone()
         if bb.encode_text is None or self.output != "embed":
             raise ConfigError(
