@@ -35,6 +35,7 @@ def make_store(work: Path, n: int = 2000, d: int = 512) -> Path:
     """A store with random features and VA ratings, written with the package's own writer."""
     sys.path.insert(0, str(REPO / "tests"))
     import numpy as np
+
     from storeutil import make_store as write
 
     rng = np.random.default_rng(0)
@@ -56,17 +57,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5, help="fresh processes per command (median reported)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--src", type=Path, default=REPO / "src", help="the evoked source tree to time (default ./src)")
+    ap.add_argument(
+        "--src", type=Path, default=REPO / "src", help="the evoked source tree to time (default ./src)"
+    )
     args = ap.parse_args()
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(args.src), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(args.src), os.environ.get("PYTHONPATH")])),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp))
         commands = {
             "import torch": [sys.executable, "-c", "import torch"],
             "evoked --help": [sys.executable, "-m", "evoked", "--help"],
             "evoked search --va": [
-                sys.executable, "-m", "evoked", "search", str(store), "--feature", "net/pool", "--va", "8,6", "-k", "5",
+                sys.executable,
+                "-m",
+                "evoked",
+                "search",
+                str(store),
+                "--feature",
+                "net/pool",
+                "--va",
+                "8,6",
+                "-k",
+                "5",
             ],
         }
         for argv in commands.values():  # warm the page cache once, untimed
@@ -91,11 +107,15 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"startup, median of {args.repeat} fresh processes ({report['machine']}, load {load0:.1f} -> {load1:.1f})")
+    print(
+        f"startup, median of {args.repeat} fresh processes ({report['machine']}, load {load0:.1f} -> {load1:.1f})"
+    )
     print(f"  {'command':<20} {'s':>6}  goal")
     for name, s in median.items():
         goal = GOALS.get(name)
-        print(f"  {name:<20} {s:6.3f}  " + (f"< {goal:g} s: {'met' if s < goal else 'missed'}" if goal else "-"))
+        print(
+            f"  {name:<20} {s:6.3f}  " + (f"< {goal:g} s: {'met' if s < goal else 'missed'}" if goal else "-")
+        )
     return 0
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storeutil import make_store
 
 from evoked.cli import build_parser, main
 from evoked.cli._common import check_va_point
@@ -24,6 +23,7 @@ from evoked.features.index_kinds import INDEX_KINDS
 from evoked.registry import Registry
 from evoked.regress.options import RegressOptions
 from evoked.regress.registry import REGRESSORS
+from storeutil import make_store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -38,7 +38,11 @@ def test_register_get_list_help_and_one_error():
 
     r.add("square", "json:dumps", help="imported on first use")
     assert r.names() == ["round", "circle", "square"]
-    assert r.help() == {"round": "a round widget", "circle": "a round widget", "square": "imported on first use"}
+    assert r.help() == {
+        "round": "a round widget",
+        "circle": "a round widget",
+        "square": "imported on first use",
+    }
     assert r.load("circle")() == "round" and r.load("square") is json.dumps
     assert "round" in r and "oval" not in r
     with pytest.raises(ConfigError, match="widget 'round' is registered twice"):
@@ -60,7 +64,9 @@ def test_every_kind_uses_the_one_error_shape():
         (INDEX_KINDS, "ivfp16", ConfigError),
         (SOURCES, "webdatasets", ConfigError),
     ):
-        with pytest.raises(error, match=rf"unknown {registry.kind} '{bad}'\. Did you mean .*Known {registry.kind}s: "):
+        with pytest.raises(
+            error, match=rf"unknown {registry.kind} '{bad}'\. Did you mean .*Known {registry.kind}s: "
+        ):
             registry.get(bad)
 
 
@@ -73,9 +79,14 @@ def test_every_registered_name_is_accepted_by_the_cli(tmp_path: Path):
     for kind in INDEX_KINDS.names():
         assert _parse("index", "s.h5", "--feature", "f/pool", "--kind", kind).kind == kind
     for fmt in EXPORT_FORMATS.names():
-        assert _parse("features", "export", "s.h5", "--feature", "f", "--format", fmt, "--out", "o").format == fmt
+        assert (
+            _parse("features", "export", "s.h5", "--feature", "f", "--format", fmt, "--out", "o").format
+            == fmt
+        )
     for model in REGRESSORS.names():
-        args = _parse("regress", "s.h5", "--feature", "f/pool", "--out", str(tmp_path / "run"), "--model", model)
+        args = _parse(
+            "regress", "s.h5", "--feature", "f/pool", "--out", str(tmp_path / "run"), "--model", model
+        )
         assert RegressOptions(**regress_options(args)).check().model_names == [model]
     for spec in list_backbones():
         args = _parse("extract", "folder:imgs", "--out", "f.h5", "--backbone", spec)
@@ -165,13 +176,27 @@ def test_search_va_on_the_scale(va_store: Path, capsys):
 
 
 # -- cheap imports -------------------------------------------------------------------------------
-HEAVY = ("torch", "torchvision", "open_clip", "sklearn", "lightgbm", "faiss", "matplotlib", "starlette", "scipy")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "open_clip",
+    "sklearn",
+    "lightgbm",
+    "faiss",
+    "matplotlib",
+    "starlette",
+    "scipy",
+)
 
 
 def _loaded_after(code: str) -> list[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(Path(__file__).parent)])}
     out = subprocess.run(
-        [sys.executable, "-c", f"{code}\nimport sys, json; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"],
+        [
+            sys.executable,
+            "-c",
+            f"{code}\nimport sys, json; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))",
+        ],
         env=env,
         capture_output=True,
         text=True,

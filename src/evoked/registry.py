@@ -1,5 +1,5 @@
-"""One registry type for every pluggable kind: backbones, regressors, datasets, sources, export
-formats and index kinds. Register, get, list, help, did-you-mean and one error, for all of them::
+"""One registry type for every pluggable kind (backbones, regressors, dataset kinds, sources,
+export formats, index kinds): register, get, list, help, did-you-mean and one error::
 
     MODELS = Registry("model")
 
@@ -9,9 +9,8 @@ formats and index kinds. Register, get, list, help, did-you-mean and one error, 
     MODELS.add("svr", "evoked.regress.svr:svr", help="RBF SVR")  # imported on first use
 
 A built-in whose module pulls in torch or scikit-learn is added by its ``"module:attr"`` path, so
-listing names and help (the CLI's choices) imports nothing heavy; `Entry.load` imports it when
-it is used. Registries of cheap modules name them in `builtins` instead: they are imported, and so
-register themselves, the first time the registry is read.
+listing names and help (the CLI's choices) imports nothing heavy. Registries of cheap modules name
+them in `builtins`: they are imported, and so register themselves, when the registry is first read.
 """
 
 from __future__ import annotations
@@ -49,10 +48,7 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Names of one kind (`kind`, e.g. "model") -> entries; unknown names raise `error`.
-
-    `fix` is appended to the unknown-name message (e.g. how to register your own).
-    """
+    """Names of one `kind` (e.g. "model") -> entries; an unknown name raises `error`, ending with `fix`."""
 
     def __init__(
         self,
@@ -74,7 +70,9 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = Entry(name, target, help, meta)
 
-    def register(self, name: str, *, help: str = "", aliases: Sequence[str] = (), **meta: Any) -> Callable[[T], T]:
+    def register(
+        self, name: str, *, help: str = "", aliases: Sequence[str] = (), **meta: Any
+    ) -> Callable[[T], T]:
         """Decorator: register the decorated object under `name` (and `aliases`)."""
 
         def deco(obj: T) -> T:
@@ -89,29 +87,25 @@ class Registry(Generic[T]):
             module, self._builtins = self._builtins[0], self._builtins[1:]
             importlib.import_module(module)
 
-    def entries(self) -> list[Entry[T]]:
+    def __iter__(self) -> Iterator[Entry[T]]:
         self._load_builtins()
-        return list(self._entries.values())
+        return iter(list(self._entries.values()))
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
-        self._load_builtins()
-        return list(self._entries)
+        return [e.name for e in self]
 
     def help(self) -> dict[str, str]:
         """Usage -> one-line help, for ``--help`` texts and listings."""
-        return {e.usage: e.help for e in self.entries()}
+        return {e.usage: e.help for e in self}
 
     def describe(self) -> str:
         """The names as a CLI help text shows them: ``ridge, svr, tv:NAME``."""
-        return ", ".join(e.usage for e in self.entries())
+        return ", ".join(e.usage for e in self)
 
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
         return name in self._entries
-
-    def __iter__(self) -> Iterator[Entry[T]]:
-        return iter(self.entries())
 
     def get(self, name: str) -> Entry[T]:
         """The entry of `name`; an unknown name raises `error` with close matches and all names."""
@@ -126,10 +120,9 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str) -> EvokedError:
         """The one error for a name this registry does not have."""
-        names = self.names()
-        close = difflib.get_close_matches(name, names, n=3)
+        close = difflib.get_close_matches(name, self.names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        fix = f" {self.fix}" if self.fix else ""
         return self.error(
-            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {self.describe()}; choose one of them.{fix}"
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {self.describe()}; choose one of them."
+            + (f" {self.fix}" if self.fix else "")
         )

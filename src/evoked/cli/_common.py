@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -54,9 +53,8 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_default))
 
 
-def _arg_type(parse: Callable[[str], object], name: str) -> Callable[[str], object]:
-    """An argparse `type` from a parser that raises EvokedError: argparse then names the flag the
-    user typed in front of the parser's message."""
+def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type` from a parser raising EvokedError: argparse names the flag typed before it."""
 
     def convert(text: str) -> object:
         try:
@@ -64,28 +62,22 @@ def _arg_type(parse: Callable[[str], object], name: str) -> Callable[[str], obje
         except EvokedError as e:
             raise argparse.ArgumentTypeError(str(e)) from e
 
-    convert.__name__ = name
     return convert
 
 
 def one_of(registry: Registry) -> Callable[[str], object]:
     """Argument type: a name of `registry` (its did-you-mean message otherwise)."""
-    return _arg_type(lambda text: registry.get(text).name, registry.kind)
+    return _arg_type(lambda text: registry.get(text).name)
 
 
 def names_help(registry: Registry) -> str:
-    """``name: help; name: help`` for an argument's help text."""
-    return "; ".join(f"{name}: {text}" if text else name for name, text in registry.help().items())
+    return "; ".join(f"{name}: {text}" for name, text in registry.help().items())
 
 
 def _size(text: str) -> int:
     from evoked.features.index_build import parse_bytes
 
     return parse_bytes(text)
-
-
-#: Argument type: a memory size such as 2GB or 512MB, in bytes.
-size = _arg_type(_size, "size")
 
 
 def check_va_point(
@@ -95,9 +87,7 @@ def check_va_point(
     not finite: the one check of `evoked search --va` and the web API's VA search."""
     lo, hi = DEFAULT_VA_RANGE
     for name, x in zip(names, (valence, arousal)):
-        if not math.isfinite(x):
-            raise ConfigError(f"{name}={x!r} is not finite")
-        if not lo <= x <= hi:
+        if not lo <= x <= hi:  # NaN fails this too
             raise ConfigError(f"{name}={x:g} is outside the {lo:g}..{hi:g} valence/arousal scale")
     return float(valence), float(arousal)
 
@@ -110,5 +100,5 @@ def _va_point(text: str) -> tuple[float, float]:
     return check_va_point(v, a)
 
 
-#: Argument type: ``V,A``, a point on the rating scale.
-va_point = _arg_type(_va_point, "va_point")
+size = _arg_type(_size)  # a memory size such as 2GB, in bytes
+va_point = _arg_type(_va_point)  # V,A on the rating scale

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
-
 from dataclasses import fields
+from pathlib import Path
 
 from evoked.cli._common import COMMON, names_help, print_json, progress, size
 from evoked.regress.registry import REGRESSORS
@@ -54,9 +53,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
         help="repeatable or comma-separated; concatenated in order (GROUP alone = all its outputs)",
     )
     p.add_argument("--out", type=Path, required=True, help="the run folder to write, e.g. runs/NAME")
-    p.add_argument(
-        "--target", default="va", choices=TARGET_KINDS, help="training target (default va)"
-    )
+    p.add_argument("--target", default="va", choices=TARGET_KINDS, help="training target (default va)")
     p.add_argument("--lexicon", default=None, help="category-va table: nrc (default), warriner or a file")
     p.add_argument("--soft", action="store_true", help="category-va from label distributions (expected VA)")
     p.add_argument(
@@ -249,7 +246,9 @@ def _print_fit(result, width: int) -> None:
     )
     print(f"  {'model':<{width}}  r_val  r_aro  mse_val  mse_aro   fit_s  n_train  n_eval")
     for m in result.models:
-        print(f"  {m.name:<{width}}  {_metric_cells(m.metrics)}  {m.fit_seconds:6.1f}  {m.n_train:7.0f}  {m.n_eval:6d}")
+        print(
+            f"  {m.name:<{width}}  {_metric_cells(m.metrics)}  {m.fit_seconds:6.1f}  {m.n_train:7.0f}  {m.n_eval:6d}"
+        )
     left_out = {k: v for k, v in result.counts.items() if k not in ("items", "evaluated") and v}
     print(
         f"  items {result.counts['items']}, evaluated {result.counts.get('evaluated', 0)}; left out: "

@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature", required=True, help="e.g. resnet50/pool or clip-vit-b-32/embed")
     p.add_argument("--kind", default="auto", type=one_of(INDEX_KINDS), help=names_help(INDEX_KINDS))
     p.add_argument(
-        "--memory-budget", default="2GB", type=size, help="memory the index may use while building (default 2GB)"
+        "--memory-budget",
+        default="2GB",
+        type=size,
+        help="memory the index may use while building (default 2GB)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where faiss builds IVF")
     p.add_argument("--out", type=Path, default=None, help="index file (default STORE.<feature>.faiss)")
@@ -39,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--id", help="an item id of the store")
     q.add_argument("--image", type=Path, help="an image file, extracted as the store was")
     q.add_argument("--text", help="a text query (CLIP embed features only)")
-    q.add_argument("--va", metavar="V,A", type=va_point, help="a valence,arousal point on the 1-9 scale (nearest known labels)")
+    q.add_argument(
+        "--va",
+        metavar="V,A",
+        type=va_point,
+        help="a valence,arousal point on the 1-9 scale (nearest known labels)",
+    )
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--include-self", action="store_true", help="with --id: keep the item itself")
     p.add_argument("--device", default="cpu", help="where image/text queries are embedded")

@@ -7,7 +7,7 @@ from evoked import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     {
-        "evoked.data.datasets": ("DATASETS", "list_dataset_kinds", "load_dataset", "register_dataset"),
+        "evoked.data.datasets": ("DATASETS", "load_dataset", "register_dataset"),
         "evoked.data.decode": ("DecodeError", "decode_rgb", "load_rgb", "read_bytes"),
         "evoked.data.lexicon": ("CATEGORY_SETS", "Lexicon", "load_lexicon"),
         "evoked.data.manifest": ("SPLITS", "Manifest"),

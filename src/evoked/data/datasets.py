@@ -30,28 +30,16 @@ Reader = Callable[[Path], Manifest]
 #: is a pattern, braces or glob, that the reader expands itself). The readers register on import.
 DATASETS: Registry[Reader] = Registry(
     "dataset kind",
-    builtins=tuple(f"evoked.data.{m}" for m in ("emotion6", "folder", "ldl", "parquet", "tabular", "webdataset")),
+    builtins=tuple(
+        f"evoked.data.{m}" for m in ("emotion6", "folder", "ldl", "parquet", "tabular", "webdataset")
+    ),
     error=DatasetError,
     fix="Write KIND:PATH, e.g. emotion6:data/emotion6 or folder:images/",
 )
 
 
-def register_dataset(
-    name: str,
-    *,
-    detect: Callable[[Path], bool] | None = None,
-    aliases: tuple[str, ...] = (),
-    help: str = "",
-    priority: int = 0,
-    pattern: bool = False,
-) -> Callable[[Reader], Reader]:
-    """Register a reader under `name` (and `aliases`) for ``NAME:PATH`` specs; see `DATASETS`."""
-    return DATASETS.register(name, help=help, aliases=aliases, detect=detect, priority=priority, pattern=pattern)
-
-
-def list_dataset_kinds() -> dict[str, str]:
-    """Kind name -> one-line description."""
-    return DATASETS.help()
+#: ``@register_dataset(name, help=..., aliases=(), detect=None, priority=0, pattern=False)``
+register_dataset = DATASETS.register
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
@@ -70,11 +58,11 @@ def load_dataset(spec: str | os.PathLike | Manifest) -> Manifest:
         return spec
     kind, raw_path = split_spec(os.fspath(spec))
     path = Path(raw_path).expanduser()
-    if not path.exists() and not (kind and DATASETS.get(kind).meta["pattern"]):
+    if not path.exists() and not (kind and DATASETS.get(kind).meta.get("pattern")):
         raise DatasetError(f"dataset path {str(path)!r} does not exist (from {os.fspath(spec)!r})")
     if kind is None:
-        detectors = [e for e in DATASETS if e.meta["detect"] is not None and "alias_of" not in e.meta]
-        for e in sorted(detectors, key=lambda e: -e.meta["priority"]):
+        detectors = [e for e in DATASETS if e.meta.get("detect") and "alias_of" not in e.meta]
+        for e in sorted(detectors, key=lambda e: -e.meta.get("priority", 0)):
             if e.meta["detect"](path):
                 kind = e.name
                 break

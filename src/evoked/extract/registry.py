@@ -35,7 +35,6 @@ Factory = Callable[[str | None, str], "Backbone"]
 BACKBONES: Registry[Factory] = Registry(
     "backbone", fix="Register your own with --plugin FILE.py (see docs/api.md)."
 )
-_TV = "evoked.extract.backbones.torchvision_models"
 
 
 def register_backbone(
@@ -45,44 +44,37 @@ def register_backbone(
 
     A family (``tv``, ``clip``) receives the text after ``name:`` as `arg`; a plain backbone gets None.
     """
-    return BACKBONES.register(name, help=help, **_extras(name, family, example))
-
-
-def _extras(name: str, family: bool, example: str | None, usage: str | None = None) -> dict:
     example = example or (f"{name}:..." if family else name)
-    return {"family": family, "example": example, "usage": usage or example}
+    return BACKBONES.register(name, help=help, family=family, example=example, usage=example)
 
 
-for _depth in (18, 34, 50, 101, 152):
-    BACKBONES.add(
-        f"resnet{_depth}",
-        f"{_TV}:resnet{_depth}",
-        help=f"torchvision ResNet-{_depth}: probs (1000), pool, stages (optional)",
-        **_extras(f"resnet{_depth}", False, None),
-    )
-BACKBONES.add(
+def _builtin(target: str, name: str, help: str, **family: str) -> None:
+    """`target`: ``module:function`` below evoked.extract.backbones; a family has `example` and `usage`."""
+    BACKBONES.add(name, f"evoked.extract.backbones.{target}", help=help, family=bool(family), **family)
+
+
+for _d in (18, 34, 50, 101, 152):
+    _builtin(f"torchvision_models:resnet{_d}", f"resnet{_d}", f"torchvision ResNet-{_d}: probs, pool, stages")
+_builtin(
+    "torchvision_models:torchvision_any",
     "tv",
-    f"{_TV}:torchvision_any",
-    help="any torchvision classifier: probs and pool",
-    **_extras("tv", True, "tv:mobilenet_v2", "tv:NAME"),
+    "any torchvision classifier: probs and pool",
+    example="tv:mobilenet_v2",
+    usage="tv:NAME",
 )
-BACKBONES.add(
+_builtin(
+    "clip:clip",
     "clip",
-    "evoked.extract.backbones.clip:clip",
-    help="open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
-    **_extras("clip", True, "clip:ViT-B-32:openai", "clip:ARCH[:TAG]"),
+    "open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
+    example="clip:ViT-B-32:openai",
+    usage="clip:ARCH[:TAG]",
 )
-BACKBONES.add(
-    "color",
-    "evoked.extract.backbones.color:color",
-    help="RGB/HSV statistics, HSV histogram, Valdez-Mehrabian PAD, uniform LBP",
-    **_extras("color", False, None),
-)
+_builtin("color:color", "color", "RGB/HSV statistics, HSV histogram, Valdez-Mehrabian PAD, uniform LBP")
 
 
 def list_backbones(families: bool = True) -> list[str]:
     """Registered names; a family is listed by its example spec (e.g. ``tv:mobilenet_v2``)."""
-    return [e.meta["example"] for e in BACKBONES if families or not e.meta["family"]]
+    return [e.meta.get("example", e.name) for e in BACKBONES if families or not e.meta["family"]]
 
 
 @dataclass(frozen=True)

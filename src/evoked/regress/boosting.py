@@ -11,7 +11,6 @@ from __future__ import annotations
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.utils import check_array
 
-
 LGBM_DEFAULTS = dict(
     n_estimators=200,
     learning_rate=0.08,

@@ -18,7 +18,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
 #: Neighbour counts tried by leave-one-out when ``n_neighbors="auto"``.
 K_CANDIDATES = (5, 10, 20, 40, 80)
 #: Leave-one-out uses at most this many training items as queries (bounded cost on large sets).

@@ -22,7 +22,6 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
 #: Ridge penalties tried by leave-one-out (features are standardised, so one grid fits most sets).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
 EIGH_THREADS = 1

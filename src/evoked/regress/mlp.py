@@ -27,7 +27,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
 log = logging.getLogger(__name__)
 
 KIM_HIDDEN = (512, 256, 128)

@@ -38,25 +38,13 @@ for _name, _target, _chunks, _help in (
     REGRESSORS.add(_name, f"evoked.regress.{_target}", help=_help, chunks=_chunks)
 
 
-def register_regressor(name: str, *, help: str = "", chunks: bool = False):
-    """Decorator: register `factory(seed=0, **params) -> estimator` under `name`; `chunks`: its
-    estimator can also be fitted from chunks of a store (``fit_chunks``)."""
-    return REGRESSORS.register(name, help=help, chunks=chunks)
+#: ``@register_regressor(name, help=..., chunks=False)`` registers `factory(seed=0, **params)`.
+register_regressor = REGRESSORS.register
 
 
 def list_regressors() -> list[str]:
     """Registered names, in registration order."""
     return REGRESSORS.names()
-
-
-def check_regressor_names(names: list[str]) -> None:
-    """Raise ConfigError for the first unknown name, with close matches and the known ones."""
-    for name in names:
-        REGRESSORS.get(name)
-
-
-def fits_from_chunks(name: str) -> bool:
-    return bool(REGRESSORS.get(name).meta.get("chunks"))
 
 
 def make_regressor(name: str, **params) -> BaseEstimator:
