@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 #: How idle OpenMP threads wait (BENCHMARKS.md): PASSIVE, since several runtimes (torch, faiss,
 #: LightGBM) spinning on shared cores made the same work 3-10x slower; a 0.3 ms spin, since CNN layers
@@ -34,16 +36,20 @@ def use_openmp_defaults() -> dict[str, str]:
     return added
 
 
+def check_device_name(device: str, flag: str = "--device") -> str:
+    """`device` when it names auto, cpu, cuda or cuda:N; checked without loading torch."""
+    if not (isinstance(device, str) and _DEVICE_NAME.fullmatch(device.strip())):
+        raise ConfigError(f"{flag} {device!r}: use {_DEVICES}")
+    return device.strip()
+
+
 def resolve_device(device: str | torch.device, flag: str = "--device") -> torch.device:
     """``auto``: the first CUDA device when torch sees one, else the CPU; anything else is checked."""
     import torch
 
-    if device == "auto":
+    if isinstance(device, str) and check_device_name(device, flag) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"{flag} {device!r}: use {_DEVICES}") from e
+    dev = torch.device(device.strip() if isinstance(device, str) else device)
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"{flag} {device!r}: use {_DEVICES}")
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -11,20 +11,24 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from evoked.data.decode import load_rgb
-from evoked.device import resolve_device
+from evoked.device import check_device_name, resolve_device
 from evoked.errors import ConfigError
-from evoked.extract.backbone import Backbone
 from evoked.extract.registry import create_backbone
-from evoked.extract.weights import sha256_of
 from evoked.features import index as faiss_index
 from evoked.features.store import OK, FeatureStore, open_store
 from evoked.features.store_index import build_store_index  # noqa: F401  (part of this module's API)
+
+if TYPE_CHECKING:  # torch loads with the first image or text query, not for VA or id queries
+    import torch
+
+    from evoked.extract.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ def backbone_for(store: FeatureStore, extractor: str) -> Backbone:
             raise ConfigError(
                 f"the weights file {path} that {extractor} was extracted with is gone; put it back to query by image"
             )
+        from evoked.extract.weights import sha256_of
+
         if w.get("sha256") and sha256_of(path) != w["sha256"]:
             raise ConfigError(
                 f"the weights file {path} changed since extraction (sha256 differs); queries would not match"
@@ -82,6 +88,8 @@ class RecordedBackbones:
     precisions: dict[str, str]  # by feature group: what each computes in, as in the store
 
     def run(self, images: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        import torch
+
         from evoked.extract.precision import amp_dtypes
         from evoked.extract.runner import run_backbones
 
@@ -114,7 +122,7 @@ class Retriever:
         index_path: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
-        self.device = resolve_device(device)
+        self._device = check_device_name(device)  # a typo fails here; torch loads on the first image query
         self.store = open_store(store_path)
         self.feature = feature
         self.store.dataset(feature)
@@ -142,6 +150,10 @@ class Retriever:
             rows = np.flatnonzero(self.store.status == OK)
             self._rows = rows
             self._vectors = faiss_index.normalize(self.store.read(feature, rows=rows))
+
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self._device)
 
     def close(self) -> None:
         self.store.close()
@@ -190,6 +202,8 @@ class Retriever:
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
         """The query vector of one decoded (H, W, 3) uint8 image, computed as the store's were."""
+        import torch
+
         bb = self.backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
         return self._ready.run([tensor])[f"{bb.name}/{self.output}"]
@@ -198,6 +212,8 @@ class Retriever:
         return self.search_vectors(self.embed_image(load_rgb(path)), k)[0]
 
     def by_text(self, text: str, k: int = 10) -> list[Hit]:
+        import torch
+
         bb = self.backbone()
         if bb.encode_text is None or self.output != "embed":
             raise ConfigError(

@@ -1,13 +1,18 @@
-"""Helpers shared by the subcommands: progress bars, JSON output."""
+"""Helpers shared by the subcommands: progress bars, JSON output, argument types."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
+
+from evoked.data.va_range import DEFAULT_VA_RANGE
+from evoked.errors import ConfigError, EvokedError
+from evoked.registry import Registry
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -46,3 +51,54 @@ def _default(o):
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_default))
+
+
+def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type` from a parser raising EvokedError: argparse names the flag typed before it."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except EvokedError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return convert
+
+
+def one_of(registry: Registry) -> Callable[[str], object]:
+    """Argument type: a name of `registry` (its did-you-mean message otherwise)."""
+    return _arg_type(lambda text: registry.get(text).name)
+
+
+def names_help(registry: Registry) -> str:
+    return "; ".join(f"{name}: {text}" for name, text in registry.help().items())
+
+
+def _size(text: str) -> int:
+    from evoked.features.index_build import parse_bytes
+
+    return parse_bytes(text)
+
+
+def check_va_point(
+    valence: float, arousal: float, names: tuple[str, str] = ("valence", "arousal")
+) -> tuple[float, float]:
+    """A VA query point, refused (ConfigError naming the value) when off the 1..9 rating scale or
+    not finite: the one check of `evoked search --va` and the web API's VA search."""
+    lo, hi = DEFAULT_VA_RANGE
+    for name, x in zip(names, (valence, arousal)):
+        if not lo <= x <= hi:  # NaN fails this too
+            raise ConfigError(f"{name}={x:g} is outside the {lo:g}..{hi:g} valence/arousal scale")
+    return float(valence), float(arousal)
+
+
+def _va_point(text: str) -> tuple[float, float]:
+    try:
+        v, a = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not VALENCE,AROUSAL such as 7,3") from None
+    return check_va_point(v, a)
+
+
+size = _arg_type(_size)  # a memory size such as 2GB, in bytes
+va_point = _arg_type(_va_point)  # V,A on the rating scale

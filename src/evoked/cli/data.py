@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from evoked.cli._common import COMMON, print_json, progress
+from evoked.data.datasets import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         parents=[COMMON],
         help="items, categories, VA ranges, splits, and every file that fails to read",
         description="Summarise a dataset and check that every file decodes. DATASET is KIND:PATH "
-        "(emotion6:, folder:, csv:, jsonl:, ldl:) or a path whose kind is detected.",
+        f"(KIND: {DATASETS.describe()}) or a path whose kind is detected.",
     )
     p.add_argument("dataset", help="KIND:PATH or PATH")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -11,6 +11,7 @@ from pathlib import Path
 from evoked.cli._common import COMMON, print_json, progress
 from evoked.device import PRECISIONS
 from evoked.errors import ConfigError
+from evoked.extract.registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SPEC",
-        help="repeatable: resnet18..152, tv:NAME, clip:ARCH[:TAG], color; outputs with SPEC@out1,out2",
+        help=f"repeatable: {BACKBONES.describe()}; outputs with SPEC@out1,out2",
     )
     p.add_argument(
         "--weights",

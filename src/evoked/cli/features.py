@@ -7,7 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, names_help, one_of, print_json, progress
+from evoked.features.export import EXPORT_DTYPES, EXPORT_FORMATS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,11 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--feature", action="append", required=True, help="EXTRACTOR/OUTPUT or EXTRACTOR (repeatable)"
     )
-    p.add_argument("--format", choices=("npy", "parquet"), default="npy")
+    p.add_argument("--format", type=one_of(EXPORT_FORMATS), default="npy", help=names_help(EXPORT_FORMATS))
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
     p.add_argument("--rows-per-file", type=int, default=1_000_000)
     p.add_argument("--normalize", action="store_true", help="L2-normalise each feature of each row")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_export)
 

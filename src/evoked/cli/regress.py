@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, names_help, print_json, progress, size
+from evoked.regress.registry import REGRESSORS
+from evoked.regress.targets import AUX_KINDS, TARGET_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,23 +30,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "      --n-labels 0,25,50,100,all --seeds 5 --out runs/e6-curve",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Flags are stored under the names of `RegressOptions` fields, which `_regress` passes on as they are.
+    _data_flags(p)
+    _protocol_flags(p)
+    _model_flags(p)
+    _scale_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
+    p.set_defaults(func=_regress)
+    _register_predict(sub)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """What is read (store, features, targets) and where the run goes."""
     p.add_argument("store", type=Path, help="the HDF5 feature store (from `evoked extract`)")
     p.add_argument(
         "--feature",
+        dest="features",
         action="append",
         required=True,
         metavar="GROUP/OUTPUT",
         help="repeatable or comma-separated; concatenated in order (GROUP alone = all its outputs)",
     )
     p.add_argument("--out", type=Path, required=True, help="the run folder to write, e.g. runs/NAME")
-    p.add_argument(
-        "--model",
-        default="ridge",
-        help="comma-separated: linear, ridge, svr, lgbm, mlp, mlp-kim, knn, ensemble (default ridge)",
-    )
-    p.add_argument(
-        "--target", default="va", choices=("va", "category-va"), help="training target (default va)"
-    )
+    p.add_argument("--target", default="va", choices=TARGET_KINDS, help="training target (default va)")
     p.add_argument("--lexicon", default=None, help="category-va table: nrc (default), warriner or a file")
     p.add_argument("--soft", action="store_true", help="category-va from label distributions (expected VA)")
     p.add_argument(
@@ -53,6 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="LABEL=WORD",
         help="alias a label to a lexicon word",
     )
+    p.add_argument(
+        "--va-range",
+        default=None,
+        metavar="LO,HI",
+        help="the rating scale; ratings outside it are refused (1,9)",
+    )
+
+
+def _protocol_flags(p: argparse.ArgumentParser) -> None:
+    """How models are evaluated: CV, a split, eval stores, two-stage, the low-resource curve."""
     proto = p.add_mutually_exclusive_group()
     proto.add_argument(
         "--cv", type=int, default=None, help="K-fold cross-validation (default 5; 0 = fit only)"
@@ -70,27 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--eval",
+        dest="evals",
         action="append",
         default=[],
         metavar="STORE[:SPLIT]",
         help="repeatable: predict every item (of SPLIT) of another store with the same features, scored "
         "against its ratings (transfer; see docs/regress.md)",
-    )
-    p.add_argument(
-        "--va-range",
-        default=None,
-        metavar="LO,HI",
-        help="the rating scale; ratings outside it are refused (1,9)",
-    )
-    p.add_argument(
-        "--pca", default=None, help="PCA after scaling: components (256) or variance fraction (0.95)"
-    )
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="MODEL.NAME=VALUE",
-        help="model parameter, e.g. svr.C=3",
     )
     p.add_argument("--seed", type=int, default=0, help="folds, model seeds and curve seeds start here")
     p.add_argument("--stage1", default=None, metavar="same|OTHER.h5", help="add two-stage models (see docs)")
@@ -98,6 +103,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"))
     p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
     p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """Which models, with which parameters and inputs."""
+    p.add_argument(
+        "--model",
+        dest="models",
+        default="ridge",
+        metavar="MODEL[,MODEL...]",
+        help=f"comma-separated (default ridge); {names_help(REGRESSORS)}",
+    )
+    p.add_argument(
+        "--pca", default=None, help="PCA after scaling: components (256) or variance fraction (0.95)"
+    )
+    p.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="MODEL.NAME=VALUE",
+        help="model parameter, e.g. svr.C=3",
+    )
     p.add_argument(
         "--no-log-probs",
         dest="log_probs",
@@ -107,26 +134,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--aux",
         default=None,
-        choices=("distribution", "category"),
+        choices=AUX_KINDS,
         help="multi-task: mlp models also learn the label distribution (or one-hot category)",
     )
+
+
+def _scale_flags(p: argparse.ArgumentParser) -> None:
+    """Stores larger than memory."""
+    chunked = ", ".join(e.name for e in REGRESSORS if e.meta.get("chunks"))
     p.add_argument(
         "--stream",
         action="store_true",
-        help="read the features chunk by chunk (stores larger than memory; models ridge, mlp, mlp-kim, knn, "
+        help=f"read the features chunk by chunk (stores larger than memory; models {chunked}, "
         "with the same hyperparameters as in memory; see docs/scale.md)",
     )
     p.add_argument(
         "--max-memory",
         default=None,
+        type=size,
         metavar="SIZE",
         help="e.g. 8GB: stream when the features would not fit in SIZE; with --stream, the k-NN index "
         "budget and chunk cap (default 2GB)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
-    p.set_defaults(func=_regress)
 
+
+def _register_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         parents=[COMMON],
@@ -155,6 +187,14 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def regress_options(args: argparse.Namespace) -> dict:
+    """The `RegressOptions` fields that the parsed flags set."""
+    from evoked.regress.options import RegressOptions
+
+    given = vars(args)
+    return {f.name: given[f.name] for f in fields(RegressOptions) if f.init and f.name in given}
+
+
 def _regress(args: argparse.Namespace) -> int:
     from evoked.regress.runner import run_regress
 
@@ -166,35 +206,7 @@ def _regress(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
 
-        result = run_regress(
-            args.store,
-            features=args.feature,
-            out=args.out,
-            models=args.model,
-            target=args.target,
-            lexicon=args.lexicon,
-            soft=args.soft,
-            category_map=args.category_map,
-            cv=args.cv,
-            split=args.split,
-            cv_include_test=args.cv_include_test,
-            params=args.param,
-            seed=args.seed,
-            log_probs=args.log_probs,
-            overwrite=args.overwrite,
-            pca=args.pca,
-            stage1=args.stage1,
-            stage1_target=args.stage1_target,
-            two_stage_method=args.two_stage_method,
-            n_labels=args.n_labels,
-            seeds=args.seeds,
-            aux=args.aux,
-            evals=args.eval,
-            va_range=args.va_range,
-            stream=args.stream,
-            max_memory=args.max_memory,
-            on_progress=on_progress,
-        )
+        result = run_regress(args.store, on_progress=on_progress, **regress_options(args))
     if args.json:
         print_json(
             {
@@ -207,6 +219,21 @@ def _regress(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    width = max(len(m.name) for m in result.models)
+    _print_fit(result, width)
+    _print_evals(result, width)
+    _print_curve(result.curve, width)
+    _print_selection(result.run)
+    return 0
+
+
+def _metric_cells(metrics: dict) -> str:
+    v, a = metrics.get("valence", {}), metrics.get("arousal", {})
+    return f"{_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  {_fmt(a.get('mse')):>7}"
+
+
+def _print_fit(result, width: int) -> None:
+    """What was fitted and how it scored on the training store."""
     run = result.run
     proto = run["protocol"]
     how = {
@@ -217,38 +244,43 @@ def _regress(args: argparse.Namespace) -> int:
     print(
         f"wrote {result.out}: {', '.join(run['features'])} -> {run['target']['kind']}, {how}, {result.seconds:.1f} s"
     )
-    width = max(len(m.name) for m in result.models)
     print(f"  {'model':<{width}}  r_val  r_aro  mse_val  mse_aro   fit_s  n_train  n_eval")
     for m in result.models:
-        v, a = m.metrics.get("valence", {}), m.metrics.get("arousal", {})
         print(
-            f"  {m.name:<{width}}  {_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  "
-            f"{_fmt(a.get('mse')):>7}  {m.fit_seconds:6.1f}  {m.n_train:7.0f}  {m.n_eval:6d}"
+            f"  {m.name:<{width}}  {_metric_cells(m.metrics)}  {m.fit_seconds:6.1f}  {m.n_train:7.0f}  {m.n_eval:6d}"
         )
     left_out = {k: v for k, v in result.counts.items() if k not in ("items", "evaluated") and v}
     print(
         f"  items {result.counts['items']}, evaluated {result.counts.get('evaluated', 0)}; left out: "
         + (", ".join(f"{k} {v}" for k, v in left_out.items()) or "none")
     )
-    for ev in run["evals"]:
+
+
+def _print_evals(result, width: int) -> None:
+    """Transfer scores on each eval store."""
+    for ev in result.run["evals"]:
         if not ev["has_ratings"]:
             print(f"  eval {ev['name']}: {ev['n_items']} items predicted (no ratings: not scored)")
             continue
         print(f"  eval {ev['name']}: {ev['n_items']} items, transfer")
         for m in result.models:
-            e = m.eval_metrics.get(ev["name"]) or {}
-            v, a = e.get("valence", {}), e.get("arousal", {})
-            print(
-                f"  {m.name:<{width}}  {_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  {_fmt(a.get('mse')):>7}"
-            )
-    if result.curve:
-        print("  low-resource curve (mean ± std over seeds):")
-        print(f"  {'model':<{width}}  {'setting':<11}  {'n':>5}  {'r_val':>13}  {'r_aro':>13}")
-        for c in result.curve:
-            print(
-                f"  {c['model']:<{width}}  {c['setting']:<11}  {c['n_labels']:>5}  "
-                f"{_fmt(c['r_valence'])} ± {_fmt(c['r_valence_std'])}  {_fmt(c['r_arousal'])} ± {_fmt(c['r_arousal_std'])}"
-            )
+            print(f"  {m.name:<{width}}  {_metric_cells(m.eval_metrics.get(ev['name']) or {})}")
+
+
+def _print_curve(curve: list[dict], width: int) -> None:
+    if not curve:
+        return
+    print("  low-resource curve (mean ± std over seeds):")
+    print(f"  {'model':<{width}}  {'setting':<11}  {'n':>5}  {'r_val':>13}  {'r_aro':>13}")
+    for c in curve:
+        print(
+            f"  {c['model']:<{width}}  {c['setting']:<11}  {c['n_labels']:>5}  "
+            f"{_fmt(c['r_valence'])} ± {_fmt(c['r_valence_std'])}  {_fmt(c['r_arousal'])} ± {_fmt(c['r_arousal_std'])}"
+        )
+
+
+def _print_selection(run: dict) -> None:
+    """Which model `evoked predict` uses, and what the CV left out."""
     how = run["selection"]["default_model"]["rows"]
     why = how[len("none (") : -1] if how.startswith("none (") else f"chosen on {how}"
     print(f"  default model for `evoked predict`: {run['default_model']} ({why})")
@@ -257,7 +289,6 @@ def _regress(args: argparse.Namespace) -> int:
         print(
             f"  the {cv['left_out_test']} test-split items were left out of the CV (--cv-include-test folds them in)"
         )
-    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

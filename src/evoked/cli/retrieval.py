@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, names_help, one_of, print_json, progress, size, va_point
+from evoked.features.index_kinds import INDEX_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", type=Path)
     p.add_argument("--feature", required=True, help="e.g. resnet50/pool or clip-vit-b-32/embed")
+    p.add_argument("--kind", default="auto", type=one_of(INDEX_KINDS), help=names_help(INDEX_KINDS))
     p.add_argument(
-        "--kind",
-        default="auto",
-        choices=("auto", "flat", "ivf", "hnsw", "ivfsq8", "ivfpq"),
-        help="auto: exact up to 200,000 rows, then the first of ivf, ivfsq8, ivfpq within the budget",
-    )
-    p.add_argument(
-        "--memory-budget", default="2GB", help="memory the index may use while building (default 2GB)"
+        "--memory-budget",
+        default="2GB",
+        type=size,
+        help="memory the index may use while building (default 2GB)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where faiss builds IVF")
     p.add_argument("--out", type=Path, default=None, help="index file (default STORE.<feature>.faiss)")
@@ -43,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--id", help="an item id of the store")
     q.add_argument("--image", type=Path, help="an image file, extracted as the store was")
     q.add_argument("--text", help="a text query (CLIP embed features only)")
-    q.add_argument("--va", metavar="V,A", help="a valence,arousal point (nearest known labels)")
+    q.add_argument(
+        "--va",
+        metavar="V,A",
+        type=va_point,
+        help="a valence,arousal point on the 1-9 scale (nearest known labels)",
+    )
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--include-self", action="store_true", help="with --id: keep the item itself")
     p.add_argument("--device", default="cpu", help="where image/text queries are embedded")
@@ -52,7 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from evoked.features.index_build import parse_bytes
     from evoked.features.store_index import build_store_index
 
     use_gpu = {"auto": "auto", "cpu": "never", "cuda": "always"}[args.device]
@@ -63,7 +66,7 @@ def _index(args: argparse.Namespace) -> int:
             kind=args.kind,
             use_gpu=use_gpu,
             out=args.out,
-            memory_budget=parse_bytes(args.memory_budget),
+            memory_budget=args.memory_budget,
             on_progress=bar.update,
         )
     if args.json:
@@ -93,10 +96,7 @@ def _search(args: argparse.Namespace) -> int:
         elif args.text is not None:
             hits, query = r.by_text(args.text, args.k), f"text {args.text!r}"
         else:
-            try:
-                v, a = (float(x) for x in args.va.split(","))
-            except ValueError:
-                raise ConfigError(f"--va {args.va!r}: expected VALENCE,AROUSAL such as 7,3") from None
+            v, a = args.va
             hits, query = r.by_va(v, a, args.k), f"VA ({v:g}, {a:g})"
         kind = r.kind
     if args.json:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from evoked.data.manifest import Manifest
 from evoked.errors import DatasetError
+from evoked.registry import Registry
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -25,59 +25,30 @@ IMAGE_EXTENSIONS = frozenset(
 
 Reader = Callable[[Path], Manifest]
 
-
-@dataclass(frozen=True)
-class DatasetKind:
-    name: str
-    read: Reader
-    detect: Callable[[Path], bool] | None
-    help: str
-    priority: int = 0
-    pattern: bool = False  # PATH is a pattern (braces, glob) that the reader expands itself
-
-
-_KINDS: dict[str, DatasetKind] = {}
-
-
-def register_dataset(
-    name: str,
-    *,
-    detect: Callable[[Path], bool] | None = None,
-    aliases: tuple[str, ...] = (),
-    help: str = "",
-    priority: int = 0,
-    pattern: bool = False,
-) -> Callable[[Reader], Reader]:
-    """Register a reader under `name` (and `aliases`) for ``NAME:PATH`` specs.
-
-    Detection asks kinds with a higher `priority` first; a catch-all reader registers a negative one.
-    """
-
-    def deco(fn: Reader) -> Reader:
-        for key in (name, *aliases):
-            if key in _KINDS:
-                raise ValueError(f"dataset kind {key!r} is registered twice")
-            _KINDS[key] = DatasetKind(key, fn, detect if key == name else None, help, priority, pattern)
-        return fn
-
-    return deco
+#: Dataset kinds: a reader ``read(path) -> Manifest`` per ``KIND:PATH`` prefix. Extras: ``detect``
+#: (path -> bool, asked highest ``priority`` first when a spec has no prefix) and ``pattern`` (PATH
+#: is a pattern, braces or glob, that the reader expands itself). The readers register on import.
+DATASETS: Registry[Reader] = Registry(
+    "dataset kind",
+    builtins=tuple(
+        f"evoked.data.{m}" for m in ("emotion6", "folder", "ldl", "parquet", "tabular", "webdataset")
+    ),
+    error=DatasetError,
+    fix="Write KIND:PATH, e.g. emotion6:data/emotion6 or folder:images/",
+)
 
 
-def list_dataset_kinds() -> dict[str, str]:
-    """Kind name -> one-line description."""
-    return {k: v.help for k, v in _KINDS.items()}
+#: ``@register_dataset(name, help=..., aliases=(), detect=None, priority=0, pattern=False)``
+register_dataset = DATASETS.register
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
     """``"emotion6:/data/e6"`` -> ``("emotion6", "/data/e6")``; ``"/data/e6"`` -> ``(None, "/data/e6")``."""
     head, sep, tail = spec.partition(":")
-    if sep and head.lower() in _KINDS:
+    if sep and head.lower() in DATASETS:
         return head.lower(), tail
     if sep and len(head) > 1 and not os.path.exists(spec) and "/" not in head and "\\" not in head:
-        raise DatasetError(
-            f"unknown dataset kind {head!r} in {spec!r}; known kinds: {', '.join(sorted(_KINDS))}. "
-            "Write KIND:PATH, e.g. emotion6:data/emotion6 or folder:images/"
-        )
+        raise DATASETS.unknown(head)
     return None, spec
 
 
@@ -87,19 +58,20 @@ def load_dataset(spec: str | os.PathLike | Manifest) -> Manifest:
         return spec
     kind, raw_path = split_spec(os.fspath(spec))
     path = Path(raw_path).expanduser()
-    if not path.exists() and not (kind and _KINDS[kind].pattern):
+    if not path.exists() and not (kind and DATASETS.get(kind).meta.get("pattern")):
         raise DatasetError(f"dataset path {str(path)!r} does not exist (from {os.fspath(spec)!r})")
     if kind is None:
-        for k in sorted(_KINDS.values(), key=lambda k: -k.priority):
-            if k.detect is not None and k.detect(path):
-                kind = k.name
+        detectors = [e for e in DATASETS if e.meta.get("detect") and "alias_of" not in e.meta]
+        for e in sorted(detectors, key=lambda e: -e.meta.get("priority", 0)):
+            if e.meta["detect"](path):
+                kind = e.name
                 break
         else:
             raise DatasetError(
                 f"cannot tell what kind of dataset {str(path)!r} is; write KIND:PATH with KIND one of "
-                f"{', '.join(sorted(_KINDS))}"
+                f"{DATASETS.describe()}"
             )
-    return _KINDS[kind].read(path)
+    return DATASETS.load(kind)(path)
 
 
 def list_images(directory: Path) -> tuple[list[Path], list[Path]]:

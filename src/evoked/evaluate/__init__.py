@@ -4,41 +4,32 @@
 plain arrays.
 """
 
-from __future__ import annotations
+from evoked import lazy_exports
 
-from evoked.evaluate.bootstrap import paired_difference, percentile_ci, resampled_sums
-from evoked.evaluate.category import category_accuracy
-from evoked.evaluate.distribution import (
-    chebyshev,
-    cosine_similarity,
-    distribution_metrics,
-    intersection,
-    kl_divergence,
+# scipy and matplotlib load when a name is first used, not with the package.
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "evoked.evaluate.bootstrap": ("paired_difference", "percentile_ci", "resampled_sums"),
+        "evoked.evaluate.category": ("category_accuracy",),
+        "evoked.evaluate.distribution": (
+            "chebyshev",
+            "cosine_similarity",
+            "distribution_metrics",
+            "intersection",
+            "kl_divergence",
+        ),
+        "evoked.evaluate.metrics": (
+            "ccc",
+            "mae",
+            "mse",
+            "pearson",
+            "r2",
+            "regression_metrics",
+            "spearman",
+            "va_metrics",
+        ),
+        "evoked.evaluate.report": ("evaluate",),
+        "evoked.runfolder": ("items_fingerprint", "read_run", "write_run"),
+    },
 )
-from evoked.evaluate.metrics import ccc, mae, mse, pearson, r2, regression_metrics, spearman, va_metrics
-from evoked.evaluate.report import evaluate
-from evoked.runfolder import items_fingerprint, read_run, write_run
-
-__all__ = [
-    "category_accuracy",
-    "ccc",
-    "chebyshev",
-    "cosine_similarity",
-    "distribution_metrics",
-    "evaluate",
-    "intersection",
-    "items_fingerprint",
-    "kl_divergence",
-    "mae",
-    "mse",
-    "paired_difference",
-    "pearson",
-    "percentile_ci",
-    "r2",
-    "read_run",
-    "regression_metrics",
-    "resampled_sums",
-    "spearman",
-    "va_metrics",
-    "write_run",
-]

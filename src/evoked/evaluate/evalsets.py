@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from evoked.data.datasets import _KINDS, split_spec
+from evoked.data.datasets import DATASETS, split_spec
 from evoked.evaluate.runs import differences
 from evoked.runfolder import Run, items_fingerprint
 
@@ -22,7 +22,7 @@ _SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def _known_kind(spec: str) -> bool:
     head, sep, _ = spec.partition(":")
-    return bool(sep) and head.lower() in _KINDS
+    return bool(sep) and head.lower() in DATASETS
 
 
 def parse_eval_spec(value: str) -> tuple[str, str | None]:

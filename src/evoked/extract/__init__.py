@@ -1,16 +1,13 @@
 """Feature extraction: the backbone registry and the batched runner (reader -> models -> writer)."""
 
-from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
-from evoked.extract.registry import create_backbone, list_backbones, register_backbone
-from evoked.extract.runner import ExtractSummary, extract
+from evoked import lazy_exports
 
-__all__ = [
-    "Backbone",
-    "ExtractSummary",
-    "Preprocess",
-    "WeightsInfo",
-    "create_backbone",
-    "extract",
-    "list_backbones",
-    "register_backbone",
-]
+# torch loads when a name is first used, not with the package.
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "evoked.extract.backbone": ("Backbone", "Preprocess", "WeightsInfo"),
+        "evoked.extract.registry": ("BACKBONES", "create_backbone", "list_backbones", "register_backbone"),
+        "evoked.extract.runner": ("ExtractSummary", "extract"),
+    },
+)

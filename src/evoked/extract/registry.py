@@ -14,30 +14,27 @@ A spec names a backbone and optionally the outputs to write: ``resnet50``,
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evoked.errors import ConfigError
-from evoked.extract.backbone import Backbone
+from evoked.registry import Registry
 
-Factory = Callable[[str | None, str], Backbone]
+if TYPE_CHECKING:
+    from evoked.extract.backbone import Backbone
 
+Factory = Callable[[str | None, str], "Backbone"]
 
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    factory: Factory
-    family: bool
-    help: str
-    example: str
-
-
-_REGISTRY: dict[str, Entry] = {}
+#: Backbones by name. Extras: ``family`` (the name takes ``:ARG``, e.g. ``tv:mobilenet_v2``) and
+#: ``example``. The built-ins are named by module path: listing them imports no torch.
+BACKBONES: Registry[Factory] = Registry(
+    "backbone", fix="Register your own with --plugin FILE.py (see docs/api.md)."
+)
 
 
 def register_backbone(
@@ -47,25 +44,37 @@ def register_backbone(
 
     A family (``tv``, ``clip``) receives the text after ``name:`` as `arg`; a plain backbone gets None.
     """
-
-    def deco(fn: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ConfigError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = Entry(name, fn, family, help, example or (f"{name}:..." if family else name))
-        return fn
-
-    return deco
+    example = example or (f"{name}:..." if family else name)
+    return BACKBONES.register(name, help=help, family=family, example=example, usage=example)
 
 
-def _ensure_builtin() -> None:
-    # The built-in backbones register themselves on import.
-    from evoked.extract import backbones  # noqa: F401
+def _builtin(target: str, name: str, help: str, **family: str) -> None:
+    """`target`: ``module:function`` below evoked.extract.backbones; a family has `example` and `usage`."""
+    BACKBONES.add(name, f"evoked.extract.backbones.{target}", help=help, family=bool(family), **family)
+
+
+for _d in (18, 34, 50, 101, 152):
+    _builtin(f"torchvision_models:resnet{_d}", f"resnet{_d}", f"torchvision ResNet-{_d}: probs, pool, stages")
+_builtin(
+    "torchvision_models:torchvision_any",
+    "tv",
+    "any torchvision classifier: probs and pool",
+    example="tv:mobilenet_v2",
+    usage="tv:NAME",
+)
+_builtin(
+    "clip:clip",
+    "clip",
+    "open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
+    example="clip:ViT-B-32:openai",
+    usage="clip:ARCH[:TAG]",
+)
+_builtin("color:color", "color", "RGB/HSV statistics, HSV histogram, Valdez-Mehrabian PAD, uniform LBP")
 
 
 def list_backbones(families: bool = True) -> list[str]:
     """Registered names; a family is listed by its example spec (e.g. ``tv:mobilenet_v2``)."""
-    _ensure_builtin()
-    return [e.example if e.family else e.name for e in _REGISTRY.values() if families or not e.family]
+    return [e.meta.get("example", e.name) for e in BACKBONES if families or not e.meta["family"]]
 
 
 @dataclass(frozen=True)
@@ -78,21 +87,13 @@ class BackboneSpec:
 
 def parse_spec(spec: str) -> BackboneSpec:
     """Split ``name[:arg][@out,out]`` and check that the name is registered."""
-    _ensure_builtin()
     text, _, outs = spec.strip().partition("@")
     outputs = tuple(o.strip() for o in outs.split(",") if o.strip())
     name, sep, arg = text.partition(":")
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"unknown backbone {spec!r}.{hint} Known: {', '.join(list_backbones())}. "
-            "Register your own with --plugin FILE.py (see docs/api.md)."
-        )
-    if entry.family and not arg:
-        raise ConfigError(f"backbone {name!r} needs an argument, e.g. {entry.example}")
-    if not entry.family and sep:
+    entry = BACKBONES.get(name)
+    if entry.meta["family"] and not arg:
+        raise ConfigError(f"backbone {name!r} needs an argument, e.g. {entry.meta['example']}")
+    if not entry.meta["family"] and sep:
         raise ConfigError(f"backbone {name!r} takes no ':' argument (got {spec!r})")
     return BackboneSpec(text, name, arg or None, outputs)
 
@@ -103,7 +104,7 @@ def create_backbone(spec: str, weights: str = "default", preprocess: dict | None
     `preprocess` overrides fields of the backbone's own preprocessing (see `Preprocess`).
     """
     parsed = parse_spec(spec)
-    bb = _REGISTRY[parsed.name].factory(parsed.arg, weights)
+    bb = BACKBONES.load(parsed.name)(parsed.arg, weights)
     unknown = [o for o in parsed.outputs if o not in bb.outputs]
     if unknown:
         raise ConfigError(

@@ -24,22 +24,17 @@ from evoked.data.manifest import Manifest
 from evoked.data.webdataset import image_refs
 from evoked.errors import DecodeError
 from evoked.extract.reader import ImageFiles
+from evoked.registry import Registry
 
 SourceFactory = Callable[..., Dataset]
-_SOURCES: dict[str, SourceFactory] = {}
+
+#: Reader factories by the dataset kind of the manifest they read.
+SOURCES: Registry[SourceFactory] = Registry("source")
 
 
 def register_source(*kinds: str) -> Callable[[SourceFactory], SourceFactory]:
     """Register a reader factory for manifests of the given dataset kinds."""
-
-    def deco(fn: SourceFactory) -> SourceFactory:
-        for kind in kinds:
-            if kind in _SOURCES:
-                raise ValueError(f"a source for dataset kind {kind!r} is registered twice")
-            _SOURCES[kind] = fn
-        return fn
-
-    return deco
+    return SOURCES.register(kinds[0], aliases=kinds[1:])
 
 
 def open_source(
@@ -48,10 +43,9 @@ def open_source(
     """The reader for a manifest (by its kind), or for a plain list of image paths."""
     if not isinstance(source, Manifest):
         return ImageFiles(list(source), device_jpeg=device_jpeg, max_pixels=max_pixels)
-    factory = _SOURCES.get(source.kind)
-    if factory is None:
+    if source.kind not in SOURCES:
         return ImageFiles([str(p) for p in source.abspaths()], device_jpeg=device_jpeg, max_pixels=max_pixels)
-    return factory(source, device_jpeg=device_jpeg, max_pixels=max_pixels)
+    return SOURCES.load(source.kind)(source, device_jpeg=device_jpeg, max_pixels=max_pixels)
 
 
 #: members closer than this are read in one request (skipping the bytes between is slower)

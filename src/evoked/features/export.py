@@ -34,6 +34,7 @@ import numpy as np
 from evoked import __version__
 from evoked.errors import ConfigError
 from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
+from evoked.registry import Registry
 
 EXPORT_DTYPES = ("float32", "float16")
 #: rows per read: about 32 MB of float32 features, whatever their width
@@ -51,6 +52,10 @@ class ExportSummary:
     files: list[str] = field(default_factory=list)
     left_out_failed: int = 0
     left_out_pending: int = 0
+
+
+#: Output layouts (``--format``): a writer class per name.
+EXPORT_FORMATS: Registry[type[_Writer]] = Registry("export format")
 
 
 class _Writer:
@@ -93,6 +98,7 @@ class _Writer:
         raise NotImplementedError
 
 
+@EXPORT_FORMATS.register("npy", help="OUT/img_emb/img_emb_{i}.npy + OUT/metadata/metadata_{i}.parquet")
 class NpyWriter(_Writer):
     concatenates = True  # several features become one matrix
 
@@ -124,6 +130,7 @@ class NpyWriter(_Writer):
         self.meta_writer.close()
 
 
+@EXPORT_FORMATS.register("parquet", help="OUT/features_{i}.parquet, one list column per feature")
 class ParquetWriter(_Writer):
     def open(self, i: int, rows: int) -> None:
         import pyarrow.parquet as pq
@@ -148,9 +155,6 @@ class ParquetWriter(_Writer):
         self.writer.close()
 
 
-FORMATS: dict[str, type[_Writer]] = {"npy": NpyWriter, "parquet": ParquetWriter}
-
-
 def export_features(
     store: str | os.PathLike,
     features: Sequence[str],
@@ -168,8 +172,7 @@ def export_features(
     together are then divided by sqrt(count), so that rows are unit vectors for inner-product search).
     `on_chunk(rows_read)` reports progress.
     """
-    if format not in FORMATS:
-        raise ConfigError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    EXPORT_FORMATS.get(format)
     if dtype not in EXPORT_DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
     if rows_per_file < 1:
@@ -203,7 +206,7 @@ def _export(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        writer = FORMATS[format](tmp, dims, dtype, total, rows_per_file)
+        writer = EXPORT_FORMATS.load(format)(tmp, dims, dtype, total, rows_per_file)
         step = max(1, CHUNK_BYTES // (4 * sum(dims.values())))
         for start in range(0, len(s), step):
             rows = np.arange(start, min(start + step, len(s)))

@@ -35,10 +35,10 @@ import numpy as np
 from evoked.clock import utc_now
 from evoked.errors import ConfigError
 from evoked.features.index import IndexInfo, merge_topk, normalize
+from evoked.features.index_kinds import INDEX_KINDS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "hnsw", "ivffp16", "ivfsq8", "ivfpq")
 DEFAULT_BUDGET = 2 * 2**30
 ADD_CHUNK = 65_536  # rows per add() call of an in-memory array; also the granularity of on_progress
 RECALL_K = 10
@@ -67,7 +67,7 @@ def parse_bytes(text: str | int) -> int:
     try:
         return int(float(t[:-1]) * scale[t[-1]]) if t and t[-1] in scale else int(float(t))
     except (ValueError, IndexError):
-        raise ConfigError(f"--memory-budget {text!r}: expected a size such as 2GB or 512MB") from None
+        raise ConfigError(f"{text!r} is not a size such as 2GB or 512MB") from None
 
 
 def bytes_per_vector(kind: str, d: int, pq_m: int = 0) -> int:
@@ -119,8 +119,7 @@ def plan_index(
     n: int, d: int, kind: str = "auto", *, memory_budget: int = DEFAULT_BUDGET, exact_threshold: int = 200_000
 ) -> dict[str, Any]:
     """The kind, list count and size estimate for `n` vectors of dimension `d`."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    INDEX_KINDS.get(kind)
     if exact_threshold < 0:
         raise ConfigError(f"exact_threshold={exact_threshold} must be >= 0")
     room = INDEX_SHARE * memory_budget

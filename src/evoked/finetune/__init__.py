@@ -4,25 +4,16 @@
 that `evoked evaluate` compares with `evoked regress` runs. See docs/finetune.md.
 """
 
-from evoked.finetune.data import MODES, TASKS, FinetuneData, Part, prepare_data
-from evoked.finetune.losses import multi_hot_top, task_loss
-from evoked.finetune.model import VANet, build_encoder, freeze_before
-from evoked.finetune.runner import FinetuneResult, finetune, model_name
-from evoked.finetune.train import TrainConfig
+from evoked import lazy_exports
 
-__all__ = [
-    "MODES",
-    "TASKS",
-    "FinetuneData",
-    "FinetuneResult",
-    "Part",
-    "TrainConfig",
-    "VANet",
-    "build_encoder",
-    "finetune",
-    "freeze_before",
-    "model_name",
-    "multi_hot_top",
-    "prepare_data",
-    "task_loss",
-]
+# torch loads when a name is first used, not with the package.
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "evoked.finetune.data": ("MODES", "TASKS", "FinetuneData", "Part", "prepare_data"),
+        "evoked.finetune.losses": ("multi_hot_top", "task_loss"),
+        "evoked.finetune.model": ("VANet", "build_encoder", "freeze_before"),
+        "evoked.finetune.runner": ("FinetuneResult", "finetune", "model_name"),
+        "evoked.finetune.train": ("TrainConfig",),
+    },
+)

@@ -55,10 +55,10 @@ class EvalSet:
 
 
 def _known_kind(spec: str) -> bool:
-    from evoked.data.datasets import _KINDS
+    from evoked.data.datasets import DATASETS
 
     head, sep, _ = spec.partition(":")
-    return bool(sep) and head.lower() in _KINDS
+    return bool(sep) and head.lower() in DATASETS
 
 
 def _stem(spec: str | Manifest) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.utils import check_array
 
-from evoked.regress.registry import register_regressor
-
 LGBM_DEFAULTS = dict(
     n_estimators=200,
     learning_rate=0.08,
@@ -39,7 +37,6 @@ class LGBMMultiOutput(MultiOutputRegressor):
         return super().predict(X)
 
 
-@register_regressor("lgbm", help="LightGBM boosted trees per target (200 trees, 15 leaves, lr 0.08)")
 def lgbm(seed: int = 0, n_jobs: int = -1, **params) -> LGBMMultiOutput:
     from lightgbm import LGBMRegressor
 

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from evoked.regress.registry import make_regressor, register_regressor
+from evoked.regress.registry import make_regressor
 
 ENSEMBLE_MEMBERS = ("ridge", "svr", "knn", "mlp-kim")
 
@@ -60,6 +60,5 @@ class MeanRegressor(RegressorMixin, BaseEstimator):
         return np.mean([np.asarray(e.predict(X), dtype=np.float64) for e in self.estimators_], axis=0)
 
 
-@register_regressor("ensemble", help="mean of ridge, svr, knn and mlp-kim predictions")
 def ensemble(seed: int = 0, **params) -> MeanRegressor:
     return MeanRegressor(random_state=seed, **params)

@@ -18,8 +18,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from evoked.regress.registry import register_regressor
-
 #: Neighbour counts tried by leave-one-out when ``n_neighbors="auto"``.
 K_CANDIDATES = (5, 10, 20, 40, 80)
 #: Leave-one-out uses at most this many training items as queries (bounded cost on large sets).
@@ -228,8 +226,5 @@ def faiss_params(index, name: str, value) -> None:
         index.hnsw.efSearch = int(value)
 
 
-@register_regressor(
-    "knn", chunks=True, help="FAISS cosine k-NN, similarity-weighted mean VA (k by leave-one-out)"
-)
 def knn(seed: int = 0, **params) -> FaissKNNRegressor:
     return FaissKNNRegressor(random_state=seed, **params)

@@ -22,8 +22,6 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from evoked.regress.registry import register_regressor
-
 #: Ridge penalties tried by leave-one-out (features are standardised, so one grid fits most sets).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
 EIGH_THREADS = 1
@@ -169,13 +167,9 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
 
 
-@register_regressor("linear", help="ordinary least squares (no penalty; a baseline, overfits wide features)")
 def linear(seed: int = 0) -> LinearRegression:
     return LinearRegression()
 
 
-@register_regressor(
-    "ridge", chunks=True, help="ridge regression, alpha per target by exact leave-one-out (one eigh)"
-)
 def ridge(alphas=RIDGE_ALPHAS, seed: int = 0) -> RidgeLOO:
     return RidgeLOO(alphas=alphas)

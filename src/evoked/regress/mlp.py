@@ -28,7 +28,6 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from evoked.device import resolve_device
-from evoked.regress.registry import register_regressor
 
 log = logging.getLogger(__name__)
 
@@ -291,16 +290,10 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         return out[:, 0] if self._single_output else out
 
 
-@register_regressor(
-    "mlp", chunks=True, help="torch MLP, hidden layers (256, 128), early stopping (GPU when available)"
-)
 def mlp(seed: int = 0, **params) -> TorchMLPRegressor:
     return TorchMLPRegressor(random_state=seed, **params)
 
 
-@register_regressor(
-    "mlp-kim", chunks=True, help="torch MLP with three hidden layers (512, 256, 128), after Kim et al. 2018"
-)
 def mlp_kim(seed: int = 0, **params) -> TorchMLPRegressor:
     params.setdefault("hidden_layer_sizes", KIM_HIDDEN)
     return TorchMLPRegressor(random_state=seed, **params)

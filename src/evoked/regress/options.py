@@ -13,7 +13,7 @@ from evoked.data.va_range import parse_va_range
 from evoked.errors import ConfigError
 from evoked.regress.curve import parse_n_labels
 from evoked.regress.describe import accepts_aux
-from evoked.regress.registry import check_regressor_names, fits_from_chunks, make_regressor, parse_pca
+from evoked.regress.registry import REGRESSORS, make_regressor, parse_pca
 from evoked.regress.targets import AUX_KINDS
 from evoked.regress.two_stage import METHODS
 
@@ -38,7 +38,8 @@ def parse_models(models: Sequence[str] | str) -> list[str]:
         raise ConfigError("no --model given; e.g. --model ridge,svr")
     if len(set(out)) != len(out):
         raise ConfigError(f"--model lists a model twice: {','.join(out)}")
-    check_regressor_names(out)
+    for name in out:
+        REGRESSORS.get(name)  # unknown names fail with the registry's message
     return out
 
 
@@ -172,10 +173,11 @@ class RegressOptions:
 
     def _check_stream(self) -> None:
         """Reading in chunks: every model must fit from chunks; what needs the matrix is refused."""
-        slow = [m for m in self.model_names if not fits_from_chunks(m)]
+        slow = [m for m in self.model_names if not REGRESSORS.get(m).meta.get("chunks")]
         if slow:
             raise ConfigError(
-                f"--model {slow[0]!r} does not fit from chunks; with --stream use ridge, mlp, mlp-kim or knn "
+                f"--model {slow[0]!r} does not fit from chunks; with --stream use "
+                f"{', '.join(e.name for e in REGRESSORS if e.meta.get('chunks'))} "
                 "(svr and lgbm need the features in memory: drop --stream, or see docs/scale.md for LightGBM on "
                 "Dask)"
             )

@@ -17,7 +17,6 @@ from sklearn.svm import SVR
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from evoked.regress.linear import RIDGE_ALPHAS, RidgeLOO
-from evoked.regress.registry import register_regressor
 
 EXACT_MAX_N = 5000
 NYSTROEM_COMPONENTS = 1000
@@ -90,9 +89,5 @@ class RBFSVRRegressor(RegressorMixin, BaseEstimator):
         return out[:, 0] if self._single_output else out
 
 
-@register_regressor(
-    "svr",
-    help=f"RBF SVR per target (exact up to {EXACT_MAX_N} rows, Nystroem {NYSTROEM_COMPONENTS} + ridge above)",
-)
 def svr(seed: int = 0, **params) -> RBFSVRRegressor:
     return RBFSVRRegressor(random_state=seed, **params)

@@ -1,5 +1,6 @@
 """The retrieval web page and its JSON API (`evoked serve`)."""
 
-from evoked.serve.app import ServeConfig, create_app, serve
+from evoked import lazy_exports
 
-__all__ = ["ServeConfig", "create_app", "serve"]
+# starlette loads when a name is first used, not with the package.
+__getattr__, __all__ = lazy_exports(__name__, {"evoked.serve.app": ("ServeConfig", "create_app", "serve")})

@@ -1,3 +1,1 @@
-"""Built-in backbones; each module registers its backbones on import."""
-
-from evoked.extract.backbones import clip, color, torchvision_models  # noqa: F401
+"""Built-in backbones, registered by name in `evoked.extract.registry` and imported on first use."""

@@ -25,7 +25,6 @@ from torch import nn
 from evoked.data.lexicon import CATEGORY_SETS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
-from evoked.extract.registry import register_backbone
 from evoked.extract.weights import file_info, offline, random_info, seeded, sha256_of, weights_kind
 
 log = logging.getLogger(__name__)
@@ -124,12 +123,6 @@ def _group_name(arch: str) -> str:
     return "clip-" + arch.lower().replace("/", "-").replace("_", "-")
 
 
-@register_backbone(
-    "clip",
-    family=True,
-    help="open_clip model: embed, scene (Places365 zero-shot), emotion (zero-shot)",
-    example="clip:ViT-B-32:openai",
-)
 def clip(arg: str | None, weights: str) -> Backbone:
     import open_clip
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
 from evoked.extract.color_ops import ColorFeatures
-from evoked.extract.registry import register_backbone
 
 #: The whole image squashed to 224 x 224 (no crop: colour statistics describe all of it).
 COLOR_PREPROCESS = Preprocess(resize=224, crop=224, mode="squash")
 
 
-@register_backbone("color", help="RGB/HSV statistics, HSV histogram, Valdez-Mehrabian PAD, uniform LBP")
 def color(arg: str | None, weights: str) -> Backbone:
     return Backbone(
         name="color",

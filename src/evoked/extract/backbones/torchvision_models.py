@@ -16,7 +16,6 @@ from torch import nn
 
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
-from evoked.extract.registry import register_backbone
 from evoked.extract.weights import (
     fetch_torchvision,
     file_info,
@@ -131,20 +130,18 @@ def torchvision_backbone(
     )
 
 
-def _register_resnet(depth: int) -> None:
+def _resnet(depth: int):
     name = f"resnet{depth}"
 
-    @register_backbone(name, help=f"torchvision ResNet-{depth}: probs (1000), pool, stages (optional)")
     def factory(arg: str | None, weights: str) -> Backbone:
         return torchvision_backbone(name, weights, spec=name)
 
-
-for _depth in (18, 34, 50, 101, 152):
-    _register_resnet(_depth)
+    return factory
 
 
-@register_backbone(
-    "tv", family=True, help="any torchvision classifier: probs and pool", example="tv:mobilenet_v2"
-)
+# Registered in `evoked.extract.registry` by these names.
+resnet18, resnet34, resnet50, resnet101, resnet152 = (_resnet(d) for d in (18, 34, 50, 101, 152))
+
+
 def torchvision_any(arg: str | None, weights: str) -> Backbone:
     return torchvision_backbone(str(arg), weights)
