@@ -1,8 +1,6 @@
-"""A query point of the valence-arousal plane, checked the same way for `evoked search --va` and the web API."""
+"""A query point of the valence-arousal plane, checked alike for `evoked search --va` and the web API."""
 
 from __future__ import annotations
-
-import math
 
 from evoked.data.va_range import DEFAULT_VA_RANGE
 from evoked.errors import ConfigError
@@ -17,15 +15,18 @@ def va_point(valence: float | str, arousal: float | str) -> tuple[float, float]:
             value = float(raw)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{name} {raw!r} is not a number; give a point such as 7,3") from e
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise ConfigError(f"{name} {raw!r} is outside the {lo:g}..{hi:g} valence/arousal scale")
+        if not lo <= value <= hi:  # NaN and infinities fail too
+            raise ConfigError(f"{name} {raw!r} is not on the {lo:g}..{hi:g} valence/arousal scale")
         point.append(value)
     return point[0], point[1]
 
 
-def parse_va_point(text: str) -> tuple[float, float]:
-    """``"7,3"`` -> (7.0, 3.0), checked by `va_point`."""
+def parse_va_point(text: str, flag: str = "--va") -> tuple[float, float]:
+    """``"7,3"`` -> (7.0, 3.0), checked by `va_point`; an error names `flag`, the option it came from."""
     parts = text.split(",")
     if len(parts) != 2:
-        raise ConfigError(f"{text!r} is not VALENCE,AROUSAL; give a point such as 7,3")
-    return va_point(*parts)
+        raise ConfigError(f"{flag} {text!r} is not VALENCE,AROUSAL; give a point such as 7,3")
+    try:
+        return va_point(*parts)
+    except ConfigError as e:
+        raise ConfigError(f"{flag} {text!r}: {e}") from e

@@ -82,6 +82,7 @@ def _index(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from evoked.errors import ConfigError
     from evoked.retrieve import Retriever
+    from evoked.va_point import parse_va_point
 
     if args.k < 1:
         raise ConfigError(f"-k {args.k}: must be at least 1")
@@ -93,10 +94,7 @@ def _search(args: argparse.Namespace) -> int:
         elif args.text is not None:
             hits, query = r.by_text(args.text, args.k), f"text {args.text!r}"
         else:
-            try:
-                v, a = (float(x) for x in args.va.split(","))
-            except ValueError:
-                raise ConfigError(f"--va {args.va!r}: expected VALENCE,AROUSAL such as 7,3") from None
+            v, a = parse_va_point(args.va)
             hits, query = r.by_va(v, a, args.k), f"VA ({v:g}, {a:g})"
         kind = r.kind
     if args.json:

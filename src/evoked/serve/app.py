@@ -11,41 +11,133 @@ with a JSON message, and an unexpected error a 500 without a traceback (it is lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import anyio
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from evoked.data.decode import DEFAULT_MAX_PIXELS
+from evoked.data.manifest import unescape_name
+from evoked.errors import EvokedError
+from evoked.features.store import OK, STATUS_NAMES
+from evoked.retrieve import Hit, Retriever
 from evoked.serve import api, browse
 from evoked.serve.security import SecurityMiddleware, allowed_hosts, content_security_policy
-from evoked.serve.state import ServeConfig, ServeState
+from evoked.serve.thumbs import ThumbnailCache, thumb_dir_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServeConfig", "create_app", "serve"]
 
+@dataclass
+class ServeConfig:
+    store: str
+    feature: str
+    index: str | None = None
+    predictions: np.ndarray | None = None  # (N, 2) predicted VA per store row, NaN where none
+    prediction_kind: np.ndarray | None = None  # (N,) oof, held-out, transfer or fitted (serve/predictions.py)
+    run_name: str | None = None
+    max_upload_bytes: int = 10 * 2**20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    thumb_size: int = 256
+    thumb_cache_items: int = 4096
+    thumb_dir: str | None = None  # disk cache of thumbnails; None: STORE.thumbs/ beside the store
+    device: str = "cpu"
+    host: str = "127.0.0.1"  # the bound host: with loopback names, the only Host header answered
+    allow_hosts: tuple[str, ...] = ()  # more Host names to answer (a reverse proxy's name)
+    workers: int = 2  # image decodes and model calls run at once, off the event loop
+
+
+class ServeState:
+    """What the handlers share, at ``app.state.evoked``: the retriever (store, index, query backbone),
+    the run's predictions, the limits, the caches and the page."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.retriever = Retriever(cfg.store, cfg.feature, index_path=cfg.index, device=cfg.device)
+        self.lock = threading.Lock()  # h5py and the query backbone are used one request at a time
+        self.limiter = anyio.CapacityLimiter(max(1, cfg.workers))
+        store = self.retriever.store
+        self.root = Path(os.path.abspath(store.root))
+        self.ok_rows = np.flatnonzero(store.status == OK)
+        thumb_dir = cfg.thumb_dir or thumb_dir_for(cfg.store, cfg.thumb_size)
+        self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items, thumb_dir)
+        spec = str(store.extractors[self.retriever.extractor].get("spec", ""))
+        self.text_search = cfg.feature.endswith("/embed") and spec.startswith("clip:")
+        n = len(store)
+        if cfg.predictions is not None and cfg.predictions.shape != (n, 2):
+            raise EvokedError(f"predictions have shape {cfg.predictions.shape}, the store has {n} rows")
+        self.html = resources.files("evoked.serve").joinpath("static/index.html").read_text("utf-8")
+        self.columns = browse.Columns(self)
+
+    async def run(self, fn: Callable, *args: Any, heavy: bool = True) -> Any:
+        """Run blocking work in a worker thread: `heavy` work (decoding, a model) a bounded number at
+        a time, light work (a file read, an index lookup) in the shared thread pool."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter if heavy else None)
+
+    def file_of(self, row: int) -> Path:
+        """The image file of an ok row, inside the dataset root after symlinks; else a 4xx."""
+        store = self.retriever.store
+        if not 0 <= row < len(store):
+            raise HTTPException(404, f"no item at row {row}")
+        status = int(self.retriever.status[row])
+        if status != OK:
+            raise HTTPException(
+                404, f"row {row} has no usable image (status {STATUS_NAMES.get(status, status)})"
+            )
+        path = Path(os.path.realpath(self.root / unescape_name(str(self.retriever.paths[row]))))
+        if not path.is_relative_to(os.path.realpath(self.root)):
+            raise HTTPException(403, "that file is outside the dataset root")
+        if not path.is_file():
+            raise HTTPException(404, f"the image of row {row} is missing on disk")
+        return path
+
+    def hit_json(self, h: Hit) -> dict:
+        d = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in h.to_dict().items()
+        }
+        pred = self.cfg.predictions
+        if pred is not None and not np.isnan(pred[h.row]).any():
+            d["pred_valence"], d["pred_arousal"] = float(pred[h.row, 0]), float(pred[h.row, 1])
+            if self.cfg.prediction_kind is not None:
+                d["pred_kind"] = str(self.cfg.prediction_kind[h.row])
+        d["thumb"] = f"/api/thumb/{h.row}"
+        d["image"] = f"/api/image/{h.row}"
+        return d
+
+
+_GET = {
+    "/": api.page,
+    "/api/info": api.info,
+    "/api/points": api.points,
+    "/api/search/item": api.search_item,
+    "/api/search/text": api.search_text,
+    "/api/search/va": api.search_va,
+    "/api/image/{row}": api.image,
+    "/api/thumb/{row}": api.thumb,
+    "/api/plane": browse.plane,
+    "/api/plane/ids": browse.plane_ids,
+    "/api/browse": browse.browse,
+    "/api/item/{row}": browse.item,
+    "/api/provenance": browse.provenance,
+}
 ROUTES = [
-    Route("/", api.page),
-    Route("/api/info", api.info),
-    Route("/api/points", api.points),
-    Route("/api/search/item", api.search_item),
-    Route("/api/search/text", api.search_text),
-    Route("/api/search/va", api.search_va),
+    *(Route(path, fn) for path, fn in _GET.items()),
     Route("/api/search/image", api.search_image, methods=["POST"]),
-    Route("/api/image/{row}", api.image),
-    Route("/api/thumb/{row}", api.thumb),
-    Route("/api/plane", browse.plane),
-    Route("/api/plane/ids", browse.plane_ids),
-    Route("/api/browse", browse.browse),
-    Route("/api/item/{row}", browse.item),
-    Route("/api/provenance", browse.provenance),
 ]
 
 
@@ -65,7 +157,7 @@ def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
         middleware=[security],
         exception_handlers={HTTPException: api.http_error, Exception: api.server_error},
     )
-    app.state.evoked = state  # what every handler reads (serve.params.state_of)
+    app.state.evoked = state  # what every handler reads (serve.api.state_of)
     return app
 
 
@@ -87,7 +179,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can browse the dataset", host)
     if cfg.host != host:
-        cfg = ServeConfig(**{**cfg.__dict__, "host": host})
+        cfg = dataclasses.replace(cfg, host=host)
     server = uvicorn.Server(
         uvicorn.Config(create_app(cfg, warm=True), host=host, port=port, log_level="warning")
     )

@@ -21,13 +21,12 @@ from starlette.responses import JSONResponse, Response
 from evoked.errors import EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit
-from evoked.serve.params import number, row_param, source_param, state_of, whole_number
+from evoked.serve.api import MAX_ITEMS, number, rounded, row_param, source_param, state_of, whole_number
 
 if TYPE_CHECKING:
-    from evoked.serve.state import ServeState
+    from evoked.serve.app import ServeState
 
 SORTS = ("row", "valence", "arousal", "residual", "similarity")
-MAX_LIMIT = 200
 SIMILARITY_POOL = 5000  # similarity ranks the nearest items of the index, not the whole store
 NO_SPLIT = "none"  # the spelling of "no split" in a filter (the store writes "")
 
@@ -104,12 +103,12 @@ class Columns:
             "split": [split_code.get(s, -1) for s in self.split.tolist()],
             "statuses": [STATUS_NAMES[k] for k in sorted(STATUS_NAMES)],
             "status": self.status.astype(int).tolist(),
-            "valence": _rounded(self.rated[:, 0]),
-            "arousal": _rounded(self.rated[:, 1]),
+            "valence": rounded(self.rated[:, 0]),
+            "arousal": rounded(self.rated[:, 1]),
         }
         if self.pred is not None:
-            out["pred_valence"] = _rounded(self.pred[:, 0])
-            out["pred_arousal"] = _rounded(self.pred[:, 1])
+            out["pred_valence"] = rounded(self.pred[:, 0])
+            out["pred_arousal"] = rounded(self.pred[:, 1])
         return out
 
     # -- filters and sorting -------------------------------------------------------------------
@@ -163,10 +162,6 @@ class Columns:
         return (rows if q.order == "desc" else rows[::-1]), scores
 
 
-def _rounded(x: np.ndarray) -> list:
-    return [None if math.isnan(v) else v for v in np.round(x.astype(float), 3).tolist()]
-
-
 # -- request parsing --------------------------------------------------------------------------
 def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
     raw = request.query_params.get(name, "")
@@ -178,21 +173,17 @@ def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
     return values
 
 
-def _box(request: Request) -> tuple[float, float, float, float] | None:
-    raw = request.query_params.get("box")
-    if not raw:
-        return None
-    try:
-        box = tuple(float(x) for x in raw.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
-        raise HTTPException(400, f"box={raw!r}: give v_min,v_max,a_min,a_max with min <= max")
-    return box  # type: ignore[return-value]
-
-
 def parse_query(request: Request, cols: Columns) -> Query:
     source = source_param(request, cols.pred is not None)
+    box = None
+    if request.query_params.get("box"):
+        raw = request.query_params["box"]
+        try:
+            box = tuple(float(x) for x in raw.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
+            raise HTTPException(400, f"box={raw!r}: give v_min,v_max,a_min,a_max with min <= max")
     residual_min = number(request, "residual_min", None)
     if residual_min is not None and cols.residual is None:
         raise HTTPException(400, "a residual filter needs predictions: start the server with --run runs/NAME")
@@ -214,14 +205,14 @@ def parse_query(request: Request, cols: Columns) -> Query:
         category=_list(request, "category", cols.categories),
         split=_list(request, "split", cols.splits + [NO_SPLIT]),
         status=_list(request, "status", list(STATUS_NAMES.values())),
-        box=_box(request),
+        box=box,
         source=source,
         residual_min=residual_min,
         sort=sort,
         order=order,
         like=like,
         offset=whole_number(request, "offset", 0, 0),
-        limit=whole_number(request, "limit", 60, 1, MAX_LIMIT),
+        limit=whole_number(request, "limit", 60, 1, MAX_ITEMS),
     )
 
 
@@ -229,17 +220,8 @@ def parse_query(request: Request, cols: Columns) -> Query:
 def item_json(state: ServeState, row: int, score: float | None = None) -> dict:
     """A hit's fields for one row (without rank), with its split, status and residual."""
     r, cols = state.retriever, state.columns
-    v, a = r.valence[row], r.arousal[row]
-    hit = Hit(
-        0,
-        row,
-        str(r.ids[row]),
-        str(r.paths[row]),
-        score,
-        None if np.isnan(v) else float(v),
-        None if np.isnan(a) else float(a),
-        str(r.category[row]),
-    )
+    va = [None if np.isnan(x) else float(x) for x in (r.valence[row], r.arousal[row])]
+    hit = Hit(0, row, str(r.ids[row]), str(r.paths[row]), score, *va, str(r.category[row]))
     d = state.hit_json(hit)
     d.pop("rank", None)
     d["split"] = cols.split[row]
@@ -283,7 +265,7 @@ async def item(request: Request) -> Response:
     cols, r = state.columns, state.retriever
     if not 0 <= row < cols.n:
         raise HTTPException(404, f"no item at row {row}; the store has {cols.n} rows")
-    k = whole_number(request, "k", 12, 0, MAX_LIMIT)
+    k = whole_number(request, "k", 12, 0, MAX_ITEMS)
     d = item_json(state, row)
     if d["status"] == "failed":
         d["error"] = r.store.errors().get(d["id"], "")
