@@ -72,6 +72,10 @@ def whole_number(request: Request, name: str, default: int, lo: int, hi: int | N
     return value
 
 
+def k_param(request: Request) -> int:
+    return whole_number(request, "k", 12, 1, MAX_ITEMS)
+
+
 def row_param(request: Request) -> int:
     raw = request.path_params["row"]
     try:
@@ -177,7 +181,7 @@ async def search_item(request: Request) -> Response:
     state, item = state_of(request), request.query_params.get("id")
     if not item:
         raise HTTPException(400, "missing query parameter 'id'")
-    k = whole_number(request, "k", 12, 1, MAX_ITEMS)
+    k = k_param(request)
 
     def search() -> list[Hit]:
         with state.lock:
@@ -199,7 +203,7 @@ async def search_text(request: Request) -> Response:
         raise HTTPException(
             400, f"text search needs CLIP embed features; this page serves {state.cfg.feature}"
         )
-    k = whole_number(request, "k", 12, 1, MAX_ITEMS)
+    k = k_param(request)
 
     def search() -> list[Hit]:
         with state.lock:
@@ -210,7 +214,7 @@ async def search_text(request: Request) -> Response:
 
 async def search_va(request: Request) -> Response:
     state = state_of(request)
-    (v, a), k = va_param(request), whole_number(request, "k", 12, 1, MAX_ITEMS)
+    (v, a), k = va_param(request), k_param(request)
     source = source_param(request, state.cfg.predictions is not None)
     try:
         found = state.retriever.by_va(v, a, k, va=state.cfg.predictions if source == "predictions" else None)
@@ -220,7 +224,7 @@ async def search_va(request: Request) -> Response:
 
 
 async def search_image(request: Request) -> Response:
-    state, k = state_of(request), whole_number(request, "k", 12, 1, MAX_ITEMS)
+    state, k = state_of(request), k_param(request)
     data, name = await read_upload(request, state.cfg.max_upload_bytes)
 
     def search() -> list[Hit]:
@@ -264,7 +268,8 @@ async def thumb(request: Request) -> Response:
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
-async def http_error(request: Request, exc: HTTPException) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # the handler of HTTPException (PayloadTooLarge is one)
     return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
 
 

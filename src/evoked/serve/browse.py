@@ -36,7 +36,7 @@ class Query:
     category: list[str]
     split: list[str]
     status: list[str]
-    box: tuple[float, float, float, float] | None
+    box: tuple[float, ...] | None  # v_min, v_max, a_min, a_max
     source: str
     residual_min: float | None
     sort: str
@@ -57,7 +57,7 @@ class Columns:
         labels = r.store.labels()
         self.split = np.asarray(labels["split"], dtype=object).astype(str)
         self.distribution = labels.get("distribution")
-        self.dist_categories = labels.get("categories", [])
+        self.dist_categories: list[str] = labels.get("categories", [])
         self.status = np.asarray(r.status)
         self.rated = np.stack([r.valence, r.arousal], 1)
         pred = state.cfg.predictions
@@ -70,7 +70,7 @@ class Columns:
         self._lock = threading.Lock()
 
     def va(self, source: str) -> np.ndarray:
-        return self.rated if source == "labels" else self.pred
+        return self.pred if source == "predictions" and self.pred is not None else self.rated
 
     # -- the plane -----------------------------------------------------------------------------
     def plane_bytes(self) -> bytes:
@@ -220,8 +220,8 @@ def parse_query(request: Request, cols: Columns) -> Query:
 def item_json(state: ServeState, row: int, score: float | None = None) -> dict:
     """A hit's fields for one row (without rank), with its split, status and residual."""
     r, cols = state.retriever, state.columns
-    va = [None if np.isnan(x) else float(x) for x in (r.valence[row], r.arousal[row])]
-    hit = Hit(0, row, str(r.ids[row]), str(r.paths[row]), score, *va, str(r.category[row]))
+    v, a = (None if np.isnan(x) else float(x) for x in (r.valence[row], r.arousal[row]))
+    hit = Hit(0, row, str(r.ids[row]), str(r.paths[row]), score, v, a, str(r.category[row]))  # type: ignore[arg-type]
     d = state.hit_json(hit)
     d.pop("rank", None)
     d["split"] = cols.split[row]
