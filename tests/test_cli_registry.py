@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from evoked.cli import build_parser, main
-from evoked.cli._common import check_va_point
 from evoked.cli.regress import regress_options
 from evoked.data.datasets import DATASETS, split_spec
 from evoked.errors import ConfigError, DatasetError
@@ -23,6 +22,7 @@ from evoked.features.index_kinds import INDEX_KINDS
 from evoked.registry import Registry
 from evoked.regress.options import RegressOptions
 from evoked.regress.registry import REGRESSORS
+from evoked.va_point import va_point
 from storeutil import make_store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -166,8 +166,8 @@ def test_search_va_off_the_scale_is_refused_as_the_api_refuses_it(va_store: Path
         main(["search", str(va_store), "--feature", "net/pool", "--va", point])
     assert e.value.code == 2
     assert "argument --va:" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="valence=12 is outside the 1..9 valence/arousal scale"):
-        check_va_point(12, 3)
+    with pytest.raises(ConfigError, match="valence 12 is not on the 1..9 valence/arousal scale"):
+        va_point(12, 3)
 
 
 def test_search_va_on_the_scale(va_store: Path, capsys):

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from evoked.data.va_range import DEFAULT_VA_RANGE
-from evoked.errors import ConfigError, EvokedError
+from evoked.errors import EvokedError
 from evoked.registry import Registry
+from evoked.va_point import parse_va_point
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -80,25 +80,5 @@ def _size(text: str) -> int:
     return parse_bytes(text)
 
 
-def check_va_point(
-    valence: float, arousal: float, names: tuple[str, str] = ("valence", "arousal")
-) -> tuple[float, float]:
-    """A VA query point, refused (ConfigError naming the value) when off the 1..9 rating scale or
-    not finite: the one check of `evoked search --va` and the web API's VA search."""
-    lo, hi = DEFAULT_VA_RANGE
-    for name, x in zip(names, (valence, arousal)):
-        if not lo <= x <= hi:  # NaN fails this too
-            raise ConfigError(f"{name}={x:g} is outside the {lo:g}..{hi:g} valence/arousal scale")
-    return float(valence), float(arousal)
-
-
-def _va_point(text: str) -> tuple[float, float]:
-    try:
-        v, a = (float(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{text!r} is not VALENCE,AROUSAL such as 7,3") from None
-    return check_va_point(v, a)
-
-
 size = _arg_type(_size)  # a memory size such as 2GB, in bytes
-va_point = _arg_type(_va_point)  # V,A on the rating scale
+va_point = _arg_type(parse_va_point)  # V,A on the rating scale

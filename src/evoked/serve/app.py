@@ -11,6 +11,7 @@ with a JSON message, and an unexpected error a 500 without a traceback (it is lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,29 +22,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from evoked.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, read_bytes
+from evoked.data.decode import DEFAULT_MAX_PIXELS
 from evoked.data.manifest import unescape_name
-from evoked.errors import DecodeError, EvokedError
+from evoked.errors import EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit, Retriever
-from evoked.serve.browse import browse_routes
-from evoked.serve.security import SecurityMiddleware, allowed_hosts, content_security_policy, image_payload
+from evoked.serve import api, browse
+from evoked.serve.security import SecurityMiddleware, allowed_hosts, content_security_policy
 from evoked.serve.thumbs import ThumbnailCache, thumb_dir_for
 
 log = logging.getLogger(__name__)
-
-MAX_K = 200
-VA_RANGE = (1.0, 9.0)  # the scale of every VA query
 
 
 @dataclass
@@ -65,7 +62,10 @@ class ServeConfig:
     workers: int = 2  # image decodes and model calls run at once, off the event loop
 
 
-class _State:
+class ServeState:
+    """What the handlers share, at ``app.state.evoked``: the retriever (store, index, query backbone),
+    the run's predictions, the limits, the caches and the page."""
+
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.retriever = Retriever(cfg.store, cfg.feature, index_path=cfg.index, device=cfg.device)
@@ -76,15 +76,15 @@ class _State:
         self.ok_rows = np.flatnonzero(store.status == OK)
         thumb_dir = cfg.thumb_dir or thumb_dir_for(cfg.store, cfg.thumb_size)
         self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items, thumb_dir)
-        extractor = store.extractors[self.retriever.extractor]
-        self.text_search = cfg.feature.endswith("/embed") and str(extractor.get("spec", "")).startswith(
-            "clip:"
-        )
+        spec = str(store.extractors[self.retriever.extractor].get("spec", ""))
+        self.text_search = cfg.feature.endswith("/embed") and spec.startswith("clip:")
         n = len(store)
         if cfg.predictions is not None and cfg.predictions.shape != (n, 2):
             raise EvokedError(f"predictions have shape {cfg.predictions.shape}, the store has {n} rows")
+        self.html = resources.files("evoked.serve").joinpath("static/index.html").read_text("utf-8")
+        self.columns = browse.Columns(self)
 
-    async def run(self, fn: Callable, *args, heavy: bool = True):
+    async def run(self, fn: Callable, *args: Any, heavy: bool = True) -> Any:
         """Run blocking work in a worker thread: `heavy` work (decoding, a model) a bounded number at
         a time, light work (a file read, an index lookup) in the shared thread pool."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter if heavy else None)
@@ -120,239 +120,45 @@ class _State:
         return d
 
 
-def _k(request: Request) -> int:
-    raw = request.query_params.get("k", "12")
-    try:
-        k = int(raw)
-    except ValueError:
-        raise HTTPException(400, f"k={raw!r} is not a whole number") from None
-    if not 1 <= k <= MAX_K:
-        raise HTTPException(400, f"k={k} must be between 1 and {MAX_K}")
-    return k
-
-
-def _float(request: Request, name: str) -> float:
-    raw = request.query_params.get(name)
-    if raw is None:
-        raise HTTPException(400, f"missing query parameter {name!r}")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name}={raw!r} is not a number") from None
-    if not np.isfinite(value):
-        raise HTTPException(400, f"{name}={raw!r} is not finite")
-    return value
-
-
-def _va(request: Request, name: str) -> float:
-    value = _float(request, name)
-    lo, hi = VA_RANGE
-    if not lo <= value <= hi:
-        raise HTTPException(400, f"{name}={value:g} is outside the {lo:g}..{hi:g} valence/arousal scale")
-    return value
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` (chunked uploads included)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise HTTPException(413, f"upload larger than {limit / 2**20:.1f} MiB")
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"upload larger than {limit / 2**20:.1f} MiB")
-        parts.append(chunk)
-    return b"".join(parts)
+_GET = {
+    "/": api.page,
+    "/api/info": api.info,
+    "/api/points": api.points,
+    "/api/search/item": api.search_item,
+    "/api/search/text": api.search_text,
+    "/api/search/va": api.search_va,
+    "/api/image/{row}": api.image,
+    "/api/thumb/{row}": api.thumb,
+    "/api/plane": browse.plane,
+    "/api/plane/ids": browse.plane_ids,
+    "/api/browse": browse.browse,
+    "/api/item/{row}": browse.item,
+    "/api/provenance": browse.provenance,
+}
+ROUTES = [
+    *(Route(path, fn) for path, fn in _GET.items()),
+    Route("/api/search/image", api.search_image, methods=["POST"]),
+]
 
 
 def create_app(cfg: ServeConfig, warm: bool = False) -> Starlette:
     """The app. With `warm`, the query backbone is built now rather than at the first image query."""
-    state = _State(cfg)
+    state = ServeState(cfg)
     if warm:
         state.retriever.backbone()
-    html = resources.files("evoked.serve").joinpath("static/index.html").read_text("utf-8")
-
-    async def page(request: Request) -> Response:
-        return HTMLResponse(html)
-
-    async def info(request: Request) -> Response:
-        store = state.retriever.store
-        a = store.attrs
-        return JSONResponse(
-            {
-                "dataset": a.get("dataset"),
-                "items": len(store),
-                "ok": int(state.ok_rows.size),
-                "feature": cfg.feature,
-                "index": state.retriever.kind,
-                "text_search": state.text_search,
-                "predictions": cfg.predictions is not None,
-                "run": cfg.run_name,
-                "max_upload_bytes": cfg.max_upload_bytes,
-            }
-        )
-
-    async def points(request: Request) -> Response:
-        r = state.retriever
-        rows = state.ok_rows
-        out = {
-            "row": rows.tolist(),
-            "id": [str(i) for i in r.ids[rows]],
-            "category": [str(c) for c in r.category[rows]],
-            "valence": [None if np.isnan(v) else round(float(v), 4) for v in r.valence[rows]],
-            "arousal": [None if np.isnan(v) else round(float(v), 4) for v in r.arousal[rows]],
-        }
-        if cfg.predictions is not None:
-            p = cfg.predictions[rows]
-            out["pred_valence"] = [None if np.isnan(v) else round(float(v), 4) for v in p[:, 0]]
-            out["pred_arousal"] = [None if np.isnan(v) else round(float(v), 4) for v in p[:, 1]]
-            if cfg.prediction_kind is not None:
-                out["pred_kind"] = [str(k) or None for k in cfg.prediction_kind[rows]]
-        return JSONResponse(out)
-
-    def hits(found: list[Hit], query: dict) -> JSONResponse:
-        return JSONResponse({"query": query, "hits": [state.hit_json(h) for h in found]})
-
-    async def search_item(request: Request) -> Response:
-        item = request.query_params.get("id")
-        if not item:
-            raise HTTPException(400, "missing query parameter 'id'")
-        k = _k(request)
-
-        def search() -> list[Hit]:
-            with state.lock:
-                try:
-                    return state.retriever.by_id(item, k)
-                except EvokedError as e:
-                    raise HTTPException(404, str(e)) from None
-
-        return hits(await state.run(search, heavy=False), {"id": item, "k": k})
-
-    async def search_text(request: Request) -> Response:
-        text = (request.query_params.get("q") or "").strip()
-        if not text:
-            raise HTTPException(400, "missing query parameter 'q'")
-        if len(text) > 300:
-            raise HTTPException(400, "the text query is longer than 300 characters")
-        if not state.text_search:
-            raise HTTPException(400, f"text search needs CLIP embed features; this page serves {cfg.feature}")
-        k = _k(request)
-
-        def search() -> list[Hit]:
-            with state.lock:
-                return state.retriever.by_text(text, k)
-
-        return hits(await state.run(search), {"text": text, "k": k})
-
-    async def search_va(request: Request) -> Response:
-        v, a, k = _va(request, "v"), _va(request, "a"), _k(request)
-        source = request.query_params.get("source", "labels")
-        if source not in ("labels", "predictions"):
-            raise HTTPException(400, f"source={source!r}: use labels or predictions")
-        if source == "predictions" and cfg.predictions is None:
-            raise HTTPException(400, "no predictions: start the server with --run runs/NAME")
-        try:
-            found = state.retriever.by_va(v, a, k, va=cfg.predictions if source == "predictions" else None)
-        except EvokedError as e:
-            raise HTTPException(400, str(e)) from None
-        return hits(found, {"valence": v, "arousal": a, "source": source, "k": k})
-
-    async def search_image(request: Request) -> Response:
-        k = _k(request)
-        # the multipart envelope may add a few KiB around the file itself
-        body = await _read_body(request, cfg.max_upload_bytes + 16384)
-        request._body = body  # Request.form() parses what was read, not the network again
-        try:
-            async with request.form(max_files=1, max_fields=4, max_part_size=cfg.max_upload_bytes) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise HTTPException(400, "send the image as a multipart form field named 'file'")
-                data = await upload.read()
-                name = upload.filename or "upload"
-        except HTTPException:
-            raise
-        except Exception as e:  # multipart parser errors: a malformed or oversized request
-            status = 413 if "size" in str(e).lower() or "large" in str(e).lower() else 400
-            raise HTTPException(status, f"cannot read the upload: {e}") from None
-        if len(data) > cfg.max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {cfg.max_upload_bytes / 2**20:.1f} MiB")
-
-        def search() -> list[Hit]:
-            try:
-                image = decode_rgb(data, name, cfg.max_pixels)
-            except DecodeError as e:
-                raise HTTPException(415, f"not a usable image: {e.reason}") from None
-            with state.lock:
-                return state.retriever.search_vectors(state.retriever.embed_image(image), k)[0]
-
-        return hits(await state.run(search), {"image": name, "k": k})
-
-    async def image(request: Request) -> Response:
-        row = _row(request)
-        path = state.file_of(row)
-
-        def payload() -> tuple[bytes, str]:
-            try:
-                return image_payload(read_bytes(path), f"row {row}", cfg.max_pixels)
-            except DecodeError as e:
-                raise HTTPException(422, f"row {row} is no longer a usable image: {e.reason}") from None
-
-        data, kind = await state.run(payload, heavy=False)
-        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
-
-    async def thumb(request: Request) -> Response:
-        row = _row(request)
-        path = state.file_of(row)
-
-        def make() -> bytes:
-            try:
-                return state.thumbs.get(row, path, cfg.max_pixels, key=str(state.retriever.ids[row]))
-            except DecodeError as e:
-                raise HTTPException(422, f"cannot make a thumbnail: {e.reason}") from None
-
-        data = state.thumbs.cached(row)
-        if data is None:
-            data = await state.run(make)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("error serving %s", request.url.path)
-        return JSONResponse({"error": "internal error (see the server log)", "status": 500}, status_code=500)
-
-    routes = [
-        Route("/", page),
-        Route("/api/info", info),
-        Route("/api/points", points),
-        Route("/api/search/item", search_item),
-        Route("/api/search/text", search_text),
-        Route("/api/search/va", search_va),
-        Route("/api/search/image", search_image, methods=["POST"]),
-        Route("/api/image/{row}", image),
-        Route("/api/thumb/{row}", thumb),
-        *browse_routes(state),
-    ]
+    state.columns.encode_in_background()
     security = Middleware(
-        SecurityMiddleware, hosts=allowed_hosts(cfg.host, cfg.allow_hosts), csp=content_security_policy(html)
+        SecurityMiddleware,
+        hosts=allowed_hosts(cfg.host, cfg.allow_hosts),
+        csp=content_security_policy(state.html),
     )
     app = Starlette(
-        routes=routes,
+        routes=ROUTES,
         middleware=[security],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: api.http_error, Exception: api.server_error},
     )
-    app.state.evoked = state
+    app.state.evoked = state  # what every handler reads (serve.api.state_of)
     return app
-
-
-def _row(request: Request) -> int:
-    raw = request.path_params["row"]
-    try:
-        return int(raw)
-    except ValueError:
-        raise HTTPException(400, f"row {raw!r} is not a whole number") from None
 
 
 def serve(
@@ -373,7 +179,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can browse the dataset", host)
     if cfg.host != host:
-        cfg = ServeConfig(**{**cfg.__dict__, "host": host})
+        cfg = dataclasses.replace(cfg, host=host)
     server = uvicorn.Server(
         uvicorn.Config(create_app(cfg, warm=True), host=host, port=port, log_level="warning")
     )
@@ -384,7 +190,7 @@ def serve(
     server.run()
 
 
-def _announce(server, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+def _announce(server: Any, host: str, port: int, on_ready: Callable[[str], None]) -> None:
     """Call `on_ready` once uvicorn has started and a connection to the port succeeds."""
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     while not server.should_exit:

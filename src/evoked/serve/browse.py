@@ -1,6 +1,6 @@
 """Browsing the whole collection: the plane's columns, filtered and sorted pages, one item in full.
 
-Mounted by `evoked.serve.app`. Filters and sorting run on numpy columns read once at start, so a
+Routed by `evoked.serve.app`. Filters and sorting run on numpy columns read once at start, so a
 page of a 100,000-item store answers in milliseconds; the plane's columns are encoded once and the
 bytes kept, since every page load asks for them.
 """
@@ -11,19 +11,22 @@ import json
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from evoked.errors import EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit
+from evoked.serve.api import MAX_ITEMS, number, rounded, row_param, source_param, state_of, whole_number
+
+if TYPE_CHECKING:
+    from evoked.serve.app import ServeState
 
 SORTS = ("row", "valence", "arousal", "residual", "similarity")
-MAX_LIMIT = 200
 SIMILARITY_POOL = 5000  # similarity ranks the nearest items of the index, not the whole store
 NO_SPLIT = "none"  # the spelling of "no split" in a filter (the store writes "")
 
@@ -33,7 +36,7 @@ class Query:
     category: list[str]
     split: list[str]
     status: list[str]
-    box: tuple[float, float, float, float] | None
+    box: tuple[float, ...] | None  # v_min, v_max, a_min, a_max
     source: str
     residual_min: float | None
     sort: str
@@ -46,7 +49,7 @@ class Query:
 class Columns:
     """Per-row arrays the filters read; built once from the retriever and the run's predictions."""
 
-    def __init__(self, state):
+    def __init__(self, state: ServeState):
         r = state.retriever
         self.state = state
         self.n = len(r.ids)
@@ -54,7 +57,7 @@ class Columns:
         labels = r.store.labels()
         self.split = np.asarray(labels["split"], dtype=object).astype(str)
         self.distribution = labels.get("distribution")
-        self.dist_categories = labels.get("categories", [])
+        self.dist_categories: list[str] = labels.get("categories", [])
         self.status = np.asarray(r.status)
         self.rated = np.stack([r.valence, r.arousal], 1)
         pred = state.cfg.predictions
@@ -67,7 +70,7 @@ class Columns:
         self._lock = threading.Lock()
 
     def va(self, source: str) -> np.ndarray:
-        return self.rated if source == "labels" else self.pred
+        return self.pred if source == "predictions" and self.pred is not None else self.rated
 
     # -- the plane -----------------------------------------------------------------------------
     def plane_bytes(self) -> bytes:
@@ -75,6 +78,12 @@ class Columns:
             if self._plane is None:
                 self._plane = json.dumps(self._plane_json(), separators=(",", ":")).encode("utf-8")
             return self._plane
+
+    def encode_in_background(self) -> None:
+        """Every page load asks for the plane: encode it now, off the request path."""
+        threading.Thread(
+            target=lambda: (self.plane_bytes(), self.ids_bytes()), name="evoked-plane", daemon=True
+        ).start()
 
     def ids_bytes(self) -> bytes:
         with self._lock:
@@ -94,12 +103,12 @@ class Columns:
             "split": [split_code.get(s, -1) for s in self.split.tolist()],
             "statuses": [STATUS_NAMES[k] for k in sorted(STATUS_NAMES)],
             "status": self.status.astype(int).tolist(),
-            "valence": _rounded(self.rated[:, 0]),
-            "arousal": _rounded(self.rated[:, 1]),
+            "valence": rounded(self.rated[:, 0]),
+            "arousal": rounded(self.rated[:, 1]),
         }
         if self.pred is not None:
-            out["pred_valence"] = _rounded(self.pred[:, 0])
-            out["pred_arousal"] = _rounded(self.pred[:, 1])
+            out["pred_valence"] = rounded(self.pred[:, 0])
+            out["pred_arousal"] = rounded(self.pred[:, 1])
         return out
 
     # -- filters and sorting -------------------------------------------------------------------
@@ -153,10 +162,6 @@ class Columns:
         return (rows if q.order == "desc" else rows[::-1]), scores
 
 
-def _rounded(x: np.ndarray) -> list:
-    return [None if math.isnan(v) else v for v in np.round(x.astype(float), 3).tolist()]
-
-
 # -- request parsing --------------------------------------------------------------------------
 def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
     raw = request.query_params.get(name, "")
@@ -168,25 +173,8 @@ def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
     return values
 
 
-def _number(request: Request, name: str, default=None, whole: bool = False):
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name}={raw!r} is not a {'whole number' if whole else 'number'}") from None
-    if not math.isfinite(value):
-        raise HTTPException(400, f"{name}={raw!r} is not finite")
-    return value
-
-
 def parse_query(request: Request, cols: Columns) -> Query:
-    source = request.query_params.get("source", "labels")
-    if source not in ("labels", "predictions"):
-        raise HTTPException(400, f"source={source!r}: use labels or predictions")
-    if source == "predictions" and cols.pred is None:
-        raise HTTPException(400, "no predictions: start the server with --run runs/NAME")
+    source = source_param(request, cols.pred is not None)
     box = None
     if request.query_params.get("box"):
         raw = request.query_params["box"]
@@ -196,7 +184,7 @@ def parse_query(request: Request, cols: Columns) -> Query:
             box = ()
         if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
             raise HTTPException(400, f"box={raw!r}: give v_min,v_max,a_min,a_max with min <= max")
-    residual_min = _number(request, "residual_min")
+    residual_min = number(request, "residual_min", None)
     if residual_min is not None and cols.residual is None:
         raise HTTPException(400, "a residual filter needs predictions: start the server with --run runs/NAME")
     sort = request.query_params.get("sort", "row")
@@ -213,12 +201,6 @@ def parse_query(request: Request, cols: Columns) -> Query:
     order = request.query_params.get("order", default_order)
     if order not in ("asc", "desc"):
         raise HTTPException(400, f"order={order!r}: use asc or desc")
-    offset = _number(request, "offset", 0, whole=True)
-    limit = _number(request, "limit", 60, whole=True)
-    if offset < 0:
-        raise HTTPException(400, f"offset={offset} must not be negative")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise HTTPException(400, f"limit={limit} must be between 1 and {MAX_LIMIT}")
     return Query(
         category=_list(request, "category", cols.categories),
         split=_list(request, "split", cols.splits + [NO_SPLIT]),
@@ -229,103 +211,79 @@ def parse_query(request: Request, cols: Columns) -> Query:
         sort=sort,
         order=order,
         like=like,
-        offset=offset,
-        limit=limit,
+        offset=whole_number(request, "offset", 0, 0),
+        limit=whole_number(request, "limit", 60, 1, MAX_ITEMS),
     )
 
 
-# -- the routes -------------------------------------------------------------------------------
-def browse_routes(state) -> list[Route]:
-    """The browsing endpoints over `state` (the app's `_State`)."""
-    cols = Columns(state)
-    r = state.retriever
-    # every page load asks for the plane: encode it now, off the request path (a request waits on the lock)
-    threading.Thread(
-        target=lambda: (cols.plane_bytes(), cols.ids_bytes()), name="evoked-plane", daemon=True
-    ).start()
-
-    def item_json(row: int, score: float | None = None) -> dict:
-        v, a = r.valence[row], r.arousal[row]
-        hit = Hit(
-            0,
-            row,
-            str(r.ids[row]),
-            str(r.paths[row]),
-            score,
-            None if np.isnan(v) else float(v),
-            None if np.isnan(a) else float(a),
-            str(r.category[row]),
-        )
-        d = state.hit_json(hit)
-        d.pop("rank", None)
-        d["split"] = cols.split[row]
-        d["status"] = STATUS_NAMES.get(int(cols.status[row]), "unknown")
-        if d["status"] != "ok":
-            d["thumb"] = None  # thumbnails are made for ok rows only
-        if cols.residual is not None and not np.isnan(cols.residual[row]):
-            d["residual"] = round(float(cols.residual[row]), 4)
-        return d
-
-    async def plane(request: Request) -> Response:
-        return Response(cols.plane_bytes(), media_type="application/json")
-
-    async def plane_ids(request: Request) -> Response:
-        return Response(cols.ids_bytes(), media_type="application/json")
-
-    async def browse(request: Request) -> Response:
-        q = parse_query(request, cols)
-        keep = cols.mask(q)
-        rows, scores = cols.ordered(q, keep)
-        page = rows[q.offset : q.offset + q.limit]
-        out = {
-            "total": int(rows.size),
-            "offset": q.offset,
-            "limit": q.limit,
-            "sort": q.sort,
-            "order": q.order,
-            "source": q.source,
-            "items": [item_json(int(i), scores.get(int(i))) for i in page],
-        }
-        if q.sort == "similarity":
-            out["note"] = f"similarity ranks the {SIMILARITY_POOL:,} items nearest to {q.like} at most"
-        return JSONResponse(out)
-
-    async def item(request: Request) -> Response:
-        raw = request.path_params["row"]
-        try:
-            row = int(raw)
-        except ValueError:
-            raise HTTPException(400, f"row {raw!r} is not a whole number") from None
-        if not 0 <= row < cols.n:
-            raise HTTPException(404, f"no item at row {row}; the store has {cols.n} rows")
-        k = _number(request, "k", 12, whole=True)
-        if not 0 <= k <= MAX_LIMIT:
-            raise HTTPException(400, f"k={k} must be between 0 and {MAX_LIMIT}")
-        d = item_json(row)
-        if d["status"] == "failed":
-            d["error"] = r.store.errors().get(d["id"], "")
-        if cols.distribution is not None and np.isfinite(cols.distribution[row]).all():
-            d["distribution"] = dict(zip(cols.dist_categories, np.round(cols.distribution[row], 4).tolist()))
-        d["neighbours"] = []
-        if k and d["status"] == "ok":
-            with state.lock:
-                found = r.by_id(d["id"], k)
-            d["neighbours"] = [state.hit_json(h) for h in found]
-        return JSONResponse(d)
-
-    async def provenance(request: Request) -> Response:
-        return JSONResponse(provenance_of(state))
-
-    return [
-        Route("/api/plane", plane),
-        Route("/api/plane/ids", plane_ids),
-        Route("/api/browse", browse),
-        Route("/api/item/{row}", item),
-        Route("/api/provenance", provenance),
-    ]
+# -- the handlers -----------------------------------------------------------------------------
+def item_json(state: ServeState, row: int, score: float | None = None) -> dict:
+    """A hit's fields for one row (without rank), with its split, status and residual."""
+    r, cols = state.retriever, state.columns
+    v, a = (None if np.isnan(x) else float(x) for x in (r.valence[row], r.arousal[row]))
+    hit = Hit(0, row, str(r.ids[row]), str(r.paths[row]), score, v, a, str(r.category[row]))  # type: ignore[arg-type]
+    d = state.hit_json(hit)
+    d.pop("rank", None)
+    d["split"] = cols.split[row]
+    d["status"] = STATUS_NAMES.get(int(cols.status[row]), "unknown")
+    if d["status"] != "ok":
+        d["thumb"] = None  # thumbnails are made for ok rows only
+    if cols.residual is not None and not np.isnan(cols.residual[row]):
+        d["residual"] = round(float(cols.residual[row]), 4)
+    return d
 
 
-def provenance_of(state) -> dict:
+async def plane(request: Request) -> Response:
+    return Response(state_of(request).columns.plane_bytes(), media_type="application/json")
+
+
+async def plane_ids(request: Request) -> Response:
+    return Response(state_of(request).columns.ids_bytes(), media_type="application/json")
+
+
+async def browse(request: Request) -> Response:
+    state = state_of(request)
+    q = parse_query(request, state.columns)
+    rows, scores = state.columns.ordered(q, state.columns.mask(q))
+    page = rows[q.offset : q.offset + q.limit]
+    out = {
+        "total": int(rows.size),
+        "offset": q.offset,
+        "limit": q.limit,
+        "sort": q.sort,
+        "order": q.order,
+        "source": q.source,
+        "items": [item_json(state, int(i), scores.get(int(i))) for i in page],
+    }
+    if q.sort == "similarity":
+        out["note"] = f"similarity ranks the {SIMILARITY_POOL:,} items nearest to {q.like} at most"
+    return JSONResponse(out)
+
+
+async def item(request: Request) -> Response:
+    state, row = state_of(request), row_param(request)
+    cols, r = state.columns, state.retriever
+    if not 0 <= row < cols.n:
+        raise HTTPException(404, f"no item at row {row}; the store has {cols.n} rows")
+    k = whole_number(request, "k", 12, 0, MAX_ITEMS)
+    d = item_json(state, row)
+    if d["status"] == "failed":
+        d["error"] = r.store.errors().get(d["id"], "")
+    if cols.distribution is not None and np.isfinite(cols.distribution[row]).all():
+        d["distribution"] = dict(zip(cols.dist_categories, np.round(cols.distribution[row], 4).tolist()))
+    d["neighbours"] = []
+    if k and d["status"] == "ok":
+        with state.lock:
+            found = r.by_id(d["id"], k)
+        d["neighbours"] = [state.hit_json(h) for h in found]
+    return JSONResponse(d)
+
+
+async def provenance(request: Request) -> Response:
+    return JSONResponse(provenance_of(state_of(request)))
+
+
+def provenance_of(state: ServeState) -> dict:
     """Model, weights, feature and index of the served feature, with a warning for random weights."""
     r = state.retriever
     attrs = r.store.extractors.get(r.extractor, {})

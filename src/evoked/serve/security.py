@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import re
 from collections.abc import Iterable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evoked.data.decode import decode_rgb, probe
 
@@ -67,7 +69,7 @@ def host_name(header: str) -> str:
 class SecurityMiddleware:
     """ASGI middleware: the Host check and the security headers (see the module doc)."""
 
-    def __init__(self, app, *, hosts: frozenset[str], csp: str):
+    def __init__(self, app: ASGIApp, *, hosts: frozenset[str], csp: str):
         self.app, self.hosts = app, hosts
         self.headers = [
             (b"x-content-type-options", b"nosniff"),
@@ -77,32 +79,15 @@ class SecurityMiddleware:
             (b"cross-origin-resource-policy", b"same-origin"),
         ]
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
         if host_name(raw) not in self.hosts and scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        if host_name(raw) not in self.hosts:
-            body = json.dumps(
-                {
-                    "error": f"Host {raw!r} is not served here; open the page as http://127.0.0.1:PORT/ "
-                    "(or start the server with --allow-host NAME)",
-                    "status": 421,
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 421,
-                    "headers": [(b"content-type", b"application/json"), *self.headers],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
 
-        async def send_with_headers(message):
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 have = {k.lower() for k, _ in message.get("headers", [])}
                 message["headers"] = [
@@ -111,6 +96,12 @@ class SecurityMiddleware:
                 ]
             await send(message)
 
+        if host_name(raw) not in self.hosts:
+            error = (
+                f"Host {raw!r} is not served here; open the page as http://127.0.0.1:PORT/ "
+                "(or start the server with --allow-host NAME)"
+            )
+            return await JSONResponse({"error": error, "status": 421}, 421)(scope, receive, send_with_headers)
         await self.app(scope, receive, send_with_headers)
 
 
