@@ -61,3 +61,18 @@ def test_search_by_image_finds_the_stored_row_itself(bf16_run):
         image = ds / r.ids[3]
         hit = r.by_image(image, k=1)[0]
     assert hit.id == str(image.relative_to(ds)) and hit.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_without_the_store_uses_the_precision_saved_with_the_model(bf16_run, tmp_path: Path):
+    ds, store, run = bf16_run
+    estimator, _ = load_run_model(run, None)
+    with open_store(store) as st:
+        image, features = ds / st.ids[2], st.read("resnet18/pool", rows=[2])
+    moved = tmp_path / "elsewhere.h5"
+    store.rename(moved)  # the store is gone: predict rebuilds the backbone from the model's record
+    try:
+        result = predict_images([image], run)
+    finally:
+        moved.rename(store)
+    assert result.precisions == {"resnet18": "bf16"}
+    np.testing.assert_allclose(result.va, estimator.predict(features), rtol=0, atol=1e-5)

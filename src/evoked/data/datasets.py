@@ -52,6 +52,12 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+def spec_path(spec: str) -> str:
+    """The PATH of ``KIND:PATH`` when KIND is a registered dataset kind, else `spec` whole (no error)."""
+    head, sep, tail = spec.partition(":")
+    return tail if sep and head.lower() in DATASETS else spec
+
+
 def load_dataset(spec: str | os.PathLike | Manifest) -> Manifest:
     """Read a dataset from ``KIND:PATH`` (or a bare PATH whose kind is detected)."""
     if isinstance(spec, Manifest):

@@ -13,16 +13,11 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from evoked.data.datasets import DATASETS, split_spec
+from evoked.data.datasets import spec_path
 from evoked.evaluate.runs import differences
 from evoked.runfolder import Run, items_fingerprint
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _known_kind(spec: str) -> bool:
-    head, sep, _ = spec.partition(":")
-    return bool(sep) and head.lower() in DATASETS
 
 
 def parse_eval_spec(value: str) -> tuple[str, str | None]:
@@ -34,9 +29,7 @@ def parse_eval_spec(value: str) -> tuple[str, str | None]:
     """
     head, sep, tail = value.rpartition(":")
     if sep and _SPLIT.match(tail) and head:
-        whole = split_spec(value)[1] if _known_kind(value) else value
-        path = split_spec(head)[1] if _known_kind(head) else head
-        if not os.path.exists(whole) and os.path.exists(path):
+        if not os.path.exists(spec_path(value)) and os.path.exists(spec_path(head)):
             return head, tail
     return value, None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,3 +143,14 @@ def load_plugin(target: str) -> None:
         raise
     except ImportError as e:
         raise ConfigError(f"--plugin {target!r}: cannot import it ({e})") from e
+
+
+def comparable_config(config: dict, outputs: bool = True) -> dict:
+    """A backbone configuration as recorded in a store, in the form two extractions compare in
+    (`--resume`, `--eval` stores, `serve --run`): weights by tag and hash only, not path or time;
+    without `outputs`, the list of outputs is left out (a store may hold more than a run used)."""
+    c = json.loads(json.dumps(config))  # tuples and lists compare equal after a JSON round trip
+    c["weights"] = {k: v for k, v in c.get("weights", {}).items() if k in ("tag", "sha256")}
+    if not outputs:
+        c.pop("outputs", None)
+    return c

@@ -7,7 +7,6 @@ the device. Blocks of `batch_size` rows are the unit of work, of writing and of 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import platform
@@ -36,7 +35,7 @@ from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_op
 from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (public here before)
 from evoked.extract.reader import collate
-from evoked.extract.registry import create_backbone
+from evoked.extract.registry import comparable_config, create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink
 from evoked.extract.sources import open_source
 from evoked.features.lock import output_lock
@@ -124,12 +123,6 @@ def extractor_specs(
         }
         specs.append(ExtractorSpec(bb.name, outs, attrs))
     return specs
-
-
-def comparable_config(config: dict) -> dict:
-    c = json.loads(json.dumps(config))  # tuples and lists compare equal after a JSON round trip
-    c["weights"] = {k: v for k, v in c["weights"].items() if k in ("tag", "sha256")}
-    return c
 
 
 def check_resumable(

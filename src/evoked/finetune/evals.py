@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from evoked.data import Manifest, load_dataset
-from evoked.data.datasets import split_spec
+from evoked.data.datasets import spec_path
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
 from evoked.evaluate.evalsets import parse_eval_spec, unique_name
@@ -54,18 +54,10 @@ class EvalSet:
         return EvalSet(self.name, self.spec, self.split, self.part.subset(rows), self.has_ratings, splits)
 
 
-def _known_kind(spec: str) -> bool:
-    from evoked.data.datasets import DATASETS
-
-    head, sep, _ = spec.partition(":")
-    return bool(sep) and head.lower() in DATASETS
-
-
 def _stem(spec: str | Manifest) -> str:
     if isinstance(spec, Manifest):
         return spec.name
-    _, path = split_spec(spec) if _known_kind(spec) else (None, spec)
-    p = Path(path)
+    p = Path(spec_path(spec))
     return (p.stem if p.suffix else p.name) or "eval"
 
 

@@ -20,20 +20,11 @@ import numpy as np
 from evoked.data.va_range import check_va_range
 from evoked.errors import ConfigError
 from evoked.evaluate.evalsets import parse_eval_spec, unique_name
+from evoked.extract.registry import comparable_config
 from evoked.features.store import OK, FeatureStore
 from evoked.regress.targets import va_ratings
 
 log = logging.getLogger(__name__)
-
-
-def _comparable(config: dict) -> dict:
-    """An extractor configuration as `evoked extract --resume` compares it; its list of outputs is
-    left out (a store may hold more outputs: the features used are compared by dimension)."""
-    from evoked.extract.runner import comparable_config as resume_comparable
-
-    c = resume_comparable({"weights": {}, **config})
-    c.pop("outputs", None)
-    return c
 
 
 def check_same_extraction(
@@ -41,8 +32,9 @@ def check_same_extraction(
 ) -> None:
     """Raise ConfigError naming the difference when `other`'s `features` are not the same extraction."""
     for group in sorted({f.split("/")[0] for f in features}):
-        a = _comparable(main.extractors.get(group, {}).get("config", {}))
-        b = _comparable(other.extractors.get(group, {}).get("config", {}))
+        # outputs left out: a store may hold more; the features used are compared by dimension
+        a = comparable_config(main.extractors.get(group, {}).get("config", {}), outputs=False)
+        b = comparable_config(other.extractors.get(group, {}).get("config", {}), outputs=False)
         if a != b:
             diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             raise ConfigError(

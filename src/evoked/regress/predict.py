@@ -98,8 +98,8 @@ def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
 class _RecordedConfigs:
     """What `backbone_for` reads from a store, from the configurations saved with a model."""
 
-    def __init__(self, configs: dict, name: str):
-        self.extractors = {g: {"config": c} for g, c in configs.items()}
+    def __init__(self, configs: dict, precisions: dict, name: str):
+        self.extractors = {g: {"config": c, "precision": precisions.get(g, "fp32")} for g, c in configs.items()}
         self.path = Path(name)
 
 
@@ -128,7 +128,11 @@ def _ready(meta: dict, device: str):
                 "extracted; put the store back"
             )
         log.info("store %s not found (or changed): using the configuration saved with the model", store_path)
-        ready = ready_backbones(_RecordedConfigs(configs, store_path.name or "model"), list(groups), device)
+        ready = ready_backbones(
+            _RecordedConfigs(configs, meta.get("extractor_precisions") or {}, store_path.name or "model"),
+            list(groups),
+            device,
+        )
     for bb in ready.backbones:
         bb.selected = tuple(groups[bb.name])
     return ready

@@ -104,6 +104,7 @@ def describe_store(st: FeatureStore, path: str | os.PathLike, resolved: Sequence
         "extractors": {g: extractor_config(st, g) for g in groups},
         # the full recorded configurations: `evoked predict` rebuilds the backbones from them
         "extractor_configs": {g: st.extractors.get(g, {}).get("config", {}) for g in groups},
+        "extractor_precisions": {g: st.extractors.get(g, {}).get("precision", "fp32") for g in groups},
     }
 
 
@@ -453,6 +454,7 @@ def run_record(
         "feature_dims": tr.info["feature_dims"],
         "extractors": tr.info["extractors"],
         "extractor_configs": tr.info["extractor_configs"],
+        "extractor_precisions": tr.info["extractor_precisions"],
         "pca": opts.pca,
         "log_probs": list(tr.log_features),
         "aux": opts.aux,

@@ -13,7 +13,6 @@ reading the kinds the run recorded (`evoked.runfolder.KINDS`), never guessing th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,22 +22,12 @@ import numpy as np
 
 from evoked import runfolder
 from evoked.errors import ConfigError
+from evoked.extract.registry import comparable_config
 from evoked.features.store import open_store
 
 log = logging.getLogger(__name__)
 
 KINDS = tuple(runfolder.KINDS)
-
-
-def _comparable(config: dict) -> dict:
-    """A backbone config without the weights' local details (path, time): tag and hash decide."""
-    plain = json.loads(json.dumps(config))
-    weights = {k: v for k, v in plain.pop("weights", {}).items() if k in ("tag", "sha256")}
-    return plain | {"weights": weights}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return _comparable(a) == _comparable(b)
 
 
 @dataclass
@@ -135,7 +124,7 @@ def _fitted(
         for group, cfg in (meta.get("extractor_configs") or {}).items():
             if group not in have:
                 raise ConfigError(f"{store} has no {group} features, which run {run_dir} needs")
-            if cfg and not _same(cfg, have[group].get("config", {})):
+            if cfg and comparable_config(cfg) != comparable_config(have[group].get("config", {})):
                 raise ConfigError(
                     f"{group} in {store} was extracted differently from the store run {run_dir} was fitted on; "
                     "its predictions would not mean anything"
