@@ -8,7 +8,7 @@ keeps its own inner model selection on the training data only.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from evoked.regress.registry import make_regressor
@@ -16,7 +16,7 @@ from evoked.regress.registry import make_regressor
 ENSEMBLE_MEMBERS = ("ridge", "svr", "knn", "mlp-kim")
 
 
-class MeanRegressor(RegressorMixin, BaseEstimator):
+class MeanRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Fit each registered model in `members` and predict the mean of their predictions.
 
     `member_params` overrides a member's defaults, e.g. ``{"mlp-kim": {"n_ensemble": 5}}``.
@@ -31,11 +31,6 @@ class MeanRegressor(RegressorMixin, BaseEstimator):
         self.members = members
         self.member_params = member_params
         self.random_state = random_state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def fit(self, X, y, aux=None):
         """`aux` (auxiliary targets, see `TorchMLPRegressor`) goes to the members that learn them."""

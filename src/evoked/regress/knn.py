@@ -15,7 +15,7 @@ same leave-one-out on the same queries.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 #: Neighbour counts tried by leave-one-out when ``n_neighbors="auto"``.
@@ -26,7 +26,7 @@ _EPS = 1e-6
 _BATCH = 4096
 
 
-class FaissKNNRegressor(RegressorMixin, BaseEstimator):
+class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Predict the weighted mean VA of the `n_neighbors` most cosine-similar training items.
 
     weights ``"distance"`` weighs a neighbour by 1 / (1 - cosine similarity) (an identical vector
@@ -46,11 +46,6 @@ class FaissKNNRegressor(RegressorMixin, BaseEstimator):
         self.weights = weights
         self.memory_budget = memory_budget  # the index's budget when fitted from chunks
         self.random_state = random_state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     # -- fitting -------------------------------------------------------------------------------
     def _check(self) -> None:

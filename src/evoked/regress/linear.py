@@ -18,7 +18,7 @@ on a 2-core machine shared with other work it ran 7-13x slower with two threads 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -35,7 +35,7 @@ def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(lam, 0.0, None), vec
 
 
-class RidgeLOO(RegressorMixin, BaseEstimator):
+class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Ridge regression with alpha chosen from `alphas` by exact leave-one-out squared error.
 
     With ``alpha_per_target`` each target (valence, arousal) gets its own alpha. Fitted attributes
@@ -46,11 +46,6 @@ class RidgeLOO(RegressorMixin, BaseEstimator):
     def __init__(self, alphas=RIDGE_ALPHAS, alpha_per_target: bool = True):
         self.alphas = alphas
         self.alpha_per_target = alpha_per_target
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def _alphas(self) -> np.ndarray:
         alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from evoked.device import resolve_device
@@ -58,7 +58,7 @@ def _weighted_mse(pred, target, weight):
     return (w * diff * diff).sum() / w.sum().clamp_min(1e-12)
 
 
-class TorchMLPRegressor(RegressorMixin, BaseEstimator):
+class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """MLP regression with early stopping; multi-output (y of shape (n, t) gives (n, t)).
 
     ``n_ensemble`` > 1 trains that many networks (seeds ``random_state + i``, each with its own
@@ -100,7 +100,6 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
         tags.non_deterministic = False
         return tags
 

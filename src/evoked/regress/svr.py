@@ -10,7 +10,7 @@ The fitted `method_` ("exact" or "nystroem") records which one was used.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.svm import SVR
@@ -22,7 +22,7 @@ EXACT_MAX_N = 5000
 NYSTROEM_COMPONENTS = 1000
 
 
-class RBFSVRRegressor(RegressorMixin, BaseEstimator):
+class RBFSVRRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Multi-output RBF regression: one exact SVR per target, or Nystroem + ridge for large n.
 
     Targets are standardised inside (so `C` and `epsilon` mean the same on any rating scale) and
@@ -44,11 +44,6 @@ class RBFSVRRegressor(RegressorMixin, BaseEstimator):
         self.exact_max_n = exact_max_n
         self.n_components = n_components
         self.random_state = random_state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def _gamma(self, X: np.ndarray) -> float:
         if self.gamma == "scale":

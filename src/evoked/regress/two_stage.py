@@ -20,7 +20,7 @@ not of the n items).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin, clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
@@ -48,7 +48,7 @@ def fit_affine(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-class TwoStageRegressor(RegressorMixin, BaseEstimator):
+class TwoStageRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Stage 1 on category-derived VA, stage 2 on n VA-rated items (see the module docstring).
 
     ``fit(X, y, X_stage1=..., y_stage1=...)``: (X, y) are the n VA-rated items (n may be 0),
@@ -64,11 +64,6 @@ class TwoStageRegressor(RegressorMixin, BaseEstimator):
         self.method = method
         self.alphas = alphas
         self.prefit = prefit
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def fit(self, X, y, X_stage1=None, y_stage1=None):
         if self.method not in METHODS:
