@@ -29,8 +29,8 @@ from typing import IO, Any
 import numpy as np
 
 from evoked import __version__
-from evoked.data.text import parse_float, parse_int
-from evoked.errors import ConfigError, DatasetError
+from evoked.data.text import parse_float, parse_int, parse_json_object
+from evoked.errors import ConfigError, DatasetError, EvokedError
 
 log = logging.getLogger(__name__)
 
@@ -318,23 +318,21 @@ def read_curve(path: Path) -> list[dict]:
     ]
 
 
+def read_run_meta(path: str | os.PathLike, error: type[EvokedError] = DatasetError) -> dict:
+    """The run.json of run folder `path`; `error` names the folder and the fix when it is not one."""
+    meta_path = Path(path) / "run.json"
+    if not meta_path.is_file():
+        raise error(f"{path} is not a run folder (no run.json); give a folder written by `evoked regress` or "
+                    "`evoked finetune` (see docs/runs.md)")  # fmt: skip
+    return parse_json_object(meta_path.read_text("utf-8"), str(meta_path), error)
+
+
 def read_run(path: str | Path) -> Run:
     """One run directory: run.json, predictions.csv and, when present, curve.csv."""
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"run directory {str(path)!r} does not exist")
-    meta_path = path / "run.json"
-    if not meta_path.is_file():
-        raise DatasetError(
-            f"{path} has no run.json; pass run directories written by `evoked regress` or `evoked finetune` "
-            "(see docs/runs.md)"
-        )
-    try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{meta_path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_path} must hold a JSON object")
+    meta = read_run_meta(path)
     pred_path = path / "predictions.csv"
     if not pred_path.is_file():
         raise DatasetError(f"{path} has no predictions.csv; was the run interrupted before it finished?")

@@ -16,13 +16,12 @@ a guess); with ``--truth DATASET:SPLIT`` rows of items outside that split are le
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from evoked.data import Manifest
-from evoked.data.text import parse_float
+from evoked.data.text import parse_float, parse_json_object
 from evoked.errors import ConfigError, DatasetError
 from evoked.runfolder import Predictions, Run, image_path_key
 
@@ -35,11 +34,8 @@ def read_prediction_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"--predictions {str(path)!r}: no such file")
     if path.suffix.lower() == ".json":
-        try:
-            obj = json.loads(path.read_text("utf-8"))
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("predictions"), list):
+        obj = parse_json_object(path.read_text("utf-8"), str(path))
+        if not isinstance(obj.get("predictions"), list):
             raise DatasetError(
                 f"{path}: expected the JSON of `evoked predict --json` (model, predictions: [...])"
             )

@@ -11,7 +11,6 @@ with `evoked regress` runs directly.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -604,7 +603,7 @@ def _write_outputs(
     runfolder.write_run(out, meta, {name: _joined(groups)}, curve=curve)
     runfolder.write_json(out / "metrics.json", {name: metrics})
     return FinetuneResult(out=out, model=name, metrics=metrics, outcome=outcome, counts=data.counts,
-                          excluded=data.excluded, meta=json.loads((out / "run.json").read_text("utf-8")))  # fmt: skip
+                          excluded=data.excluded, meta=runfolder.read_run_meta(out))  # fmt: skip
 
 
 def _run_meta(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evoked.errors import ConfigError
-from evoked.runfolder import CURVE_COLUMNS, PREDICTION_COLUMNS, write_json  # noqa: F401 (the format)
+from evoked.runfolder import CURVE_COLUMNS, PREDICTION_COLUMNS, read_run_meta, write_json  # noqa: F401 (the format)
 
 __all__ = ["load_run_model", "read_fitted_ids", "save_model"]
 
@@ -73,15 +73,7 @@ def read_fitted_ids(run: str | os.PathLike, meta: dict) -> set[str] | None:
 
 def _regress_meta(run: str | os.PathLike) -> dict:
     """run.json of a `regress` run (the runs that have a saved model to load)."""
-    path = Path(run) / "run.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"{run} is not a run folder (no run.json); give the --out folder of `evoked regress`"
-        )
-    try:
-        info = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e})") from e
+    info = read_run_meta(run, ConfigError)
     if info.get("kind") != "regress":
         raise ConfigError(f"{run} is a {info.get('kind')!r} run; `evoked predict` needs a `regress` run")
     return info
