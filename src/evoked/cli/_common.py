@@ -70,6 +70,20 @@ def one_of(registry: Registry) -> Callable[[str], object]:
     return _arg_type(lambda text: registry.get(text).name)
 
 
+def lexicon_flags(p: argparse._ActionsContainer, use: str, default: str | None = "nrc") -> None:
+    """--lexicon and --category-map, the same wherever dataset labels meet a word-norm table."""
+    p.add_argument(
+        "--lexicon", default=default, help=f"{use}: nrc (default), warriner or PATH (docs/lexicons.md)"
+    )
+    p.add_argument("--category-map", action="append", default=[], metavar="LABEL=WORD",
+                   help="map a dataset label to a lexicon word, e.g. happy=joy (repeat the flag for more)")  # fmt: skip
+
+
+def va_range_flag(p: argparse._ActionsContainer, default_text: str = "1,9") -> None:
+    p.add_argument("--va-range", default=None, metavar="LO,HI",
+                   help=f"the rating scale: ratings outside it are refused before any fitting (default {default_text})")  # fmt: skip
+
+
 def names_help(registry: Registry) -> str:
     return "; ".join(f"{name}: {text}" for name, text in registry.help().items())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, lexicon_flags, print_json, progress
 
 
 def _csv_list(value: str) -> list[str]:
@@ -45,11 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Path("report"),
         help="report directory (default report/); report files already there are overwritten",
     )
-    p.add_argument(
-        "--lexicon",
-        default="nrc",
-        help="category -> VA table for category accuracy: nrc (default), warriner, PATH",
-    )
+    lexicon_flags(p, "category -> VA table for category accuracy")
     p.add_argument(
         "--nearest",
         choices=("cosine", "euclidean"),
@@ -62,13 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="A,B,...",
         help="categories to choose from (default: the distinct true categories)",
-    )
-    p.add_argument(
-        "--category-map",
-        action="append",
-        default=[],
-        metavar="LABEL=WORD",
-        help="map a dataset label to a lexicon word, e.g. happy=joy (repeat the flag for more)",
     )
     p.add_argument(
         "--bootstrap",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
+from evoked.device import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,14 +44,7 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--dimensional", metavar="DATASET", required=True, help="VA-rated dataset with train/val/test splits"
     )
-    g.add_argument("--lexicon", default="nrc", help="category -> VA table: nrc (default), warriner or PATH")
-    g.add_argument(
-        "--category-map",
-        action="append",
-        default=[],
-        metavar="LABEL=WORD",
-        help="map a label to a lexicon word",
-    )
+    lexicon_flags(g, "category -> VA table")
     g.add_argument(
         "--soft", action="store_true", help="use label distributions (category-derived VA, BCE labels)"
     )
@@ -66,13 +60,7 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
         help="also predict every item of DATASET (or of its SPLIT) with the chosen epoch and score it when it "
         "has ratings (eval column of predictions.csv, evals in run.json); repeatable",
     )
-    g.add_argument(
-        "--va-range",
-        default=None,
-        metavar="LO,HI",
-        help="the rating scale: ratings outside it are refused before training (default 1,9; two_stage: "
-        "stage 1's)",
-    )
+    va_range_flag(g, "1,9; two_stage: stage 1's")
     g.add_argument(
         "--skip-bad-images",
         action="store_true",
@@ -144,7 +132,7 @@ def _training_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     g.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="auto: bf16 on CUDA"
+        "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on CUDA, fp32 on the CPU"
     )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     g.add_argument("--eval-batch-size", type=int, default=32)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from evoked.cli._common import COMMON, names_help, print_json, progress, size
+from evoked.cli._common import COMMON, lexicon_flags, names_help, print_json, progress, size, va_range_flag
 from evoked.regress.registry import REGRESSORS
 from evoked.regress.targets import AUX_KINDS, TARGET_KINDS
 
@@ -54,21 +54,9 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="the run folder to write, e.g. runs/NAME")
     p.add_argument("--target", default="va", choices=TARGET_KINDS, help="training target (default va)")
-    p.add_argument("--lexicon", default=None, help="category-va table: nrc (default), warriner or a file")
+    lexicon_flags(p, "category-va table", default=None)
     p.add_argument("--soft", action="store_true", help="category-va from label distributions (expected VA)")
-    p.add_argument(
-        "--category-map",
-        action="append",
-        default=[],
-        metavar="LABEL=WORD",
-        help="alias a label to a lexicon word",
-    )
-    p.add_argument(
-        "--va-range",
-        default=None,
-        metavar="LO,HI",
-        help="the rating scale; ratings outside it are refused (1,9)",
-    )
+    va_range_flag(p)
 
 
 def _protocol_flags(p: argparse.ArgumentParser) -> None:
