@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -61,18 +61,19 @@ class FinetuneOptions:
     size: int | None = None
     alpha: float | None = None
     cls_loss: str = "auto"
-    epochs: int = 100
-    batch_size: int = 10
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    milestones: Sequence[int] | str = (10, 20, 30, 40, 50)
-    gamma: float = 0.5
-    patience: int = 5
-    seed: int = 0
+    # the optimisation settings default to `TrainConfig`'s (the paper's values), defined there once
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
+    milestones: Sequence[int] | str = TrainConfig.milestones
+    gamma: float = TrainConfig.gamma
+    patience: int = TrainConfig.patience
+    seed: int = TrainConfig.seed
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 0
-    eval_batch_size: int = 32
+    workers: int = TrainConfig.workers
+    eval_batch_size: int = TrainConfig.eval_batch_size
     resume: bool = False
     overwrite: bool = False
     name: str | None = None  # the run's name in run.json; None: the folder's name
@@ -94,12 +95,8 @@ class FinetuneOptions:
         _check_out(self.out_path, self.resume, self.overwrite)
         alpha = DEFAULT_ALPHA[self.mode] if self.alpha is None else float(self.alpha)
         self.milestones = parse_milestones(self.milestones)
-        self.train = TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            milestones=self.milestones, gamma=self.gamma, patience=self.patience, alpha=alpha,
-            freeze_bn=bool(self.freeze_bn), cls_loss=cls_loss, seed=self.seed,
-            eval_batch_size=self.eval_batch_size, workers=self.workers,
-        )  # fmt: skip
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in FINETUNE_FIELDS}
+        self.train = TrainConfig(**shared, alpha=alpha, freeze_bn=bool(self.freeze_bn), cls_loss=cls_loss)
         self.train.check()
         if self.size is not None and self.size < 8:
             raise ConfigError(f"--size {self.size}: the input side in pixels, at least 8 (the paper: 448)")
@@ -121,6 +118,9 @@ class FinetuneOptions:
             for p in self.plugins:
                 load_plugin(p)
         return self
+
+
+FINETUNE_FIELDS = {f.name for f in fields(FinetuneOptions)} - {"alpha", "freeze_bn", "cls_loss"}
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
