@@ -211,6 +211,14 @@ def test_existing_out_needs_overwrite(store: Path, tmp_path: Path):
     assert not (tmp_path / "r" / "models" / "ridge.joblib").exists()  # nothing stale is left
 
 
+def test_overwrite_removes_what_a_run_wrote_and_nothing_else(store: Path, tmp_path: Path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    run_regress(store, features=["net/pool"], out=out, cv=3, overwrite=True)  # used to delete the folder
+    assert (out / "notes.txt").read_text() == "the user's own file" and (out / "run.json").is_file()
+
+
 def test_saved_models_load_back_and_predict_identically(store: Path, tmp_path: Path):
     params = {"mlp": {"epochs": 5}, "lgbm": {"n_estimators": 20}}
     run_regress(

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("model", "id", "fold", "split", "valence_true", "arousal_true", "valence_pred",
                     "arousal_pred", "category_true")  # fmt: skip
+#: what a run writes at the top of its folder; its models and checkpoints go to models/
+RUN_FILES = ("run.json", "predictions.csv", "metrics.json", "curve.csv")
 #: which eval set a row belongs to ("" = the training side) and its kind
 EVAL_COLUMNS = ("eval", "kind")
 PREDICTION_COLUMNS = REQUIRED_COLUMNS + EVAL_COLUMNS
@@ -148,6 +150,36 @@ def _column_rows(predictions: Mapping[str, Mapping[str, Sequence]]) -> Iterator[
             row = {"model": model, **{c: v[i] for c, v in cols.items()}}
             row["kind"] = row.get("kind") or infer_kind(int(row["fold"]), str(row.get("eval") or ""))
             yield row
+
+
+def check_out(
+    out: str | os.PathLike, overwrite: bool, resume: Path | None = None, resumable: bool = False
+) -> Path:
+    """A run's --out, checked before any work: a file is refused, a folder with files needs
+    --overwrite (or --resume, where `resumable`); with `resume`, the checkpoint it names must exist."""
+    path = Path(out)
+    if resume is not None:
+        if overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
+        if not resume.is_file():
+            raise ConfigError(f"--resume: {resume} does not exist; start the run without --resume")
+    elif path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} is a file; give a run folder")
+    elif path.is_dir() and any(path.iterdir()) and not overwrite:
+        resuming = "--resume to continue it, " if resumable else ""
+        raise ConfigError(f"--out {str(path)!r} already exists; pass {resuming}--overwrite to replace it, or "
+                          "choose another --out")  # fmt: skip
+    return path
+
+
+def clear_run(out: Path) -> None:
+    """--overwrite, once every check has passed: remove what a run writes, never the user's other files."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in (out / "models").glob("*"):
+        if p.is_file() and p.suffix in (".joblib", ".json", ".pt"):
+            p.unlink()
+    (out / "models").mkdir(parents=True, exist_ok=True)
 
 
 def write_run(

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _protocol_flags(p)
     _model_flags(p)
     _scale_flags(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder (other files stay)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of the table")
     p.set_defaults(func=_regress)
     _register_predict(sub)

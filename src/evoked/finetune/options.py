@@ -18,6 +18,7 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import parse_preprocess_overrides
 from evoked.finetune.data import check_framework
 from evoked.finetune.train import TrainConfig
+from evoked.runfolder import check_out
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ class FinetuneOptions:
         cls_loss = check_framework(
             self.mode, self.task, self.categorical is not None, self.n_labels, self.soft, self.cls_loss
         )
-        self.out_path = Path(self.out)
-        _check_out(self.out_path, self.resume, self.overwrite)
+        last = Path(self.out) / "models" / "last.pt"
+        self.out_path = check_out(self.out, self.overwrite, last if self.resume else None, resumable=True)
         alpha = DEFAULT_ALPHA[self.mode] if self.alpha is None else float(self.alpha)
         self.milestones = parse_milestones(self.milestones)
         shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in FINETUNE_FIELDS}
@@ -121,23 +122,6 @@ class FinetuneOptions:
 
 
 FINETUNE_FIELDS = {f.name for f in fields(FinetuneOptions)} - {"alpha", "freeze_bn", "cls_loss"}
-
-
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
-    last = out / "models" / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise ConfigError(f"--resume: {last} does not exist; start the run without --resume")
-        return
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a run directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"--out {str(out)!r} already exists; pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
-        )
 
 
 def _resolve_checkpoint(

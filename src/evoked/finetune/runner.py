@@ -53,7 +53,6 @@ from evoked.finetune.train import Outcome, load_checkpoint, predict, train_netwo
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 448  # the paper's input size for CNNs
-OUTPUTS = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "models/last.pt", "models/best.pt")
 # settings that may change when a run is resumed; everything else must match
 _RESUMABLE = ("epochs", "workers", "eval_batch_size", "device", "precision")
 # settings that checkpoints of earlier versions do not record: absent there, they match their default
@@ -76,12 +75,6 @@ def model_name(mode: str, task: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-
-
-def _clear_outputs(out: Path) -> None:
-    """--overwrite, once every check has passed: remove what a run writes (never a whole folder)."""
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
 
 
 def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
@@ -285,7 +278,7 @@ def finetune(
     images = {"skip_bad": opts.skip_bad_images, "workers": opts.check_workers, "on_progress": on_check}
     inputs.data, inputs.eval_sets = check_images(inputs.data, inputs.eval_sets, **images)
     if opts.overwrite:
-        _clear_outputs(opts.out_path)
+        runfolder.clear_run(opts.out_path)
     outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
     va_pred, logits, eval_preds = _predict_all(opts, inputs, built, on_predict)
     return _write_outputs(

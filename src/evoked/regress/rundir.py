@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,25 +28,6 @@ __all__ = ["load_run_model", "read_fitted_ids", "save_model"]
 def model_filename(name: str) -> str:
     """The file stem of a model name (no ``:`` or ``/``)."""
     return name.replace(":", "__").replace("/", "_")
-
-
-def prepare_out(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Check the output folder before any work: an existing one needs --overwrite."""
-    path = Path(out)
-    if path.exists() and not overwrite:
-        raise ConfigError(
-            f"--out {path} already exists; pass --overwrite to replace it, or choose another name"
-        )
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {path} is a file, not a run folder")
-    return path
-
-
-def start_run_dir(path: Path) -> None:
-    """An empty run folder (an overwritten run loses its old files, so nothing stale is mixed in)."""
-    if path.exists():
-        shutil.rmtree(path)
-    (path / "models").mkdir(parents=True)
 
 
 def save_model(models_dir: Path, name: str, estimator: Any, meta: dict, fitted_ids: Iterable[str]) -> Path:

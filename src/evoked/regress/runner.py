@@ -499,7 +499,7 @@ def run_regress(
     opts.check()
     for spec in opts.evals:
         eval_names([spec])  # a missing eval store fails before any work
-    out_path = rundir.prepare_out(opts.out, opts.overwrite)
+    out_path = runfolder.check_out(opts.out, opts.overwrite)
 
     with ExitStack() as stack:
         st = stack.enter_context(open_store(store))
@@ -538,7 +538,7 @@ def _fit_and_write(
     if curve_spec is not None:
         total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
-    rundir.start_run_dir(out_path)
+    runfolder.clear_run(out_path)
     fitter = _Fitter(opts, tr, plan, source)
     fitted = [_fit_model(name, fitter, tr, plan, evals, progress) for name in names]
     results = [f.result for f in fitted]
