@@ -281,13 +281,8 @@ def finetune(
         runfolder.clear_run(opts.out_path)
     outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
     va_pred, logits, eval_preds = _predict_all(opts, inputs, built, on_predict)
-    return _write_outputs(
-        out=opts.out_path, mode=opts.mode, task=opts.task, data=inputs.data, va_pred=va_pred,
-        logits=logits, lex=inputs.lex, outcome=outcome, config=config, init=built.init,
-        params=built.params, cat_m=inputs.cat_m, dim_m=inputs.dim_m, ckpt_path=opts.ckpt_path,
-        seed=opts.seed, seconds=time.perf_counter() - t_start, eval_preds=eval_preds, bn=built.bn,
-        inherited=inputs.inherited, run_name=opts.name,
-    )  # fmt: skip
+    predicted = _Predicted(va_pred, logits, eval_preds, outcome, time.perf_counter() - t_start)
+    return _write_outputs(opts, inputs, built, config, predicted)
 
 
 @dataclass
@@ -547,38 +542,30 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Predicted:
+    """What training and prediction gave: the test split's VA (and class logits), the eval sets'."""
+
+    va: np.ndarray
+    logits: np.ndarray | None
+    evals: list[tuple[EvalSet, np.ndarray]]
+    outcome: Outcome
+    seconds: float
+
+
 def _write_outputs(
-    *,
-    out,
-    mode,
-    task,
-    data,
-    va_pred,
-    logits,
-    lex,
-    outcome,
-    config,
-    init,
-    params,
-    cat_m,
-    dim_m,
-    ckpt_path,
-    seed,
-    seconds,
-    eval_preds=(),
-    bn=None,
-    inherited=None,
-    run_name=None,
+    opts: FinetuneOptions, inputs: _Inputs, built: _Network, config: dict, p: _Predicted
 ) -> FinetuneResult:
+    """predictions.csv, metrics.json, curve.csv (with --n-labels) and run.json of the run."""
     from evoked.evaluate.metrics import va_metrics
 
-    name = model_name(mode, task)
-    probs = _probabilities(logits, data.cls_loss) if logits is not None else None
-    metrics = {**va_metrics(data.test.va, va_pred), "category": _category_metrics(data.test, va_pred, lex)}
-    if logits is not None:
-        metrics["category_head"] = _head_accuracy(data.test, logits, data.classes)
-    groups = [_prediction_columns(data.test, va_pred, probs, data.classes, kind="held-out")]
-    for e, pred_e in eval_preds:
+    name, data, out = model_name(opts.mode, opts.task), inputs.data, opts.out_path
+    probs = _probabilities(p.logits, data.cls_loss) if p.logits is not None else None
+    metrics = {**va_metrics(data.test.va, p.va), "category": _category_metrics(data.test, p.va, inputs.lex)}
+    if p.logits is not None:
+        metrics["category_head"] = _head_accuracy(data.test, p.logits, data.classes)
+    groups = [_prediction_columns(data.test, p.va, probs, data.classes, kind="held-out")]
+    for e, pred_e in p.evals:
         groups.append(_prediction_columns(e.part, pred_e, None, (), kind="transfer", eval_name=e.name,
                                           splits=e.splits))  # fmt: skip
         metrics.setdefault("evals", {})[e.name] = (
@@ -587,30 +574,25 @@ def _write_outputs(
     curve = None
     if config["n_labels"] is not None:
         v, a = metrics["valence"], metrics["arousal"]
-        curve = [{"model": name, "setting": mode, "n_labels": config["n_labels"], "seed": seed,
+        curve = [{"model": name, "setting": opts.mode, "n_labels": config["n_labels"], "seed": opts.seed,
                   "r_valence": v["r"], "r_arousal": a["r"], "mse_valence": v["mse"], "mse_arousal": a["mse"]}]  # fmt: skip
-    meta = _run_meta(mode=mode, task=task, data=data, lex=lex, outcome=outcome, config=config, init=init,
-                     params=params, cat_m=cat_m, dim_m=dim_m, ckpt_path=ckpt_path, seed=seed, seconds=seconds,
-                     evals=[e.describe() for e, _ in eval_preds], bn=bn, inherited=inherited,
-                     name=run_name or Path(out).name)  # fmt: skip
-    runfolder.write_run(out, meta, {name: _joined(groups)}, curve=curve)
+    runfolder.write_run(out, _run_meta(opts, inputs, built, config, p), {name: _joined(groups)}, curve=curve)
     runfolder.write_json(out / "metrics.json", {name: metrics})
-    return FinetuneResult(out=out, model=name, metrics=metrics, outcome=outcome, counts=data.counts,
+    return FinetuneResult(out=out, model=name, metrics=metrics, outcome=p.outcome, counts=data.counts,
                           excluded=data.excluded, meta=runfolder.read_run_meta(out))  # fmt: skip
 
 
-def _run_meta(
-    *, mode, task, data, lex, outcome, config, init, params, cat_m, dim_m, ckpt_path, seed, seconds, evals,
-    bn, inherited, name,
-) -> dict:  # fmt: skip
+def _run_meta(opts: FinetuneOptions, inputs: _Inputs, built: _Network, config: dict, p: _Predicted) -> dict:
     """run.json of a fine-tuning run (docs/runs.md, docs/finetune.md)."""
     versions = runfolder.versions()
+    mode, task, data, lex, outcome = opts.mode, opts.task, inputs.data, inputs.lex, p.outcome
+    ckpt_path, dim_m, cat_m, bn = opts.ckpt_path, inputs.dim_m, inputs.cat_m, built.bn
     checkpoint = (
         {"path": str(Path(ckpt_path).resolve()), "sha256": config["checkpoint_sha256"]} if ckpt_path else None
     )
     return {
         "kind": "finetune",
-        "name": name,
+        "name": opts.name or opts.out_path.name,
         "created": utc_now(),
         "evoked_version": versions["evoked"],
         "dataset": dim_m.name,
@@ -620,12 +602,12 @@ def _run_meta(
         "target": {"kind": "category-va", "lexicon": lex.describe(), "soft": bool(config["soft"])}
         if mode == "one_stage"
         else {"kind": "va", "stage1": "category-va", "lexicon": lex.describe()},
-        "protocol": {"kind": "split", "train": ["train"], "val": "val", "eval": "test", "seed": seed},
+        "protocol": {"kind": "split", "train": ["train"], "val": "val", "eval": "test", "seed": opts.seed},
         "mode": mode,
         "task": task,
         "backbone": config["backbone"],
         "weights": config["weights"],
-        "init": init,
+        "init": built.init,
         "checkpoint": checkpoint,
         "preprocess": config["preprocess"],
         "size": config["size"],
@@ -633,9 +615,9 @@ def _run_meta(
         "freeze_bn": config["freeze_bn"],
         "freeze_bn_reason": (bn or {}).get("reason"),
         "batch_norm": bn,
-        "inherited": inherited or {},
+        "inherited": inputs.inherited or {},
         "va_range": config["va_range"],
-        "parameters": params,
+        "parameters": built.params,
         "lexicon": lex.describe(),
         "soft": config["soft"],
         "alpha": config["alpha"] if task == "multi" else None,
@@ -663,7 +645,7 @@ def _run_meta(
             "default_model": "none to choose: the run has one model",
             "scored": "the test split of the dimensional dataset and the --eval sets, after the epoch was chosen",
         },
-        "evals": evals,
+        "evals": [e.describe() for e, _ in p.evals],
         "epochs_run": outcome.epochs_run,
         "best_epoch": outcome.best_epoch,
         "best_val_r_valence": outcome.best_score,
@@ -673,9 +655,9 @@ def _run_meta(
         "n_labels": config["n_labels"],
         "excluded": data.excluded,
         "bad_images": data.bad_images,
-        "seed": seed,
+        "seed": opts.seed,
         "device": config["device"],
         "precision": config["precision"],
-        "seconds": seconds,
+        "seconds": p.seconds,
         "versions": versions,
     }
