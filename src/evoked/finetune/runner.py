@@ -27,6 +27,7 @@ from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Preprocess, WeightsInfo
+from evoked.extract.weights import sha256_of
 from evoked.finetune.data import (
     FinetuneData,
     Part,
@@ -75,12 +76,6 @@ def model_name(mode: str, task: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-
-
-def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
-    if spec is None or isinstance(spec, Manifest):
-        return spec
-    return load_dataset(str(spec))
 
 
 def _ids_sha256(part: Part) -> str:
@@ -324,7 +319,8 @@ def _inputs(opts: FinetuneOptions, ckpt: dict | None) -> _Inputs:
             inherited["va_range"] = list(stage1["va_range"])
         scale = parse_va_range(stage1.get("va_range") or None)
     lex = load_lexicon(opts.lexicon, opts.category_map)
-    cat_m, dim_m = _load_manifest(opts.categorical), _load_manifest(opts.dimensional)
+    cat_m = None if opts.categorical is None else load_dataset(opts.categorical)
+    dim_m = load_dataset(opts.dimensional)
     if opts.mode == "two_stage" and opts.task == "single" and cat_m is not None:
         log.warning("two_stage/single fine-tunes on the dimensional set only; --categorical is not used")
         cat_m = None
@@ -378,7 +374,7 @@ def _settings(opts: FinetuneOptions, inputs: _Inputs, built: _Network) -> dict:
         "task": opts.task,
         "backbone": built.encoder.spec,
         "weights": built.init["weights"],
-        "checkpoint_sha256": _sha256_file(opts.ckpt_path) if opts.ckpt_path else None,
+        "checkpoint_sha256": sha256_of(opts.ckpt_path) if opts.ckpt_path else None,
         "preprocess": built.encoder.preprocess.to_dict(),
         "size": built.size,
         "freeze_until": built.point,
@@ -532,14 +528,6 @@ def _resolve_freeze_bn(given: bool | None, net: VANet, stage1: dict) -> tuple[bo
         value, source, reason = False, "default", "default (no folded batch norm found)"
     info.update(freeze_bn=value, freeze_bn_from=source, reason=reason)
     return value, info
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
