@@ -22,7 +22,7 @@ from evoked.data.lexicon import CategoryMap, Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
 from evoked.evaluate.compare import check_every_run_compared, compare_systems, resolve_reference
-from evoked.evaluate.evalsets import eval_sets, membership_notes
+from evoked.evaluate.evalsets import eval_sets, membership_notes, unique_name
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
 from evoked.evaluate.runs import Items, System, align_systems
@@ -125,9 +125,7 @@ def evaluate_predictions(
     lex = load_lexicon(lexicon, category_map)
     runs, used = [], set()
     for f in files:
-        base, name, k = Path(f).stem, Path(f).stem, 2
-        while name in used:
-            name, k = f"{base}-{k}", k + 1
+        name = unique_name(Path(f).stem, used)  # two files named alike stay two systems
         used.add(name)
         runs.append(predictions_run(f, m, split, name=name))
     _check_out(out)
