@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from evoked.errors import ConfigError
+from evoked.extract.registry import comparable_config
 from evoked.features.store import DIMENSION_ATTRS, FeatureStore, attach_dimensions, decode_attr
 
 _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
@@ -42,12 +43,8 @@ def find_shards(out: Path) -> list[Path]:
 
 
 def _config_key(store: FeatureStore) -> str:
-    def strip(cfg: dict) -> dict:
-        cfg = dict(cfg)
-        cfg["weights"] = {k: v for k, v in cfg.get("weights", {}).items() if k in ("tag", "sha256")}
-        return cfg
-
-    return json.dumps({n: strip(a.get("config", {})) for n, a in store.extractors.items()}, sort_keys=True)
+    configs = {n: comparable_config(a.get("config", {})) for n, a in store.extractors.items()}
+    return json.dumps(configs, sort_keys=True)
 
 
 def merge_shards(out: str | os.PathLike, shards: Sequence[str | os.PathLike] | None = None) -> Path:
