@@ -28,13 +28,7 @@ from evoked.data import Lexicon, Manifest, load_dataset, load_lexicon
 from evoked.data.va_range import check_va_range, parse_va_range
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Preprocess, WeightsInfo
-from evoked.finetune.data import (
-    FinetuneData,
-    Part,
-    check_images,
-    make_transform,
-    prepare_data,
-)
+from evoked.finetune.data import FinetuneData, Part, check_images, make_transform, prepare_data
 from evoked.finetune.evals import EvalSet, load_evals
 from evoked.finetune.model import (
     FREEZE_AUTO,
@@ -85,10 +79,8 @@ def _clear_outputs(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _load_manifest(spec: str | Manifest | None) -> Manifest | None:
-    if spec is None or isinstance(spec, Manifest):
-        return spec
-    return load_dataset(str(spec))
+def _load_manifest(spec: str | Manifest) -> Manifest:
+    return spec if isinstance(spec, Manifest) else load_dataset(str(spec))
 
 
 def _ids_sha256(part: Part) -> str:
@@ -103,6 +95,7 @@ def _encoder(
 ) -> tuple[Encoder, dict]:
     """The backbone to train and where its weights come from (--weights, or the checkpoint)."""
     if ckpt is None:
+        assert backbone is not None  # FinetuneOptions.check: one_stage (no checkpoint) needs --backbone
         encoder = build_encoder(backbone, weights, overrides)
         return encoder, {"from": "weights", "weights": encoder.weights.to_dict()}
     m = ckpt["meta"]
@@ -283,8 +276,10 @@ def finetune(
     built = _network(opts, inputs, ckpt)
     config = _settings(opts, inputs, built)
     resume_state = _resume_state(opts, config)
-    images = {"skip_bad": opts.skip_bad_images, "workers": opts.check_workers, "on_progress": on_check}
-    inputs.data, inputs.eval_sets = check_images(inputs.data, inputs.eval_sets, **images)
+    inputs.data, inputs.eval_sets = check_images(
+        inputs.data, inputs.eval_sets, skip_bad=opts.skip_bad_images, workers=opts.check_workers,
+        on_progress=on_check,
+    )  # fmt: skip
     if opts.overwrite:
         _clear_outputs(opts.out_path)
     outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
@@ -337,7 +332,8 @@ def _inputs(opts: FinetuneOptions, ckpt: dict | None) -> _Inputs:
             inherited["va_range"] = list(stage1["va_range"])
         scale = parse_va_range(stage1.get("va_range") or None)
     lex = load_lexicon(opts.lexicon, opts.category_map)
-    cat_m, dim_m = _load_manifest(opts.categorical), _load_manifest(opts.dimensional)
+    cat_m = None if opts.categorical is None else _load_manifest(opts.categorical)
+    dim_m = _load_manifest(opts.dimensional)
     if opts.mode == "two_stage" and opts.task == "single" and cat_m is not None:
         log.warning("two_stage/single fine-tunes on the dimensional set only; --categorical is not used")
         cat_m = None
