@@ -133,7 +133,7 @@ class Retriever:
         self.status = self.store.status
         self._row_of = {item: i for i, item in enumerate(self.ids.tolist())}  # queries by id are frequent
         self._ready: RecordedBackbones | None = None  # the query backbone, built on first use
-        path = Path(index_path) if index_path else faiss_index.index_path_for(store_path, feature)
+        path = Path(index_path) if index_path else faiss_index.index_path_for(Path(store_path), feature)
         self.index = self.info = None
         if path.is_file():
             self.index, self.info = faiss_index.load_index(path)
@@ -205,6 +205,7 @@ class Retriever:
         import torch
 
         bb = self.backbone()
+        assert self._ready is not None  # built by backbone()
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self.device)
         return self._ready.run([tensor])[f"{bb.name}/{self.output}"]
 

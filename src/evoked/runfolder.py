@@ -73,7 +73,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def items_fingerprint(ids: Sequence[str], fold: Sequence[int], split: Sequence[str]) -> str:
+def items_fingerprint(ids: Iterable[str], fold: Iterable[int], split: Iterable[str]) -> str:
     """sha256 of the lines ``id<TAB>fold<TAB>split`` sorted by id, joined with newlines (UTF-8)."""
     rows = sorted(zip((str(i) for i in ids), (int(f) for f in fold), (str(s) for s in split)))
     text = "\n".join(f"{i}\t{f}\t{s}" for i, f, s in rows)
@@ -282,7 +282,7 @@ def read_prediction_groups(path: Path) -> dict[str, dict[str, Predictions]]:
 
     Raises `DatasetError` naming the file and line.
     """
-    rows: dict[tuple[str, str], dict[str, list]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     cats: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     for where, header, row in _table(path, REQUIRED_COLUMNS, "predictions.csv"):
         pred_cats = tuple(c[len(PRED_P) :] for c in header if c.startswith(PRED_P))
@@ -359,7 +359,7 @@ def read_run_meta(path: str | os.PathLike, error: type[EvokedError] = DatasetErr
     return parse_json_object(meta_path.read_text("utf-8"), str(meta_path), error)
 
 
-def read_run(path: str | Path) -> Run:
+def read_run(path: str | os.PathLike) -> Run:
     """One run directory: run.json, predictions.csv and, when present, curve.csv."""
     path = Path(path)
     if not path.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,7 +29,7 @@ COMMON = common_options()
 
 
 @contextmanager
-def progress(args: argparse.Namespace, total: int | None, desc: str, unit: str = "it"):
+def progress(args: argparse.Namespace, total: int | None, desc: str, unit: str = "it") -> Iterator:
     """A tqdm bar on stderr (hidden with --quiet or when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
@@ -49,7 +49,7 @@ def _default(o):
     return str(o)
 
 
-def print_json(obj) -> None:
+def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=_default))
 
 

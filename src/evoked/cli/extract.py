@@ -160,6 +160,8 @@ def _command(args: argparse.Namespace) -> str:
 @contextmanager
 def _progress_callbacks(args: argparse.Namespace, desc: str):
     """A progress bar fed by extract's on_start/on_batch; yields the two callbacks."""
+    from evoked.extract.runner import BatchReport
+
     failed = [0]
     with progress(args, None, desc, "img") as bar:
 
@@ -168,7 +170,7 @@ def _progress_callbacks(args: argparse.Namespace, desc: str):
             if total != todo:
                 bar.write(f"resuming: {total - todo} of {total} rows already done")
 
-        def on_batch(r) -> None:
+        def on_batch(r: BatchReport) -> None:
             failed[0] += r.failed
             if failed[0]:
                 bar.set_postfix(failed=failed[0], refresh=False)
@@ -187,8 +189,7 @@ def _extract(args: argparse.Namespace) -> int:
         if launch is not None:
             return _extract_distributed(args, launch)
     with _progress_callbacks(args, "extracting") as callbacks:
-        summary = extract(args.dataset, args.out, args.backbone, **_options(args), **callbacks)
-    s = summary
+        s = extract(args.dataset, args.out, args.backbone, **_options(args), **callbacks)
     if args.json:
         print_json({**{k: v for k, v in vars(s).items()}, "images_per_s": s.images_per_s})
     else:

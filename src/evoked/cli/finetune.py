@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
 from evoked.device import PRECISIONS
+
+if TYPE_CHECKING:  # torch loads with the command, not with the parser
+    from evoked.finetune.options import FinetuneOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -143,21 +148,19 @@ class _Bars:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.key = None
-        self.cm = None
+        self.key: str | None = None
+        self.stack = ExitStack()
         self.bar = None
 
     def get(self, key: str, desc: str, unit: str):
         if key != self.key:
             self.close()
-            self.key, self.cm = key, progress(self.args, None, desc, unit)
-            self.bar = self.cm.__enter__()
+            self.key, self.bar = key, self.stack.enter_context(progress(self.args, None, desc, unit))
         return self.bar
 
     def close(self) -> None:
-        if self.cm is not None:
-            self.cm.__exit__(None, None, None)
-        self.key = self.cm = self.bar = None
+        self.stack.close()
+        self.key = self.bar = None
 
     def counter(self, key: str, desc: str):
         """A ``(done, total)`` callback: images checked, test images predicted."""
@@ -185,7 +188,7 @@ class _Bars:
         self.close()
 
 
-def options_from_args(args: argparse.Namespace):
+def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
     """The `FinetuneOptions` of a parsed command line: every field is a flag of the same name."""
     from dataclasses import fields
 

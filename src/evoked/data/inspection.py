@@ -10,12 +10,12 @@ import numpy as np
 
 from evoked.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, probe, read_bytes
 from evoked.data.manifest import Manifest
-from evoked.data.webdataset import member_reader
+from evoked.data.webdataset import Reader, member_reader
 from evoked.errors import DecodeError
 
 
 def check_file(
-    path: str, *, decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, read=read_bytes
+    path: str, *, decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, read: Reader = read_bytes
 ) -> str | None:
     """None if the file reads (and decodes), else the reason it does not."""
     try:

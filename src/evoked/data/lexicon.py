@@ -161,7 +161,7 @@ class Lexicon:
 
     def describe(self) -> dict:
         """What to record beside every result that used this table."""
-        d = {"name": self.name, "source": self.source, "scale": self.scale}
+        d: dict[str, object] = {"name": self.name, "source": self.source, "scale": self.scale}
         if self.sha256:
             d["sha256"] = self.sha256
         if self.aliases:
@@ -246,7 +246,7 @@ def _load_csv(path: Path) -> Lexicon:
             f"{path}: a lexicon CSV needs the columns word,valence,arousal (1..9 scale); "
             f"found {', '.join(fields.values()) or 'no rows'}"
         )
-    table = {}
+    table: dict[str, tuple[float, float]] = {}
     for row in rows:
         where = f"{path}:{row['__line__']}"
         v, a = (

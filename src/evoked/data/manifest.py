@@ -48,7 +48,7 @@ def normalize_split(value: str, where: str = "") -> str:
         ) from None
 
 
-def _object_array(values: Sequence, n: int, fill: str = "") -> np.ndarray:
+def _object_array(values: Sequence | None, n: int, fill: str = "") -> np.ndarray:
     out = np.empty(n, dtype=object)
     if values is None:
         out[:] = fill
@@ -89,7 +89,7 @@ def _renamed(values: Sequence) -> list[str]:
     return [e for e in (escape_name(str(v)) for v in values if v is not None) if e not in values]
 
 
-def _float_array(values: Sequence | None, n: int) -> np.ndarray:
+def _float_array(values: Sequence | np.ndarray | None, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan)
     return np.asarray(values, dtype=np.float64).reshape(n)
@@ -122,8 +122,8 @@ class Manifest:
         *,
         ids: Sequence[str] | None = None,
         category: Sequence[str | None] | None = None,
-        valence: Sequence[float] | None = None,
-        arousal: Sequence[float] | None = None,
+        valence: Sequence[float] | np.ndarray | None = None,
+        arousal: Sequence[float] | np.ndarray | None = None,
         split: Sequence[str | None] | None = None,
         fold: Sequence[int] | None = None,
         distribution: np.ndarray | None = None,

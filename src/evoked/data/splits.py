@@ -60,7 +60,7 @@ def parse_ratios(text: str | tuple[float, float, float]) -> tuple[float, float, 
         ) from None
     if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0:
         raise ConfigError(f"--ratios {text!r}: need three non-negative fractions TRAIN,VAL,TEST summing to 1")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def split_manifest(
@@ -84,9 +84,7 @@ def split_manifest(
     idx = np.arange(n)
     split = manifest.split.copy()
     has_split = bool(any(manifest.split))
-    if has_split and not overwrite:
-        pass  # keep the dataset's own split
-    else:
+    if overwrite or not has_split:  # else the dataset's own split is kept
         _check_sizes(n, (train, val, test))
         split[:] = "train"
         rest_frac = val + test
@@ -154,7 +152,7 @@ def assign_folds(labels: np.ndarray | None, k: int, seed: int, n: int | None = N
         raise ConfigError(f"cannot make {k} folds from {n} items; use fewer folds")
     fold = np.empty(n, dtype=np.int64)
     counts = None if labels is None else np.unique(labels, return_counts=True)[1]
-    if labels is not None and counts.min() >= k:
+    if counts is not None and counts.min() >= k:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         parts = splitter.split(np.zeros(n), labels)
     else:

@@ -67,7 +67,8 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
             f"{path}: no path column; a manifest needs 'path' (or image/file/filename). Found: {', '.join(keys)}"
         )
     dist_cols = [(k[2:], keys[k]) for k in keys if k.startswith("p_") and len(k) > 2]
-    paths, ids, cats, val, aro, split, fold, dist = [], [], [], [], [], [], [], []
+    paths, ids, cats, split, fold, dist = [], [], [], [], [], []
+    va: dict[str, list[float]] = {"valence": [], "arousal": []}
     for r in rows:
         where = f"{path}:{r['__line__']}"
         p = str(r.get(col["path"]) or "").strip()
@@ -77,8 +78,8 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
         given_id = str(r.get(col["id"]) or "").strip() if "id" in col else ""
         ids.append(given_id or p)
         cats.append(str(r.get(col.get("category"), "") or "").strip().lower() if "category" in col else "")
-        for va, field in ((val, "valence"), (aro, "arousal")):
-            va.append(
+        for field, values in va.items():
+            values.append(
                 parse_float(r.get(col[field]), where, field, error=LabelError) if field in col else math.nan
             )
         split.append(normalize_split(r.get(col["split"]) or "", f"{where}: ") if "split" in col else "")
@@ -90,9 +91,9 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
                 [parse_float(r.get(c), where, f"p_{name}", error=LabelError) for name, c in dist_cols]
             )
     # a manifest written by evoked keeps its dataset's name in a 'dataset' column
-    names = {str(r.get(col["dataset"]) or "") for r in rows} if "dataset" in col else set()
-    if len(names) == 1 and "" not in names:
-        name = name or names.pop()
+    given = {str(r.get(col["dataset"]) or "") for r in rows} if "dataset" in col else set()
+    if len(given) == 1 and "" not in given:
+        name = name or given.pop()
     distribution = None
     if dist_cols:
         distribution = np.array(dist, dtype=np.float64)
@@ -107,8 +108,8 @@ def read_table(path: Path, *, name: str | None = None, root: str | os.PathLike |
         paths,
         ids=ids,
         category=cats,
-        valence=val,
-        arousal=aro,
+        valence=va["valence"],
+        arousal=va["arousal"],
         split=split,
         fold=fold,
         distribution=distribution,

@@ -40,6 +40,7 @@ IMAGE_SUFFIXES = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 _LABEL_MEMBER_BYTES = 1 << 20  # a .json or .cls larger than this is not a label file
 _CATEGORY_KEYS = ("category", "label", "emotion", "class")
 _BRACE = re.compile(r"\{([^{}]*)\}")
+Reader = Callable[[str], bytes]  # a file's path -> its bytes (`read_bytes`, `member_reader`)
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,7 @@ def _read(path: Path) -> Manifest:
     return read_webdataset(path)
 
 
-def member_reader(manifest: Manifest) -> Callable[[str], bytes]:
+def member_reader(manifest: Manifest) -> Reader:
     """``read(path) -> bytes`` for the rows of a webdataset manifest (one member read per call),
     raising `DecodeError` with the reason extraction would record."""
     refs = dict(zip((str(p) for p in manifest.abspaths()), image_refs(manifest)))

@@ -98,8 +98,7 @@ def run_demo(
         split = split_manifest(
             load_dataset(f"csv:{out / 'data' / 'labels.csv'}"), ratios=(0.6, 0.15, 0.25), folds=5, seed=seed
         )
-        manifest = out / "data" / "split.csv"
-        split.to_csv(manifest)
+        manifest = split.to_csv(out / "data" / "split.csv")
     weights = "default" if pretrained_resnet18_cached() else "random"
     with steps.step("extract"):
         _extract(manifest, store, weights, device, n_images, steps.progress)
@@ -120,18 +119,13 @@ def run_demo(
 
 
 def _extract(
-    manifest: Path,
-    store: Path,
-    weights: str,
-    device: str,
-    n_images: int,
-    progress: ProgressFn,
+    manifest: Path, store: Path, weights: str, device: str, n_images: int, progress: ProgressFn
 ) -> None:
-    from evoked.extract import extract
+    from evoked.extract.runner import BatchReport, extract
 
     counter = {"done": 0}
 
-    def on_batch(report) -> None:
+    def on_batch(report: BatchReport) -> None:
         counter["done"] += report.images
         progress(counter["done"], n_images)
 
@@ -148,7 +142,7 @@ def _extract(
     )
 
 
-def _regress(store: Path, runs: Path, seed: int, progress: ProgressFn) -> None:
+def _regress(store: Path, runs: Path, seed: int, progress: Callable[[int, int, str], None]) -> None:
     """Regressors on the VA ratings and, for comparison, on category-derived VA."""
     from evoked.regress.runner import run_regress
 
@@ -168,13 +162,7 @@ def _regress(store: Path, runs: Path, seed: int, progress: ProgressFn) -> None:
 
 
 def _finetune(
-    manifest: str,
-    runs: Path,
-    weights: str,
-    device: str,
-    epochs: int,
-    seed: int,
-    progress: ProgressFn,
+    manifest: str, runs: Path, weights: str, device: str, epochs: int, seed: int, progress: ProgressFn
 ) -> None:
     """The network in one stage, then two-stage from it."""
     from evoked.finetune import finetune

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: Columns of `va_columns`, in order.
 VA_COLUMNS = ("n", "t", "p", "tt", "pp", "tp", "se", "ae")
@@ -61,7 +62,7 @@ def resampled_sums(
     return out
 
 
-def va_columns(y_true, y_pred) -> np.ndarray:
+def va_columns(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     """(n, 8) columns whose sums give MSE, MAE, Pearson r, CCC and R^2 of one dimension.
 
     Rows where either side is NaN get zero weight. Both sides are shifted by the mean truth first
@@ -102,7 +103,7 @@ def va_from_sums(sums: np.ndarray) -> dict[str, np.ndarray]:
         }
 
 
-def mean_columns(values, mask=None) -> np.ndarray:
+def mean_columns(values: ArrayLike, mask: ArrayLike | None = None) -> np.ndarray:
     """(n, 2) columns [weight, weight * value] whose sums give the mean of `values` over `mask`."""
     v = np.asarray(values, dtype=np.float64).ravel()
     m = ~np.isnan(v) if mask is None else (np.asarray(mask, dtype=bool).ravel() & ~np.isnan(v))
@@ -116,7 +117,7 @@ def mean_from_sums(sums: np.ndarray) -> np.ndarray:
         return s[..., 1] / s[..., 0]
 
 
-def percentile_ci(samples, level: float = 0.95) -> tuple[float, float]:
+def percentile_ci(samples: ArrayLike, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap samples, ignoring NaN resamples (NaN when none is finite)."""
     x = np.asarray(samples, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -128,8 +129,8 @@ def percentile_ci(samples, level: float = 0.95) -> tuple[float, float]:
 
 
 def paired_difference(
-    samples_a, samples_b, point_a: float, point_b: float, level: float = 0.95
-) -> dict[str, float]:
+    samples_a: ArrayLike, samples_b: ArrayLike, point_a: float, point_b: float, level: float = 0.95
+) -> dict[str, float | list[float]]:
     """Paired bootstrap comparison of one metric of systems A and B on the same resamples.
 
     Returns the observed difference A - B, its percentile interval, and the two-sided p-value of

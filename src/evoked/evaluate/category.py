@@ -28,7 +28,7 @@ def nearest_categories(
 
 
 def category_correct(
-    category_true: Sequence[str],
+    category_true: Sequence[str] | np.ndarray,
     va_pred: np.ndarray,
     lexicon: Lexicon,
     categories: Sequence[str],
@@ -52,7 +52,7 @@ def category_correct(
 
 
 def category_accuracy(
-    category_true: Sequence[str],
+    category_true: Sequence[str] | np.ndarray,
     va_pred: np.ndarray,
     lexicon: Lexicon,
     categories: Sequence[str],

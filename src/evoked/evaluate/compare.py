@@ -89,7 +89,7 @@ def check_every_run_compared(runs: Sequence[Run], systems: Sequence[System], gro
 def _ranking(results: Sequence[dict]) -> tuple[str, Callable[[dict], tuple]]:
     """Rank by valence r; on a set without VA ratings (a categorical set) by category accuracy."""
 
-    def value(x) -> float:
+    def value(x: float | None) -> float:
         return -np.inf if x is None or np.isnan(x) else float(x)
 
     if any(np.isfinite(e["valence"]["r"]) for e in results) or not any(e["category"] for e in results):
@@ -167,7 +167,7 @@ def _category_rows(
     outside = int(((items.category != "") & ~in_set).sum())
     if outside:
         notes.append(f"{outside} item(s) whose category is not in --categories are left out of accuracy")
-    preds = np.stack([s.pred for s, on in zip(systems, active.all(axis=1)) if on])
+    preds = np.stack([s.pred for s, row in zip(systems, active) if row.all()])
     mask = in_set & ~np.isnan(preds).any(axis=(0, 2))
     oracle = category_accuracy(items.category[mask], items.true[mask], lexicon, cats, nearest)
     labels, counts = np.unique(items.category[mask].astype(str), return_counts=True)
@@ -266,7 +266,7 @@ def _score(
         correct = np.zeros(len(items))
         correct[cm], _ = category_correct(items.category[cm], s.pred[cm], lexicon, cats, nearest)
         sl["category"] = _add(blocks, bs.mean_columns(correct, cm))
-    if i in rows.dist_pred and rows.dmask is not None:
+    if i in rows.dist_pred and rows.dmask is not None and items.p_true is not None:
         dm = rows.dmask
         values = distribution_values(
             np.where(dm[:, None], items.p_true, 1.0), np.where(dm[:, None], rows.dist_pred[i], 1.0)

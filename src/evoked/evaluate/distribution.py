@@ -8,6 +8,7 @@ gives a finite KL divergence and unnormalised counts are accepted. A row with an
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: Clipping floor for probabilities. With 1e-8 a predicted zero where the truth has mass p costs
 #: p * log(p / 1e-8), about 18.4 * p nats: large, but finite.
@@ -22,7 +23,7 @@ def _prepare(p: np.ndarray, eps: float) -> np.ndarray:
     return q / q.sum(axis=1, keepdims=True)
 
 
-def _pair(p_true, p_pred, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
+def _pair(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(p_true, dtype=np.float64)
     p = np.asarray(p_pred, dtype=np.float64)
     if t.ndim != 2 or t.shape != p.shape:
@@ -30,25 +31,25 @@ def _pair(p_true, p_pred, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
     return _prepare(t, eps), _prepare(p, eps)
 
 
-def kl_divergence(p_true, p_pred, eps: float = EPS) -> np.ndarray:
+def kl_divergence(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
     """KL(p_true || p_pred) in nats per row, after clipping to `eps` and renormalising."""
     t, p = _pair(p_true, p_pred, eps)
     return (t * np.log(t / p)).sum(axis=1)
 
 
-def chebyshev(p_true, p_pred, eps: float = EPS) -> np.ndarray:
+def chebyshev(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
     """Largest absolute difference between the two distributions, per row."""
     t, p = _pair(p_true, p_pred, eps)
     return np.abs(t - p).max(axis=1)
 
 
-def cosine_similarity(p_true, p_pred, eps: float = EPS) -> np.ndarray:
+def cosine_similarity(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
     """Cosine of the angle between the two probability vectors, per row (1 = same shape)."""
     t, p = _pair(p_true, p_pred, eps)
     return (t * p).sum(axis=1) / (np.linalg.norm(t, axis=1) * np.linalg.norm(p, axis=1))
 
 
-def intersection(p_true, p_pred, eps: float = EPS) -> np.ndarray:
+def intersection(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
     """Histogram intersection, sum_k min(t_k, p_k), per row (1 = identical, 0 = disjoint)."""
     t, p = _pair(p_true, p_pred, eps)
     return np.minimum(t, p).sum(axis=1)
@@ -62,12 +63,12 @@ PER_ITEM = {
 }
 
 
-def distribution_values(p_true, p_pred, eps: float = EPS) -> dict[str, np.ndarray]:
+def distribution_values(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> dict[str, np.ndarray]:
     """Every per-item distribution metric: name -> (n,) values."""
     return {name: fn(p_true, p_pred, eps) for name, fn in PER_ITEM.items()}
 
 
-def distribution_metrics(p_true, p_pred, eps: float = EPS) -> dict[str, float]:
+def distribution_metrics(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> dict[str, float]:
     """Mean KL, Chebyshev, cosine similarity and intersection over the rows without NaN, and n."""
     t = np.asarray(p_true, dtype=np.float64)
     p = np.asarray(p_pred, dtype=np.float64)

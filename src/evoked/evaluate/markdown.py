@@ -10,7 +10,7 @@ from evoked.evaluate.metrics import DIMENSIONS
 from evoked.runfolder import CURVE_METRICS
 
 
-def protocol_text(p) -> str:
+def protocol_text(p: object) -> str:
     """A run.json protocol in words."""
     if not isinstance(p, dict):
         return "not recorded"
@@ -175,8 +175,8 @@ def _distribution_section(report: dict) -> list[str]:
     entries = [s for s in report["systems"] if s["distribution"]]
     if not d or not entries:
         return []
-    names = (("kl", "KL (lower better)"), ("chebyshev", "Chebyshev (lower)"), ("cosine", "cosine (higher)"))
-    names += (("intersection", "intersection (higher)"),)
+    names = [("kl", "KL (lower better)"), ("chebyshev", "Chebyshev (lower)"), ("cosine", "cosine (higher)")]
+    names += [("intersection", "intersection (higher)")]
     rows = []
     for s in entries:
         dd = s["distribution"]

@@ -7,12 +7,13 @@ set used in tables and reports.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 DIMENSIONS = ("valence", "arousal")
 
 
-def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_pred, dtype=np.float64).ravel()
     if t.shape != p.shape:
@@ -20,17 +21,17 @@ def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
-def mse(y_true, y_pred) -> float:
+def mse(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     t, p = _pair(y_true, y_pred)
     return float(np.mean((t - p) ** 2))
 
 
-def mae(y_true, y_pred) -> float:
+def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     t, p = _pair(y_true, y_pred)
     return float(np.mean(np.abs(t - p)))
 
 
-def pearson(y_true, y_pred) -> tuple[float, float]:
+def pearson(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[float, float]:
     """Pearson r and its two-sided p-value; r is NaN when either side is constant."""
     t, p = _pair(y_true, y_pred)
     if t.size < 3 or np.ptp(t) == 0 or np.ptp(p) == 0:
@@ -39,14 +40,14 @@ def pearson(y_true, y_pred) -> tuple[float, float]:
     return float(r), float(pv)
 
 
-def spearman(y_true, y_pred) -> float:
+def spearman(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     t, p = _pair(y_true, y_pred)
     if t.size < 3 or np.ptp(t) == 0 or np.ptp(p) == 0:
         return float("nan")
     return float(stats.spearmanr(t, p).statistic)
 
 
-def ccc(y_true, y_pred) -> float:
+def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Lin's concordance correlation coefficient (population moments)."""
     t, p = _pair(y_true, y_pred)
     mt, mp = t.mean(), p.mean()
@@ -56,13 +57,13 @@ def ccc(y_true, y_pred) -> float:
     return float(2 * cov / denom) if denom > 0 else float("nan")
 
 
-def r2(y_true, y_pred) -> float:
+def r2(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     t, p = _pair(y_true, y_pred)
     ss_tot = ((t - t.mean()) ** 2).sum()
     return float(1 - ((t - p) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
 
 
-def regression_metrics(y_true, y_pred) -> dict[str, float]:
+def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
     """MSE, RMSE, MAE, Pearson r (and p), Spearman rho, CCC and R^2 of one dimension (NaN when empty)."""
     if np.asarray(y_true).size == 0:
         return {

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ def _spaced_labels(xs: list, log: bool) -> list[str]:
             close = False
         else:
             close = x / xs[kept] < 1.4 if log else x - xs[kept] < 0.04 * (xs[-1] - xs[0])
-        if close:
+        if close and kept is not None:
             labels[kept if i == len(xs) - 1 else i] = ""
         if not close or i == len(xs) - 1:
             kept = i
@@ -82,10 +83,7 @@ def _grid(k: int, max_cols: int = 4) -> tuple[int, int]:
 
 
 def scatter_plot(
-    path: Path,
-    dimension: str,
-    truth: np.ndarray,
-    systems: Sequence[tuple[str, np.ndarray, float]],
+    path: Path, dimension: str, truth: np.ndarray, systems: Sequence[tuple[str, np.ndarray, float]]
 ) -> Path:
     """Predicted vs true `dimension`: one panel per (name, predictions, r), identity line dashed."""
     rows, cols = _grid(len(systems))
@@ -178,7 +176,7 @@ def va_plane_plot(
     fig = _figure(width, height)
     lim = _limits(*[p for _, p in panels])
     color_of = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(cats)}
-    handles = {}
+    handles: dict[str, Any] = {}
     for k, (name, va) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
         ok = np.isfinite(va).all(axis=1)
@@ -270,7 +268,7 @@ def curve_plot(path: Path, summary: Sequence[dict]) -> Path:
     styles = {s: ("-", "--", ":", "-.")[k % 4] for k, s in enumerate(order)}
     markers = {s: ("o", "s", "^", "D", "v")[k % 5] for k, s in enumerate(order)}
     xs = sorted({r["n_labels"] for r in summary})
-    lines = {}
+    lines: dict[str, Any] = {}
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, k + 1)
         spread: list[float] = []

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def evaluate_predictions(
     lexicon: str = "nrc",
     *,
     category_map: CategoryMap | None = None,
-    **kw,
+    **kw: Any,
 ) -> dict:
     """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
 
@@ -123,7 +124,7 @@ def evaluate_predictions(
             f"--truth {truth}: the dataset {m.name!r} has no VA ratings; give a dataset with valence/arousal"
         )
     lex = load_lexicon(lexicon, category_map)
-    runs, used = [], set()
+    runs, used = [], set[str]()
     for f in files:
         name = unique_name(Path(f).stem, used)  # two files named alike stay two systems
         used.add(name)
@@ -392,7 +393,7 @@ def curve_summary(runs: Sequence[Run]) -> list[dict]:
 
 
 def write_report(
-    report: dict, out: Path, items: Items, systems: Sequence[System], lexicon, plots: bool = True
+    report: dict, out: Path, items: Items, systems: Sequence[System], lexicon: Lexicon, plots: bool = True
 ) -> dict[str, str]:
     """Write report.md/json/csv and the plots into `out`; remove report files this report does not make."""
     out.mkdir(parents=True, exist_ok=True)

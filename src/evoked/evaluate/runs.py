@@ -124,7 +124,8 @@ def align_systems(runs: Sequence[Run]) -> tuple[Items, list[System], list[str]]:
     ids = first.ids[order0]
     true = first.true[order0].copy()
     category = first.category[order0].copy()
-    p_true, true_cats, p_true_from = None, (), ""
+    p_true, p_true_from = None, ""
+    true_cats: tuple[str, ...] = ()
     for name, _, p in flat:
         k = _order(p, ids)
         _check_truth(name0, name, "valence/arousal", true, p.true[k], ids)

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from evoked.evaluate.metrics import DIMENSIONS
 
 
-def num(x, digits: int = 3) -> str:
+def num(x: float | None, digits: int = 3) -> str:
     """A number with `digits` decimals; "-" for a missing value."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:.{digits}f}"
 
 
-def with_ci(x, ci, digits: int = 3) -> str:
+def with_ci(x: float | None, ci: Sequence[float | None] | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if not ci or any(c is None or math.isnan(c) for c in ci):
@@ -23,7 +23,7 @@ def with_ci(x, ci, digits: int = 3) -> str:
     return f"{num(x, digits)} [{num(ci[0], digits)}, {num(ci[1], digits)}]"
 
 
-def pvalue(p) -> str:
+def pvalue(p: float | None) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "-"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -102,7 +102,7 @@ def plain(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     table = [list(headers), *map(list, rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
 
-    def line(r):
+    def line(r: list[str]) -> str:
         return "  ".join(
             c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
         ).rstrip()

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("one_stage", "two_stage")
 TASKS = ("single", "multi")
+Transform = Callable[[torch.Tensor], torch.Tensor]  # a uint8 CHW image -> the network input
 
 
 @dataclass
@@ -110,11 +111,9 @@ def make_part(
 ) -> Part:
     """The `rows` of `m` as a part: `va` / `cls` targets (None: none, masked out) and their masks."""
     n = len(rows)
-    va_arr = np.full((n, 2), np.nan, dtype=np.float32) if va is None else va.astype(np.float32)
+    va_arr: np.ndarray = np.full((n, 2), np.nan, dtype=np.float32) if va is None else va.astype(np.float32)
     cls_arr = np.zeros((n, n_classes), dtype=np.float32) if cls is None else cls.astype(np.float32)
-    dist = None
-    if keep_distribution and m.distribution is not None:
-        dist = m.distribution[rows]
+    dist = m.distribution[rows] if keep_distribution and m.distribution is not None else None
     return Part(
         ids=m.ids[rows].astype(object),
         paths=np.array([str(m.abspath(i)) for i in rows], dtype=object),
@@ -231,12 +230,14 @@ def prepare_data(
     parts: list[Part] = []
     if mode == "one_stage" or task == "multi":
         cat = categorical
+        assert cat is not None  # check_framework asks for it
         crows = _labelled_rows(cat, _categorical_rows(cat, eval_ids, excluded), soft, excluded)
         classes = _head_classes(cat, task, soft)
         cat_va = None
         if mode == "one_stage":
             # category-derived VA: every label must be a lexicon word (LabelError lists the others)
             if soft:
+                assert cat.distribution is not None  # _labelled_rows asks for it with --soft
                 cat_va = lexicon.soft(cat.distribution[crows], cat.categories)
             else:
                 cat_va = lexicon.hard(cat.category[crows].tolist())
@@ -290,6 +291,7 @@ def _category_targets(
 ) -> np.ndarray:
     """The category head's targets: multi-hot (BCE) or a distribution (CE) with --soft, else one-hot."""
     if soft:
+        assert cat.distribution is not None  # _labelled_rows asks for it with --soft
         d = np.nan_to_num(cat.distribution[crows])
         return multi_hot_top(d) if loss_kind == "bce" else d / np.maximum(d.sum(1, keepdims=True), 1e-12)
     index = {c: k for k, c in enumerate(classes)}
@@ -313,10 +315,11 @@ def _fine_tuning_rows(
     return np.sort(np.random.default_rng(seed).choice(train_rows, size=n_labels, replace=False))
 
 
-def _rated_part(m: Manifest, rows: np.ndarray, n_classes: int, keep_distribution: bool = False) -> Part:
+def _rated_part(m: Manifest, rows: np.ndarray, n_classes: int, keep_dist: bool = False) -> Part:
     va = np.stack([m.valence[rows], m.arousal[rows]], axis=1)
-    kw = {"n_classes": n_classes, "source": "dimensional", "keep_distribution": keep_distribution}
-    return make_part(m, rows, va=va, cls=None, **kw)
+    return make_part(
+        m, rows, va=va, cls=None, n_classes=n_classes, source="dimensional", keep_distribution=keep_dist
+    )
 
 
 def count_items(data: FinetuneData) -> dict[str, int]:
@@ -411,7 +414,7 @@ class Rotate180(torch.nn.Module):
         return x.flip(-2, -1)
 
 
-def make_transform(pre: Preprocess, size: int, *, train: bool):
+def make_transform(pre: Preprocess, size: int, *, train: bool) -> Transform:
     """Train: RandomResizedCrop(size) + horizontal flip. Eval: Resize(size) + CenterCrop(size)
     (a square resize for backbones whose preprocessing squashes). Then the backbone's mean/std
     (and rotation), on uint8 CHW tensors."""
@@ -439,7 +442,7 @@ class ImageDataset(Dataset):
     """Decodes an item's image and applies the transform; training items are augmented with a seed
     drawn from (seed, epoch, index), so augmentation does not depend on workers or resumption."""
 
-    def __init__(self, part: Part, transform, *, augment: bool, seed: int = 0):
+    def __init__(self, part: Part, transform: Transform, *, augment: bool, seed: int = 0):
         self.part = part
         self.transform = transform
         self.augment = augment

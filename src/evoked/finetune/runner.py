@@ -28,13 +28,7 @@ from evoked.data.va_range import check_va_range, parse_va_range
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Preprocess, WeightsInfo
 from evoked.extract.weights import sha256_of
-from evoked.finetune.data import (
-    FinetuneData,
-    Part,
-    check_images,
-    make_transform,
-    prepare_data,
-)
+from evoked.finetune.data import FinetuneData, Part, check_images, make_transform, prepare_data
 from evoked.finetune.evals import EvalSet, load_evals
 from evoked.finetune.model import (
     FREEZE_AUTO,
@@ -90,6 +84,7 @@ def _encoder(
 ) -> tuple[Encoder, dict]:
     """The backbone to train and where its weights come from (--weights, or the checkpoint)."""
     if ckpt is None:
+        assert backbone is not None  # FinetuneOptions.check: one_stage (no checkpoint) needs --backbone
         encoder = build_encoder(backbone, weights, overrides)
         return encoder, {"from": "weights", "weights": encoder.weights.to_dict()}
     m = ckpt["meta"]
@@ -194,7 +189,7 @@ def _head_accuracy(part: Part, logits: np.ndarray, classes: tuple[str, ...]) -> 
     return {"n": int(keep.sum()), "accuracy": float((logits[keep].argmax(1) == true).mean())}
 
 
-def _probabilities(logits: np.ndarray, cls_loss: str) -> np.ndarray:
+def _probabilities(logits: np.ndarray, cls_loss: str | None) -> np.ndarray:
     t = torch.from_numpy(logits)
     if cls_loss == "bce":  # independent sigmoids, normalised into a distribution
         p = torch.sigmoid(t)
@@ -270,8 +265,10 @@ def finetune(
     built = _network(opts, inputs, ckpt)
     config = _settings(opts, inputs, built)
     resume_state = _resume_state(opts, config)
-    images = {"skip_bad": opts.skip_bad_images, "workers": opts.check_workers, "on_progress": on_check}
-    inputs.data, inputs.eval_sets = check_images(inputs.data, inputs.eval_sets, **images)
+    inputs.data, inputs.eval_sets = check_images(
+        inputs.data, inputs.eval_sets, skip_bad=opts.skip_bad_images, workers=opts.check_workers,
+        on_progress=on_check,
+    )  # fmt: skip
     if opts.overwrite:
         runfolder.clear_run(opts.out_path)
     outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from evoked.errors import ConfigError
 from evoked.evaluate.metrics import mse, pearson
-from evoked.finetune.data import ImageDataset, Part
+from evoked.finetune.data import ImageDataset, Part, Transform
 from evoked.finetune.losses import task_loss
 from evoked.finetune.model import VANet, frozen_norm_layers, set_train_mode
 
@@ -97,7 +97,7 @@ class Outcome:
 # ---------------------------------------------------------------------------------------------- devices
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -124,7 +124,7 @@ def rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "gauss": float(gauss),
@@ -180,7 +180,7 @@ def _to(batch: dict, device: torch.device) -> dict:
 def predict(
     net: VANet,
     part: Part,
-    transform,
+    transform: Transform,
     *,
     device: torch.device,
     precision: str = "fp32",
@@ -268,8 +268,8 @@ def train_network(
     train: Part,
     val: Part,
     *,
-    train_transform,
-    eval_transform,
+    train_transform: Transform,
+    eval_transform: Transform,
     cfg: TrainConfig,
     device: torch.device,
     precision: str,
@@ -383,7 +383,8 @@ def _train_epoch(
     on_batch: Callable[[int, int, int, float], None] | None,
 ) -> dict[str, float]:
     """One pass over the training loader: the mean loss, and the mean of each part of it."""
-    total, sums, n_seen = 0.0, {}, 0
+    total, n_seen = 0.0, 0
+    sums: dict[str, float] = {}
     n_batches = len(loader)
     for b, batch in enumerate(loader):
         batch = _to(batch, device)

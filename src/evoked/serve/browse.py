@@ -57,7 +57,7 @@ class Columns:
         labels = r.store.labels()
         self.split = np.asarray(labels["split"], dtype=object).astype(str)
         self.distribution = labels.get("distribution")
-        self.dist_categories: list[str] = labels.get("categories", [])
+        self.dist_categories: list[str] = list(labels.get("categories", []))
         self.status = np.asarray(r.status)
         self.rated = np.stack([r.valence, r.arousal], 1)
         pred = state.cfg.predictions
@@ -126,7 +126,7 @@ class Columns:
             va = self.va(q.source)
             with np.errstate(invalid="ignore"):
                 keep &= (va[:, 0] >= v0) & (va[:, 0] <= v1) & (va[:, 1] >= a0) & (va[:, 1] <= a1)
-        if q.residual_min is not None:
+        if q.residual_min is not None and self.residual is not None:
             with np.errstate(invalid="ignore"):
                 keep &= self.residual >= q.residual_min
         return keep
@@ -138,11 +138,11 @@ class Columns:
         rows = np.flatnonzero(keep)
         if q.sort == "row":
             return (rows if q.order == "asc" else rows[::-1]), {}
-        key = {
-            "valence": lambda: self.va(q.source)[rows, 0],
-            "arousal": lambda: self.va(q.source)[rows, 1],
-            "residual": lambda: self.residual[rows],
-        }[q.sort]()
+        if q.sort == "residual":
+            assert self.residual is not None  # parse_query refuses it without predictions
+            key = self.residual[rows]
+        else:
+            key = self.va(q.source)[rows, 0 if q.sort == "valence" else 1]
         known = ~np.isnan(key)
         sign = 1.0 if q.order == "asc" else -1.0
         first = rows[known][np.argsort(sign * key[known], kind="stable")]
@@ -151,6 +151,7 @@ class Columns:
     def _by_similarity(self, q: Query, keep: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
         r = self.state.retriever
         pool = min(SIMILARITY_POOL, int((self.status == OK).sum()))
+        assert q.like is not None  # parse_query asks for it with sort=similarity
         with self.state.lock:
             try:
                 hits = r.by_id(q.like, pool, include_self=True)

@@ -71,10 +71,11 @@ def store_predictions(
         if (
             isinstance(e, dict)
             and _same_store(e, Path(store), uuid)
-            and name in run.evals.get(e.get("name"), {})
+            and name in run.evals.get(e.get("name", ""), {})  # no eval set is named ""
         ):
             groups.append((f"eval set {e['name']}", run.evals[e["name"]][name]))
     for what, p in groups:
+        assert p.kind is not None  # read_run gives every row its kind
         missing = 0
         for item, pred, k in zip(p.ids.tolist(), p.pred, p.kind.tolist()):
             row = row_of.get(str(item))
