@@ -49,7 +49,7 @@ class ServeConfig:
     feature: str
     index: str | None = None
     predictions: np.ndarray | None = None  # (N, 2) predicted VA per store row, NaN where none
-    prediction_kind: np.ndarray | None = None  # (N,) oof, held-out, transfer or fitted (serve/predictions.py)
+    prediction_kind: np.ndarray | None = None  # (N,) a runfolder.KINDS name per row, "" where none
     run_name: str | None = None
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
