@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class Prediction:
             "precisions": self.precisions,
         }
 
-    def write_csv(self, f) -> None:
+    def write_csv(self, f: TextIO) -> None:
         """The predictions file `evoked evaluate --predictions P.csv --truth DATASET` scores (images
         named by absolute path, so it means the same wherever it is written and read)."""
         w = csv.writer(f)
