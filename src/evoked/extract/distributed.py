@@ -367,18 +367,10 @@ def _run(launch, coord, manifest, out, backbones, device, command, options) -> D
     try:
         local = extract(manifest, out, backbones, shard=f"{rank}/{world}", device=device, **options)
         mine = RankOutcome(
-            rank,
-            host,
-            device,
-            str(shard),
-            True,
-            items=local.items,
-            processed=local.processed,
-            ok_rows=local.ok,
-            failed_rows=local.failed,
-            failed_total=local.failed_total,
+            rank, host, device, str(shard), True, items=local.items, processed=local.processed,
+            ok_rows=local.ok, failed_rows=local.failed, failed_total=local.failed_total,
             seconds=local.seconds,
-        )
+        )  # fmt: skip
     except Exception as e:
         error = e
         mine = RankOutcome(rank, host, device, str(shard), False, error=f"{type(e).__name__}: {e}")

@@ -227,16 +227,10 @@ def _export(
             if on_chunk:
                 on_chunk(len(rows))
         summary = ExportSummary(
-            out=str(out),
-            format=format,
-            features=dims,
-            dtype=dtype,
-            normalized=normalize,
-            rows=total,
-            files=writer.files,
-            left_out_failed=int((status == FAILED).sum()),
+            out=str(out), format=format, features=dims, dtype=dtype, normalized=normalize, rows=total,
+            files=writer.files, left_out_failed=int((status == FAILED).sum()),
             left_out_pending=int((status == PENDING).sum()),
-        )
+        )  # fmt: skip
         description = {
             **asdict(summary),
             "store": str(s.path),

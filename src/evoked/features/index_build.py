@@ -276,17 +276,10 @@ def build_index_streaming(
         params["pq_m"] = pq_m
     recall = _tune(index, kind, nlist, chunks, n, rng, target_recall, params) if kind != "flat" else None
     info = IndexInfo(
-        kind=kind,
-        n=n,
-        dim=d,
-        params=params,
-        recall_at_10=recall,
-        faiss_version=faiss.__version__,
-        built_at=utc_now(),
-        build_seconds=round(time.perf_counter() - t0, 3),
-        on_gpu=on_gpu,
+        kind=kind, n=n, dim=d, params=params, recall_at_10=recall, faiss_version=faiss.__version__,
+        built_at=utc_now(), build_seconds=round(time.perf_counter() - t0, 3), on_gpu=on_gpu,
         extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},
-    )
+    )  # fmt: skip
     msg = "built %s index of %d x %d (%s), recall@10 %s in %.1f s"
     log.info(msg, kind, n, d, params, recall, info.build_seconds)
     return index, info
@@ -401,13 +394,8 @@ def _add_presized(index: faiss.IndexIVF, chunks: Chunks, n: int, on_progress: Pr
         cuts = np.flatnonzero(np.diff(lst_sorted)) + 1
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, m]):
             lst = int(lst_sorted[a])
-            invlists.update_entries(
-                lst,
-                int(filled[lst]),
-                int(b - a),
-                faiss.swig_ptr(ids_sorted[a:b]),
-                faiss.swig_ptr(codes_sorted[a:b]),
-            )
+            invlists.update_entries(lst, int(filled[lst]), int(b - a), faiss.swig_ptr(ids_sorted[a:b]),
+                                    faiss.swig_ptr(codes_sorted[a:b]))  # fmt: skip
             filled[lst] += b - a
         index.ntotal += m
         if on_progress:
@@ -512,14 +500,6 @@ def build_index(
             yield id_arr[start : start + ADD_CHUNK], x[start : start + ADD_CHUNK]
 
     return build_index_streaming(
-        chunks,
-        n,
-        d,
-        kind,
-        memory_budget=memory_budget,
-        exact_threshold=exact_threshold,
-        target_recall=target_recall,
-        use_gpu=use_gpu,
-        seed=seed,
-        on_progress=on_progress,
-    )
+        chunks, n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold,
+        target_recall=target_recall, use_gpu=use_gpu, seed=seed, on_progress=on_progress,
+    )  # fmt: skip

@@ -417,11 +417,7 @@ class FeatureStore:
 
     # -- writing -------------------------------------------------------------------------------
     def write_block(
-        self,
-        rows: np.ndarray,
-        features: dict[str, np.ndarray],
-        ok: np.ndarray,
-        errors: dict[int, str],
+        self, rows: np.ndarray, features: dict[str, np.ndarray], ok: np.ndarray, errors: dict[int, str]
     ) -> None:
         """Write features of `rows` (sorted) where `ok`, NaN elsewhere, then mark their status.
 
