@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +22,7 @@ from evoked.device import check_device_name, resolve_device
 from evoked.errors import ConfigError
 from evoked.extract.registry import create_backbone
 from evoked.features import index as faiss_index
-from evoked.features.store import OK, FeatureStore, open_store
+from evoked.features.store import OK, open_store
 from evoked.features.store_index import build_store_index  # noqa: F401  (part of this module's API)
 
 if TYPE_CHECKING:  # torch loads with the first image or text query, not for VA or id queries
@@ -48,11 +48,12 @@ class Hit:
         return asdict(self)
 
 
-def backbone_for(store: FeatureStore, extractor: str) -> Backbone:
-    """Rebuild the backbone that wrote `extractor`, from the configuration recorded in the store."""
-    attrs = store.extractors.get(extractor)
+def backbone_for(recorded: Mapping[str, dict], extractor: str, where: str) -> Backbone:
+    """Rebuild the backbone that wrote `extractor`, from the configuration `recorded` in a store
+    (its ``extractors``) or copied into a model; `where` names that store in errors."""
+    attrs = recorded.get(extractor)
     if attrs is None:
-        raise ConfigError(f"{store.path.name} has no extractor {extractor!r}")
+        raise ConfigError(f"{where} has no extractor {extractor!r}")
     cfg = attrs.get("config", {})
     w = cfg.get("weights", {})
     tag = w.get("tag")
@@ -97,16 +98,18 @@ class RecordedBackbones:
             return run_backbones(images, self.backbones, self.device, amp_dtypes(self.precisions))
 
 
-def ready_backbones(store: FeatureStore, extractors: Sequence[str], device: str = "cpu") -> RecordedBackbones:
+def ready_backbones(
+    recorded: Mapping[str, dict], extractors: Sequence[str], device: str = "cpu", where: str = "the store"
+) -> RecordedBackbones:
     """The backbones that wrote `extractors`, computing as the store's rows were (predict, search and
-    serve): recorded configuration (`backbone_for`) and precision (fp16 is fp32 off CUDA; none: fp32),
-    folded and placed by `place_backbones`."""
+    serve): configuration (`backbone_for`) and precision as `recorded` (a store's ``extractors``, or
+    their copy saved with a model; fp16 is fp32 off CUDA; none: fp32), folded by `place_backbones`."""
     from evoked.extract.runner import place_backbones
 
     dev = resolve_device(device)
-    built = [backbone_for(store, e) for e in extractors]
-    recorded = {bb.name: store.extractors.get(bb.name, {}).get("precision", "fp32") for bb in built}
-    precisions = {k: "fp32" if p == "fp16" and dev.type != "cuda" else p for k, p in recorded.items()}
+    built = [backbone_for(recorded, e, where) for e in extractors]
+    asked = {bb.name: recorded.get(bb.name, {}).get("precision", "fp32") for bb in built}
+    precisions = {k: "fp32" if p == "fp16" and dev.type != "cuda" else p for k, p in asked.items()}
     place_backbones(built, dev, precisions=precisions)
     return RecordedBackbones(built, dev, precisions)
 
@@ -197,7 +200,9 @@ class Retriever:
 
     def backbone(self) -> Backbone:
         if self._ready is None:
-            self._ready = ready_backbones(self.store, [self.extractor], self.device)
+            self._ready = ready_backbones(
+                self.store.extractors, [self.extractor], self.device, self.store.path.name
+            )
         return self._ready.backbones[0]
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ class Preprocess:
 
     resize: int
     crop: int
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # three values each (checked)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     interpolation: str = "bilinear"
     mode: str = "shorter"
     rotate180: bool = False
@@ -110,7 +110,9 @@ def parse_preprocess_overrides(text: str) -> dict:
                     raise ValueError
                 out["rotate180"] = value.strip() == "180"
             else:
-                out[key] = PREPROCESS_KEYS[key](value.strip())
+                parse = PREPROCESS_KEYS[key]
+                assert parse is not None  # only mean, std and rotate have no parser; handled above
+                out[key] = parse(value.strip())
         except ValueError:
             raise ConfigError(f"--preprocess {part!r}: bad value {value!r}") from None
     return out

@@ -77,7 +77,7 @@ def _float32(fn: F) -> F:
     """
 
     @functools.wraps(fn)
-    def wrapper(x: Tensor, *args, **kwargs):
+    def wrapper(x: Tensor, *args: Any, **kwargs: Any) -> Any:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
         if not x.is_floating_point():

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import h5py
 import torch
@@ -308,7 +309,7 @@ def extract_distributed(
     launch: Launch | None = None,
     timeout: timedelta = DEFAULT_TIMEOUT,
     command: str | None = None,
-    **options,
+    **options: Any,
 ) -> DistributedSummary:
     """`extract` by every process of a torchrun or srun launch, one shard each; rank 0 merges.
 
@@ -366,18 +367,10 @@ def _run(launch, coord, manifest, out, backbones, device, command, options) -> D
     try:
         local = extract(manifest, out, backbones, shard=f"{rank}/{world}", device=device, **options)
         mine = RankOutcome(
-            rank,
-            host,
-            device,
-            str(shard),
-            True,
-            items=local.items,
-            processed=local.processed,
-            ok_rows=local.ok,
-            failed_rows=local.failed,
-            failed_total=local.failed_total,
+            rank, host, device, str(shard), True, items=local.items, processed=local.processed,
+            ok_rows=local.ok, failed_rows=local.failed, failed_total=local.failed_total,
             seconds=local.seconds,
-        )
+        )  # fmt: skip
     except Exception as e:
         error = e
         mine = RankOutcome(rank, host, device, str(shard), False, error=f"{type(e).__name__}: {e}")
@@ -386,7 +379,7 @@ def _run(launch, coord, manifest, out, backbones, device, command, options) -> D
     if device.startswith("cuda"):
         torch.cuda.empty_cache()  # the models are gone; do not hold the GPU while waiting
     # -- wait for every rank and learn how it went ---------------------------------------------------
-    outcomes: list[RankOutcome | None] = [None] * world
+    outcomes: list[RankOutcome] = [mine] * world  # every rank's, filled in by the gather
     try:
         dist.all_gather_object(outcomes, mine, group=coord)
     except Exception as e:
@@ -400,6 +393,7 @@ def _run(launch, coord, manifest, out, backbones, device, command, options) -> D
         if rank == 0:
             raise RankFailedError(lost) from e
         log.warning(lost)
+        assert local is not None  # this rank's extract returned (error is None)
         return DistributedSummary(launch, out, False, local, [mine])
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -415,7 +409,9 @@ def _run(launch, coord, manifest, out, backbones, device, command, options) -> D
             raise RankFailedError(
                 f"{launch.tag}: {out} was not merged: {len(failed)} of {world} processes failed (see above)"
             )
+        assert local is not None  # this rank's extract returned (error is None)
         return DistributedSummary(launch, out, False, local, outcomes)
+    assert local is not None  # no rank failed, this one included
     if rank != 0:
         return DistributedSummary(launch, out, False, local, outcomes)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -120,7 +121,9 @@ def resolve_decoder(decode: str, device: torch.device) -> str:
 RESUME_OPTIONS = {"dtype": "--dtype", "max_pixels": "--max-pixels", "decode": "--decode"}
 
 
-def check_resume_options(path, attrs: dict, requested: dict, block_size: int | None = None) -> None:
+def check_resume_options(
+    path: str | os.PathLike, attrs: dict, requested: dict, block_size: int | None = None
+) -> None:
     """A resumed run must use every option that changes a row's result as the first run did.
 
     `requested` maps RESUME_OPTIONS keys to this run's values. An option that cannot apply to a

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import torch
 
@@ -31,6 +32,8 @@ from evoked.extract.cpu import fast_bf16, is_convnet
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: One compute dtype (None: fp32) for every backbone, or one per backbone name (`amp_dtypes`).
+AmpDtype: TypeAlias = torch.dtype | None | Mapping[str, torch.dtype | None]
 
 #: What ``--precision auto`` gives on a CPU with fast bf16 units. Measured on Emotion6 with the real
 #: MobileNetV2 weights (BENCHMARKS.md, "CPU bf16"): see there for the numbers behind this choice.
@@ -107,7 +110,7 @@ def amp_dtypes(precisions: Mapping[str, str]) -> dict[str, torch.dtype | None]:
     return {name: AMP_DTYPES[p] for name, p in precisions.items()}
 
 
-def dtype_for(bb: Backbone, amp: torch.dtype | None | Mapping[str, torch.dtype | None]) -> torch.dtype | None:
+def dtype_for(bb: Backbone, amp: AmpDtype) -> torch.dtype | None:
     """`amp` is one dtype for every backbone (as before) or a mapping from `amp_dtypes`."""
     if isinstance(amp, Mapping):
         return amp.get(bb.name)

@@ -16,6 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, row: int) -> dict:
         t0 = time.perf_counter()
         path = self.paths[row]
-        item = {"row": row, "image": None, "jpeg": None, "orientation": 1, "error": None}
+        item: dict[str, Any] = {"row": row, "image": None, "jpeg": None, "orientation": 1, "error": None}
         try:
             data = self.read(row)
             if self.device_jpeg:

@@ -133,6 +133,7 @@ def load_plugin(target: str) -> None:
                 raise ConfigError(f"--plugin {target!r}: file not found")
             name = f"evoked_plugin_{path.stem}"
             spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None  # a .py file always has both
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)

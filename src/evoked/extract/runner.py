@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.fold import fold_batch_norms
 from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
-from evoked.extract.precision import AMP_DTYPES, amp_dtypes, backbone_precisions, dtype_for
+from evoked.extract.precision import AMP_DTYPES, AmpDtype, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (public here before)
 from evoked.extract.reader import collate
 from evoked.extract.registry import comparable_config, create_backbone
@@ -326,7 +327,7 @@ CPU_SLICE_PIXELS = 4 * 224 * 224
 
 
 def run_backbones(
-    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
+    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype: AmpDtype
 ) -> dict[str, np.ndarray]:
     """Every backbone on one batch; backbones with the same geometry share the resized batch.
 
@@ -351,7 +352,7 @@ def run_backbones(
 
 
 def _run_slice(
-    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype
+    images: list[torch.Tensor], backbones: Sequence[Backbone], device: torch.device, amp_dtype: AmpDtype
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     resized: dict[tuple, torch.Tensor] = {}
@@ -381,7 +382,7 @@ def extract(
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
     sink: Sink | None = None,
-    **options,
+    **options: Any,
 ) -> ExtractSummary:
     """Extract features of every item of `dataset` into the HDF5 store `out`.
 

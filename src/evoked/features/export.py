@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -35,6 +36,9 @@ from evoked import __version__
 from evoked.errors import ConfigError
 from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
 from evoked.registry import Registry
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EXPORT_DTYPES = ("float32", "float16")
 #: rows per read: about 32 MB of float32 features, whatever their width
@@ -74,7 +78,7 @@ class _Writer:
     def name(self, i: int) -> str:
         return str(i).zfill(self.width)
 
-    def write(self, meta, x: np.ndarray) -> None:
+    def write(self, meta: pa.Table, x: np.ndarray) -> None:
         """`meta` is a pyarrow table of the rows' metadata, `x` their (rows, sum of D) features."""
         at = 0
         while at < len(x):
@@ -91,7 +95,7 @@ class _Writer:
     def open(self, i: int, rows: int) -> None:
         raise NotImplementedError
 
-    def append(self, meta, x: np.ndarray) -> None:
+    def append(self, meta: pa.Table, x: np.ndarray) -> None:
         raise NotImplementedError
 
     def close_file(self) -> None:
@@ -101,6 +105,7 @@ class _Writer:
 @EXPORT_FORMATS.register("npy", help="OUT/img_emb/img_emb_{i}.npy + OUT/metadata/metadata_{i}.parquet")
 class NpyWriter(_Writer):
     concatenates = True  # several features become one matrix
+    meta_writer: Any  # a pyarrow ParquetWriter, opened with the file's first rows (their schema)
 
     def open(self, i: int, rows: int) -> None:
         import pyarrow.parquet as pq
@@ -119,7 +124,7 @@ class NpyWriter(_Writer):
         self.meta_path, self.pq, self.meta_writer = meta, pq, None
         self.files += [str(emb.relative_to(self.out)), str(meta.relative_to(self.out))]
 
-    def append(self, meta, x: np.ndarray) -> None:
+    def append(self, meta: pa.Table, x: np.ndarray) -> None:
         self.fh.write(np.ascontiguousarray(x, dtype=self.dtype).tobytes())
         if self.meta_writer is None:
             self.meta_writer = self.pq.ParquetWriter(self.meta_path, meta.schema)
@@ -132,6 +137,8 @@ class NpyWriter(_Writer):
 
 @EXPORT_FORMATS.register("parquet", help="OUT/features_{i}.parquet, one list column per feature")
 class ParquetWriter(_Writer):
+    writer: Any  # a pyarrow ParquetWriter, opened with the file's first rows (their schema)
+
     def open(self, i: int, rows: int) -> None:
         import pyarrow.parquet as pq
 
@@ -139,7 +146,7 @@ class ParquetWriter(_Writer):
         self.pq, self.writer = pq, None
         self.files.append(self.path.name)
 
-    def append(self, meta, x: np.ndarray) -> None:
+    def append(self, meta: pa.Table, x: np.ndarray) -> None:
         import pyarrow as pa
 
         table, at = meta, 0
@@ -220,16 +227,10 @@ def _export(
             if on_chunk:
                 on_chunk(len(rows))
         summary = ExportSummary(
-            out=str(out),
-            format=format,
-            features=dims,
-            dtype=dtype,
-            normalized=normalize,
-            rows=total,
-            files=writer.files,
-            left_out_failed=int((status == FAILED).sum()),
+            out=str(out), format=format, features=dims, dtype=dtype, normalized=normalize, rows=total,
+            files=writer.files, left_out_failed=int((status == FAILED).sum()),
             left_out_pending=int((status == PENDING).sum()),
-        )
+        )  # fmt: skip
         description = {
             **asdict(summary),
             "store": str(s.path),

@@ -329,16 +329,16 @@ def _search_params(info: IndexInfo | None) -> faiss.SearchParameters | None:
     if info is None:
         return None
     if info.kind.startswith("ivf") and "nprobe" in info.params:
-        return faiss.SearchParametersIVF(nprobe=int(info.params["nprobe"]))
+        return faiss.SearchParametersIVF(nprobe=int(info.params["nprobe"]))  # type: ignore[call-arg]
     if info.kind == "hnsw" and "efSearch" in info.params:
-        return faiss.SearchParametersHNSW(efSearch=int(info.params["efSearch"]))
+        return faiss.SearchParametersHNSW(efSearch=int(info.params["efSearch"]))  # type: ignore[attr-defined]
     return None
 
 
 # -------------------------------------------------------------------------------------------- paths
 
 
-def index_path_for(store_path: str | Path, feature: str) -> Path:
+def index_path_for(store_path: str | os.PathLike, feature: str) -> Path:
     """Where the index of ``feature`` in a store lives: ``d/e6.h5`` + ``resnet50/pool`` -> ``d/e6.resnet50-pool.faiss``."""
     name = feature.strip("/").replace("/", "-")
     if not name:

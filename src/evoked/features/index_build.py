@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import faiss
@@ -156,7 +156,7 @@ def _sample_rows(chunks: Chunks, n: int, rows: np.ndarray, with_ids: bool = Fals
         if vectors is None:
             vectors = np.empty((len(want), x.shape[1]), dtype=np.float32)
         stop = at + len(x)
-        hi = np.searchsorted(want, stop)
+        hi = int(np.searchsorted(want, stop))
         if hi > pos:
             vectors[pos:hi] = normalize(x[want[pos:hi] - at])
             out_ids[pos:hi] = np.asarray(ids)[want[pos:hi] - at]
@@ -265,7 +265,7 @@ def build_index_streaming(
     rng = np.random.default_rng(seed)  # one generator: the training sample, then the tuning queries
     index, train_rows = _new_index(kind, d, nlist, pq_m), None
     if kind.startswith("ivf"):
-        index.cp.seed = seed
+        faiss.extract_index_ivf(index).cp.seed = seed
         n_train = min(
             n, TRAIN_PER_LIST * nlist, max(MIN_PER_LIST * nlist, int(TRAIN_SHARE * memory_budget / (4 * d)))
         )
@@ -276,17 +276,10 @@ def build_index_streaming(
         params["pq_m"] = pq_m
     recall = _tune(index, kind, nlist, chunks, n, rng, target_recall, params) if kind != "flat" else None
     info = IndexInfo(
-        kind=kind,
-        n=n,
-        dim=d,
-        params=params,
-        recall_at_10=recall,
-        faiss_version=faiss.__version__,
-        built_at=utc_now(),
-        build_seconds=round(time.perf_counter() - t0, 3),
-        on_gpu=on_gpu,
+        kind=kind, n=n, dim=d, params=params, recall_at_10=recall, faiss_version=faiss.__version__,
+        built_at=utc_now(), build_seconds=round(time.perf_counter() - t0, 3), on_gpu=on_gpu,
         extra={"memory_budget": memory_budget, "index_bytes_estimate": plan["index_bytes"]},
-    )
+    )  # fmt: skip
     msg = "built %s index of %d x %d (%s), recall@10 %s in %.1f s"
     log.info(msg, kind, n, d, params, recall, info.build_seconds)
     return index, info
@@ -310,7 +303,7 @@ def _fill(
         else:
             index.train(train)
             del train
-            _add_presized(index, chunks, n, on_progress)
+            _add_presized(faiss.extract_index_ivf(index), chunks, n, on_progress)
             return index
         del train
     for ids, x in chunks():
@@ -345,7 +338,8 @@ def _tune(
     name, candidates, setter = _tuning_knob(index, kind, nlist)
     for value in candidates:
         setter(value)
-        scores, found = _without_self(*index.search(queries, k + 1), query_ids, k)
+        scores, found = index.search(queries, k + 1)
+        scores, found = _without_self(scores, found, query_ids, k)
         recall = _tie_aware_recall(scores, found, truth_scores[:, -1])
         if recall >= target_recall:
             break
@@ -360,7 +354,7 @@ def _tune(
     return recall
 
 
-def _add_presized(index: faiss.Index, chunks: Chunks, n: int, on_progress: ProgressFn | None) -> None:
+def _add_presized(index: faiss.IndexIVF, chunks: Chunks, n: int, on_progress: ProgressFn | None) -> None:
     """Fill a trained CPU IVF index with every list allocated at its final size.
 
     ``add_with_ids`` appends to each inverted list, and a growing list doubles its capacity, so a
@@ -378,10 +372,11 @@ def _add_presized(index: faiss.Index, chunks: Chunks, n: int, on_progress: Progr
         del x
     if at != n:
         raise ConfigError(f"the chunks held {at} vectors but {n} were announced")
+    assert index.invlists is not None  # a trained IVF index has its lists
     invlists = faiss.downcast_InvertedLists(index.invlists)
     counts = np.bincount(lists, minlength=index.nlist)
-    for lst in np.flatnonzero(counts):
-        invlists.resize(int(lst), int(counts[lst]))
+    for list_no in np.flatnonzero(counts):
+        invlists.resize(int(list_no), int(counts[list_no]))
     filled = np.zeros(index.nlist, dtype=np.int64)
     at = 0
     for ids, x in chunks():
@@ -399,13 +394,8 @@ def _add_presized(index: faiss.Index, chunks: Chunks, n: int, on_progress: Progr
         cuts = np.flatnonzero(np.diff(lst_sorted)) + 1
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, m]):
             lst = int(lst_sorted[a])
-            invlists.update_entries(
-                lst,
-                int(filled[lst]),
-                int(b - a),
-                faiss.swig_ptr(ids_sorted[a:b]),
-                faiss.swig_ptr(codes_sorted[a:b]),
-            )
+            invlists.update_entries(lst, int(filled[lst]), int(b - a), faiss.swig_ptr(ids_sorted[a:b]),
+                                    faiss.swig_ptr(codes_sorted[a:b]))  # fmt: skip
             filled[lst] += b - a
         index.ntotal += m
         if on_progress:
@@ -414,15 +404,15 @@ def _add_presized(index: faiss.Index, chunks: Chunks, n: int, on_progress: Progr
 
 def _tuning_knob(index: faiss.Index, kind: str, nlist: int):
     if kind == "hnsw":
-        inner = faiss.downcast_index(index.index)
+        inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]  # IndexIDMap2 of an HNSW
 
         def set_ef(v: int) -> None:
-            inner.hnsw.efSearch = v
+            inner.hnsw.efSearch = v  # type: ignore[attr-defined]  # the stubs' downcast_index gives Index
 
         return "efSearch", EF_SEARCH_CANDIDATES, set_ef
 
     def set_nprobe(v: int) -> None:
-        index.nprobe = v
+        faiss.extract_index_ivf(index).nprobe = v
 
     return "nprobe", [v for v in NPROBE_CANDIDATES if v < nlist] + [nlist], set_nprobe
 
@@ -505,19 +495,11 @@ def build_index(
     id_arr = _check_ids(ids, n)
     x = normalize(x)  # also fails early, naming the rows, on NaN or inf
 
-    def chunks():
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, n, ADD_CHUNK):
             yield id_arr[start : start + ADD_CHUNK], x[start : start + ADD_CHUNK]
 
     return build_index_streaming(
-        chunks,
-        n,
-        d,
-        kind,
-        memory_budget=memory_budget,
-        exact_threshold=exact_threshold,
-        target_recall=target_recall,
-        use_gpu=use_gpu,
-        seed=seed,
-        on_progress=on_progress,
-    )
+        chunks, n, d, kind, memory_budget=memory_budget, exact_threshold=exact_threshold,
+        target_recall=target_recall, use_gpu=use_gpu, seed=seed, on_progress=on_progress,
+    )  # fmt: skip

@@ -37,7 +37,7 @@ def find_shards(out: Path) -> list[Path]:
     """``feats.h5`` -> the ``feats.shard-I-of-N.h5`` files beside it, in shard order."""
     found = sorted(
         out.parent.glob(f"{out.stem}.shard-*-of-*{out.suffix}"),
-        key=lambda p: int(_SHARD_RE.search(p.name).group(1)) if _SHARD_RE.search(p.name) else -1,
+        key=lambda p: int(m.group(1)) if (m := _SHARD_RE.search(p.name)) else -1,
     )
     return [p for p in found if _SHARD_RE.search(p.name)]
 
@@ -66,7 +66,7 @@ def _merge(out: Path, stores: list[FeatureStore]) -> Path:
     if not first.get("shard"):
         raise ConfigError(f"{stores[0].path} is not a shard (it was not written with --shard I/N)")
     count = int(first["shard_count"])
-    seen = {}
+    seen: dict[int, Path] = {}
     for s in stores:
         a = s.attrs
         if (

@@ -41,7 +41,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ class ShardInfo:
     ids_sha256: str
 
 
-def ids_fingerprint(ids: Sequence[str]) -> str:
+def ids_fingerprint(ids: Iterable[str]) -> str:
     h = hashlib.sha256()
     for i in ids:
         h.update(str(i).encode("utf-8", "surrogateescape"))  # never fails; valid text hashes as before
@@ -417,11 +417,7 @@ class FeatureStore:
 
     # -- writing -------------------------------------------------------------------------------
     def write_block(
-        self,
-        rows: np.ndarray,
-        features: dict[str, np.ndarray],
-        ok: np.ndarray,
-        errors: dict[int, str],
+        self, rows: np.ndarray, features: dict[str, np.ndarray], ok: np.ndarray, errors: dict[int, str]
     ) -> None:
         """Write features of `rows` (sorted) where `ok`, NaN elsewhere, then mark their status.
 
@@ -527,7 +523,7 @@ def attach_dimensions(f: h5py.File) -> None:
 
     datasets: list[h5py.Dataset] = []
 
-    def keep(_: str, obj) -> None:
+    def keep(_: str, obj: object) -> None:
         if isinstance(obj, h5py.Dataset) and obj.shape and obj.shape[0] == n and obj.ndim <= 2:
             datasets.append(obj)
 

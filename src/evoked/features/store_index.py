@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from evoked.errors import ConfigError
@@ -35,10 +36,7 @@ def build_store_index(
             raise ConfigError(f"{store_path} has no finished rows to index; run `evoked extract` first")
         d = int(store.dataset(feature).shape[1])
         chunk_rows = chunk_rows or max(1024, min(CHUNK_ROWS, CHUNK_BYTES // (4 * d)))
-
-        def chunks():
-            return store.iter_chunks(feature, chunk_rows)
-
+        chunks = partial(store.iter_chunks, feature, chunk_rows)
         index, info = build_index_streaming(
             chunks, n, d, kind, memory_budget=memory_budget, use_gpu=use_gpu, on_progress=on_progress
         )

@@ -8,6 +8,9 @@ features are redundant; sampling columns is also what keeps 2,048-d fits fast), 
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.utils import check_array
 
@@ -28,16 +31,16 @@ class LGBMMultiOutput(MultiOutputRegressor):
     """One LightGBM booster per target. Unlike LightGBM itself, NaN/inf features are an error:
     here a NaN means a failed image, not a missing value to route down a tree branch."""
 
-    def fit(self, X, y, **fit_params):
+    def fit(self, X: np.ndarray, y: np.ndarray, **fit_params: Any) -> LGBMMultiOutput:
         check_array(X, ensure_all_finite=True)
         return super().fit(X, y, **fit_params)
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         check_array(X, ensure_all_finite=True)
         return super().predict(X)
 
 
-def lgbm(seed: int = 0, n_jobs: int = -1, **params) -> LGBMMultiOutput:
+def lgbm(seed: int = 0, n_jobs: int = -1, **params: Any) -> LGBMMultiOutput:
     from lightgbm import LGBMRegressor
 
     kw = {**LGBM_DEFAULTS, **params}

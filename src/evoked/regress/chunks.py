@@ -20,8 +20,10 @@ import copy
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -238,10 +240,10 @@ class MemoryRows:
     def __init__(self, X: np.ndarray):
         self.X = X
 
-    def fit(self, est, rows, Y, **fit_params):
+    def fit(self, est: Pipeline, rows: np.ndarray, Y: np.ndarray, **fit_params: Any) -> Pipeline:
         return est.fit(self.X[rows], Y[rows], **fit_params)
 
-    def predict(self, est, rows) -> np.ndarray:
+    def predict(self, est: BaseEstimator, rows: np.ndarray) -> np.ndarray:
         return np.asarray(est.predict(self.X[rows]), dtype=np.float64).reshape(len(rows), -1)
 
 
@@ -253,14 +255,14 @@ class ChunkRows:
     def __init__(self, source: StoreSource):
         self.source = source
 
-    def fit(self, est, rows, Y, **fit_params):
+    def fit(self, est: Pipeline, rows: np.ndarray, Y: np.ndarray, **fit_params: Any) -> Pipeline:
         return fit_pipeline_chunks(est, self.source, np.sort(rows), Y)
 
-    def predict(self, est, rows) -> np.ndarray:
+    def predict(self, est: BaseEstimator, rows: np.ndarray) -> np.ndarray:
         return predict_chunks(est, self.source, rows)
 
 
-def fit_pipeline_chunks(pipe: Pipeline, source, rows: np.ndarray, Y: np.ndarray) -> Pipeline:
+def fit_pipeline_chunks(pipe: Pipeline, source: ArraySource, rows: np.ndarray, Y: np.ndarray) -> Pipeline:
     """Fit ``[log] -> scale -> model`` on `rows` of `source` (which applies the log itself): the
     scaler from one pass of streamed moments, the model by its ``fit_chunks``."""
     names = [n for n, _ in pipe.steps]
@@ -277,7 +279,7 @@ def fit_pipeline_chunks(pipe: Pipeline, source, rows: np.ndarray, Y: np.ndarray)
     return pipe
 
 
-def predict_chunks(est, source, rows: np.ndarray) -> np.ndarray:
+def predict_chunks(est: BaseEstimator, source: ArraySource, rows: np.ndarray) -> np.ndarray:
     """Predictions (len(rows), t) of `rows`, read chunk by chunk (the log step is the source's)."""
     rows = np.asarray(rows, dtype=np.int64)
     model = est[1:] if isinstance(est, Pipeline) and est.steps[0][0] == "log" else est

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from evoked.errors import ConfigError
 from evoked.evaluate.metrics import va_metrics
@@ -67,7 +68,7 @@ class CurveSpec:
     def build(cls, ns: list[int | str], rated_per_fold: list[int], n_seeds: int, base_seed: int) -> CurveSpec:
         """Check every n against the VA-rated training items of the smallest fold."""
         smallest = min(rated_per_fold) if rated_per_fold else 0
-        too_big = [n for n in ns if n != ALL and n > smallest]
+        too_big = [n for n in ns if n != ALL and int(n) > smallest]
         if too_big:
             raise ConfigError(
                 f"--n-labels {too_big[0]}: a fold has only {smallest} VA-rated training items; use at most "
@@ -95,12 +96,12 @@ class CurveSpec:
 def run_curve(
     *,
     model: str,
-    make: Callable[[], object],
+    make: Callable[[], BaseEstimator],
     X: np.ndarray,
     va: np.ndarray,
     plan: Plan,
     spec: CurveSpec,
-    stage1: dict[int, object] | None,
+    stage1: dict[int, BaseEstimator] | None,
     method: str = "residual",
     on_fit: Callable[[str], None] | None = None,
 ) -> list[dict]:
@@ -124,19 +125,13 @@ def run_curve(
                         if setting == "stage2_only":
                             est = make().fit(X[sample], va[sample])
                         else:
+                            assert stage1 is not None  # the two_stage setting runs only with stage 1
                             est = TwoStageRegressor(stage1[fold.index], method=method, prefit=True)
                             est.fit(X[sample], va[sample])
                         pred[[pos[int(r)] for r in fold.eval]] = est.predict(X[fold.eval])
                     except ValueError as e:  # e.g. too few items for the model: reported, scored NaN
-                        log.warning(
-                            "curve: %s %s with n=%s (seed %d, fold %d) failed: %s",
-                            model,
-                            setting,
-                            n,
-                            seed,
-                            fold.index,
-                            e,
-                        )
+                        log.warning("curve: %s %s with n=%s (seed %d, fold %d) failed: %s",
+                                    model, setting, n, seed, fold.index, e)  # fmt: skip
                     if on_fit is not None:
                         on_fit(f"curve {model} {setting} n={n} seed {seed}")
                 m = _score(va[eval_rows], pred)

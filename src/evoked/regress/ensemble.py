@@ -7,6 +7,8 @@ keeps its own inner model selection on the training data only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -25,14 +27,14 @@ class MeanRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def __init__(
         self,
         members: tuple[str, ...] = ENSEMBLE_MEMBERS,
-        member_params: dict | None = None,
+        member_params: dict[str, dict] | None = None,
         random_state: int = 0,
     ):
         self.members = members
         self.member_params = member_params
         self.random_state = random_state
 
-    def fit(self, X, y, aux=None):
+    def fit(self, X: np.ndarray, y: np.ndarray, aux: np.ndarray | None = None) -> MeanRegressor:
         """`aux` (auxiliary targets, see `TorchMLPRegressor`) goes to the members that learn them."""
         from evoked.regress.describe import accepts_aux
 
@@ -49,11 +51,11 @@ class MeanRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             self.estimators_.append(est.fit(X, y, **kw))
         return self
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "estimators_")
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         return np.mean([np.asarray(e.predict(X), dtype=np.float64) for e in self.estimators_], axis=0)
 
 
-def ensemble(seed: int = 0, **params) -> MeanRegressor:
+def ensemble(seed: int = 0, **params: Any) -> MeanRegressor:
     return MeanRegressor(random_state=seed, **params)

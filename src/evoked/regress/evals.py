@@ -22,6 +22,7 @@ from evoked.errors import ConfigError
 from evoked.evaluate.evalsets import parse_eval_spec, unique_name
 from evoked.extract.registry import comparable_config
 from evoked.features.store import OK, FeatureStore
+from evoked.regress.chunks import ChunkRows, MemoryRows
 from evoked.regress.targets import va_ratings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class EvalSet:
     item_split: np.ndarray
     category: np.ndarray
     features: list[str]
-    data: object = None  # MemoryRows or ChunkRows over the eval store
+    data: MemoryRows | ChunkRows | None = None  # over the eval store, set by the runner
 
     @property
     def has_ratings(self) -> bool:
@@ -105,7 +106,7 @@ class EvalSet:
             "split": self.split,
             "n_items": int(len(self.rows)),
             "has_ratings": self.has_ratings,
-            "items_sha256": items_fingerprint(self.ids, [-1] * len(self.ids), list(self.item_split)),
+            "items_sha256": items_fingerprint(self.ids.tolist(), [-1] * len(self.ids), list(self.item_split)),
         }
 
 
@@ -116,7 +117,7 @@ def open_eval(
     main: FeatureStore,
     features: Sequence[str],
     train_ids: set,
-    va_range,
+    va_range: tuple[float, float],
 ) -> EvalSet:
     """Check one eval store against the training store and select the rows it predicts."""
     what = f"--eval {spec}"

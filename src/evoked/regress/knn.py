@@ -14,9 +14,14 @@ same leave-one-out on the same queries.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from evoked.regress.chunks import RowView
 
 #: Neighbour counts tried by leave-one-out when ``n_neighbors="auto"``.
 K_CANDIDATES = (5, 10, 20, 40, 80)
@@ -47,6 +52,8 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.memory_budget = memory_budget  # the index's budget when fitted from chunks
         self.random_state = random_state
 
+    train_vectors_: np.ndarray | None  # None when fitted from chunks: the index is kept instead
+
     # -- fitting -------------------------------------------------------------------------------
     def _check(self) -> None:
         if self.weights not in ("distance", "uniform"):
@@ -56,7 +63,7 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ):
             raise ValueError(f"n_neighbors={self.n_neighbors!r}: use a positive integer or 'auto'")
 
-    def fit(self, X, y):
+    def fit(self, X: np.ndarray, y: np.ndarray) -> FaissKNNRegressor:
         from evoked.features.index import normalize
 
         self._check()
@@ -64,11 +71,11 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self._single_output = y.ndim == 1
         self.train_vectors_ = normalize(X)
         self.train_targets_ = y.reshape(len(y), -1).astype(np.float64)
-        self._index = None
+        self._index: Any = None  # a faiss index, built on first use
         self._set_k(lambda q: self.train_vectors_[q])
         return self
 
-    def fit_chunks(self, view, Y):
+    def fit_chunks(self, view: RowView, Y: np.ndarray) -> FaissKNNRegressor:
         """Build the index from chunks of standardised rows (`evoked.regress.chunks.RowView`)."""
         from evoked.features.index import normalize
         from evoked.features.index_build import build_index_streaming, parse_bytes
@@ -81,7 +88,7 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         queries = self._queries(view.n)
         query_x = np.empty((len(queries), view.d), dtype=np.float32)
 
-        def chunks():
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for r, x in view:
                 pos = np.searchsorted(view.rows, r)
                 hit = np.isin(pos, queries)
@@ -91,11 +98,8 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self._index, info = build_index_streaming(
             chunks, view.n, view.d, memory_budget=parse_bytes(self.memory_budget), seed=int(self.random_state)
         )
-        self.index_kind_, self.index_params_, self.index_recall_ = (
-            info.kind,
-            dict(info.params),
-            info.recall_at_10,
-        )
+        self.index_kind_, self.index_params_ = info.kind, dict(info.params)
+        self.index_recall_ = info.recall_at_10
         query_x = normalize(query_x)
         self._set_k(lambda q: query_x[np.searchsorted(queries, q)])
         return self
@@ -179,7 +183,7 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         w /= w.sum(axis=1, keepdims=True)
         return np.einsum("qk,qkt->qt", w, self.train_targets_[ids])
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         from evoked.features.index import normalize
 
         check_is_fitted(self, "train_vectors_")
@@ -211,7 +215,7 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.__dict__.update(state)
 
 
-def faiss_params(index, name: str, value) -> None:
+def faiss_params(index: Any, name: str, value: float) -> None:
     """Set the tuned search parameter (nprobe of an IVF index, efSearch of HNSW)."""
     import faiss
 
@@ -221,5 +225,5 @@ def faiss_params(index, name: str, value) -> None:
         index.hnsw.efSearch = int(value)
 
 
-def knn(seed: int = 0, **params) -> FaissKNNRegressor:
+def knn(seed: int = 0, **params: Any) -> FaissKNNRegressor:
     return FaissKNNRegressor(random_state=seed, **params)

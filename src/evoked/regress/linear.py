@@ -17,10 +17,14 @@ on a 2-core machine shared with other work it ran 7-13x slower with two threads 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from evoked.regress.chunks import Moments, RowView
 
 #: Ridge penalties tried by leave-one-out (features are standardised, so one grid fits most sets).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
@@ -53,7 +57,7 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"alphas must be positive and finite, got {self.alphas!r}")
         return alphas
 
-    def fit(self, X, y):
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeLOO:
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         alphas = self._alphas()
         self._single_output = y.ndim == 1
@@ -84,12 +88,10 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
             coef = np.stack([Xc.T @ (U @ (B[:, t] / (lam + a))) for t, a in enumerate(best)], axis=1)
         return self._finish(alphas, self.loo_mse_, coef, x_mean, y_mean)
 
-    def fit_chunks(self, view, Y):
+    def fit_chunks(self, view: RowView, Y: np.ndarray) -> RidgeLOO:
         """The same fit from chunks of (standardised) rows (`evoked.regress.chunks.RowView`): one
         pass accumulates the centred scatter and cross products, a second computes the exact
         leave-one-out error of every alpha chunk by chunk (the d x d path of `fit`)."""
-        from evoked.regress.chunks import Moments
-
         alphas = self._alphas()
         T = Moments.empty(view.d, Y.shape[1])
         for r, x in view:
@@ -156,7 +158,7 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.alpha_ = np.asarray(best)
         return self.alpha_
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
@@ -166,5 +168,5 @@ def linear(seed: int = 0) -> LinearRegression:
     return LinearRegression()
 
 
-def ridge(alphas=RIDGE_ALPHAS, seed: int = 0) -> RidgeLOO:
+def ridge(alphas: Sequence[float] = RIDGE_ALPHAS, seed: int = 0) -> RidgeLOO:
     return RidgeLOO(alphas=alphas)

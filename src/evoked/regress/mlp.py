@@ -22,16 +22,21 @@ Two named configurations are registered:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from evoked.device import resolve_device
+from evoked.regress.chunks import RowView
 
 log = logging.getLogger(__name__)
 
 KIM_HIDDEN = (512, 256, 128)
+#: What a fit trains on, per seed: (torch generator, epoch) -> batches (x, z), and validation tensors.
+TrainData = tuple[Callable[[Any, int], Iterator[tuple[Any, Any]]], tuple[Any, ...]]
 
 
 def _build(n_in: int, hidden: tuple[int, ...], n_out: int, dropout: float):
@@ -113,7 +118,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 f"epochs={self.epochs}, batch_size={self.batch_size}, n_ensemble={self.n_ensemble}: must be >= 1"
             )
 
-    def fit(self, X, y, aux=None):
+    def fit(self, X: np.ndarray, y: np.ndarray, aux: np.ndarray | None = None) -> TorchMLPRegressor:
         import torch
 
         self._check_params()
@@ -137,11 +142,11 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Z = Z.astype(np.float32)
         device = resolve_device(self.device, "MLP device")
 
-        def data(seed):
+        def data(seed: int) -> TrainData:
             train_idx, val_idx = self._split(len(X), seed)
             xt, zt = (torch.from_numpy(a[train_idx]).to(device) for a in (X, Z))
 
-            def batches(gen, epoch):
+            def batches(gen: torch.Generator, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
                 order = torch.randperm(len(xt), generator=gen).to(device)
                 for start in range(0, len(xt), self.batch_size):
                     idx = order[start : start + self.batch_size]
@@ -153,7 +158,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self._train(data, X.shape[1], Z.shape[1], weight, device)
         return self
 
-    def fit_chunks(self, view, Y):
+    def fit_chunks(self, view: RowView, Y: np.ndarray) -> TorchMLPRegressor:
         """The same training from chunks of standardised rows (`evoked.regress.chunks.RowView`):
         the same validation rows (kept in memory, at most `max_validation_rows`), each epoch's
         batches drawn from shuffled chunks (chunk order random, rows shuffled within a chunk)."""
@@ -168,7 +173,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Z = ((Y - self.y_mean_) / self.y_scale_).astype(np.float32)
         device = resolve_device(self.device, "MLP device")
 
-        def data(seed):
+        def data(seed: int) -> TrainData:
             _, val_pos = self._split(view.n, seed)
             val_rows = np.sort(view.rows[val_pos])
             is_val = np.zeros(view.source.n, dtype=bool)
@@ -178,13 +183,11 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 v = is_val[r]
                 xv[np.searchsorted(val_rows, r[v])] = x[v]
 
-            def batches(gen, epoch):
+            def batches(gen: torch.Generator, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
                 for r, x in view.shuffled(np.random.default_rng([seed, epoch])):
                     keep = ~is_val[r]
-                    xt, zt = (
-                        torch.from_numpy(np.ascontiguousarray(x[keep])).to(device),
-                        torch.from_numpy(Z[r[keep]]).to(device),
-                    )
+                    xt = torch.from_numpy(np.ascontiguousarray(x[keep])).to(device)
+                    zt = torch.from_numpy(Z[r[keep]]).to(device)
                     order = torch.randperm(len(xt), generator=gen).to(device)
                     for start in range(0, len(xt), self.batch_size):
                         idx = order[start : start + self.batch_size]
@@ -259,13 +262,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 best = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                 best_epoch = len(curve)
         state = {k: v.numpy() for k, v in best.items()}
-        return {
-            "state": state,
-            "epochs": len(curve),
-            "best_epoch": best_epoch,
-            "curve": curve,
-            "val_curve": val_curve,
-        }
+        return dict(state=state, epochs=len(curve), best_epoch=best_epoch, curve=curve, val_curve=val_curve)
 
     def _predict_module(self, state: dict):
         """One network in float64 on the CPU: predictions do not depend on batch size or order."""
@@ -276,7 +273,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
         return module.double().eval()
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         import torch
 
         check_is_fitted(self, "state_dicts_")
@@ -289,10 +286,10 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return out[:, 0] if self._single_output else out
 
 
-def mlp(seed: int = 0, **params) -> TorchMLPRegressor:
+def mlp(seed: int = 0, **params: Any) -> TorchMLPRegressor:
     return TorchMLPRegressor(random_state=seed, **params)
 
 
-def mlp_kim(seed: int = 0, **params) -> TorchMLPRegressor:
+def mlp_kim(seed: int = 0, **params: Any) -> TorchMLPRegressor:
     params.setdefault("hidden_layer_sizes", KIM_HIDDEN)
     return TorchMLPRegressor(random_state=seed, **params)

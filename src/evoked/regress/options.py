@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evoked.data.va_range import parse_va_range
+from evoked.data.va_range import DEFAULT_VA_RANGE, parse_va_range
 from evoked.errors import ConfigError
 from evoked.regress.curve import parse_n_labels
 from evoked.regress.describe import accepts_aux
@@ -46,9 +46,9 @@ def parse_models(models: Sequence[str] | str) -> list[str]:
 def parse_params(items: Sequence[str] | dict | None, models: Sequence[str]) -> dict[str, dict]:
     """``["svr.C=3", "mlp.hidden_layer_sizes=(512,256)"]`` -> ``{"svr": {"C": 3}, ...}``."""
     if isinstance(items, dict):
-        out = {k: dict(v) for k, v in items.items()}
+        out: dict[str, dict] = {k: dict(v) for k, v in items.items()}
     else:
-        out: dict[str, dict] = {}
+        out = {}
         for item in items or ():
             key, sep, value = item.partition("=")
             model, dot, param = key.strip().partition(".")
@@ -101,6 +101,7 @@ class RegressOptions:
     model_names: list[str] = field(default_factory=list, init=False)
     model_params: dict[str, dict] = field(default_factory=dict, init=False)
     curve_ns: list | None = field(default=None, init=False)
+    va_bounds: tuple[float, float] = field(default=DEFAULT_VA_RANGE, init=False)
 
     @property
     def target_kw(self) -> dict:
@@ -113,7 +114,7 @@ class RegressOptions:
         self.model_names = parse_models(self.models)
         self.model_params = parse_params(self.params, self.model_names)
         self.pca = parse_pca(self.pca)
-        self.va_range = parse_va_range(self.va_range)
+        self.va_bounds = parse_va_range(self.va_range)
         for m in self.model_names:
             make_regressor(m, **self.model_params.get(m, {}))
         if self.split is not None and self.cv is not None:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class Prediction:
             "precisions": self.precisions,
         }
 
-    def write_csv(self, f) -> None:
+    def write_csv(self, f: TextIO) -> None:
         """The predictions file `evoked evaluate --predictions P.csv --truth DATASET` scores (images
         named by absolute path, so it means the same wherever it is written and read)."""
         w = csv.writer(f)
@@ -95,14 +96,6 @@ def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     return paths, ids, notes
 
 
-class _RecordedConfigs:
-    """What `backbone_for` reads from a store, from the configurations saved with a model."""
-
-    def __init__(self, configs: dict, precisions: dict, name: str):
-        self.extractors = {g: {"config": c, "precision": precisions.get(g, "fp32")} for g, c in configs.items()}
-        self.path = Path(name)
-
-
 def _ready(meta: dict, device: str):
     """The run's backbones (`ready_backbones`), from its store, or from the configurations saved
     with the model when the store is gone or was rewritten."""
@@ -118,7 +111,7 @@ def _ready(meta: dict, device: str):
     if store_path.is_file():
         with open_store(store_path) as st:
             if st.attrs.get("store_uuid") == meta.get("store_uuid"):
-                ready = ready_backbones(st, list(groups), device)
+                ready = ready_backbones(st.extractors, list(groups), device, st.path.name)
     if ready is None:
         configs = meta.get("extractor_configs") or {}
         missing = [g for g in groups if g not in configs]
@@ -128,11 +121,9 @@ def _ready(meta: dict, device: str):
                 "extracted; put the store back"
             )
         log.info("store %s not found (or changed): using the configuration saved with the model", store_path)
-        ready = ready_backbones(
-            _RecordedConfigs(configs, meta.get("extractor_precisions") or {}, store_path.name or "model"),
-            list(groups),
-            device,
-        )
+        precisions = meta.get("extractor_precisions") or {}
+        saved = {g: {"config": c, "precision": precisions.get(g, "fp32")} for g, c in configs.items()}
+        ready = ready_backbones(saved, list(groups), device, "the model's saved configuration")
     for bb in ready.backbones:
         bb.selected = tuple(groups[bb.name])
     return ready

@@ -114,12 +114,8 @@ def plan_cv(
         if present:
             log.warning(
                 "the store has %d folds, not %d: assigning %d new folds (seed %d); other systems using the "
-                "store's folds will not see the same ones",
-                len(present),
-                k,
-                k,
-                seed,
-            )
+                "store's folds will not see the same ones", len(present), k, k, seed,
+            )  # fmt: skip
         rows = np.flatnonzero(evaluable)
         if len(rows) < k:
             raise ConfigError(

@@ -47,7 +47,7 @@ def list_regressors() -> list[str]:
     return REGRESSORS.names()
 
 
-def make_regressor(name: str, **params) -> BaseEstimator:
+def make_regressor(name: str, **params: Any) -> BaseEstimator:
     """A new unfitted estimator of family `name`; `params` override its defaults."""
     factory = REGRESSORS.load(name)
     try:
@@ -76,7 +76,7 @@ def parse_pca(value: str | float | int | None) -> int | float | None:
 def build_pipeline(
     name: str,
     *,
-    pca: int | float | None = None,
+    pca: str | float | int | None = None,
     params: dict | None = None,
     seed: int = 0,
     log_ranges: tuple[tuple[int, int], ...] = (),
@@ -91,7 +91,7 @@ def build_pipeline(
 
     steps: list[tuple[str, BaseEstimator]] = []
     if log_ranges:
-        steps.append(("log", LogColumns(tuple(tuple(map(int, r)) for r in log_ranges))))
+        steps.append(("log", LogColumns(tuple((int(a), int(b)) for a, b in log_ranges))))
     steps.append(("scale", StandardScaler()))
     pca = parse_pca(pca)
     if pca is not None:

@@ -66,7 +66,7 @@ def load_run_model(run: str | os.PathLike, model: str | None = None) -> tuple[An
     info = _regress_meta(run)
     models = info.get("models", [])
     name = model or info.get("default_model") or (models[0] if models else None)
-    if name not in models:
+    if name is None or name not in models:
         raise ConfigError(f"--model {name!r} is not in {run}; it has {', '.join(models) or 'no models'}")
     stem = model_filename(name)
     meta_path = Path(run) / "models" / f"{stem}.json"

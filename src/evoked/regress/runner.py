@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ class _Training:
 
     @property
     def X(self) -> np.ndarray:
+        assert isinstance(self.data, MemoryRows), "the features are read in chunks"
         return self.data.X
 
 
@@ -140,7 +142,7 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
     targets = make_targets(labels, opts.target, **(opts.target_kw if opts.stage1 is None else {}))
     ids = st.ids.astype(str)
     va = va_ratings(labels)
-    check_va_range(ids.tolist(), va[:, 0], va[:, 1], opts.va_range, source=str(path))
+    check_va_range(ids.tolist(), va[:, 0], va[:, 1], opts.va_bounds, source=str(path))
     info = describe_store(st, path, resolved)
     log_ranges = probability_ranges(resolved, info["feature_dims"]) if opts.log_probs else ()
     log_features = probability_features(resolved) if opts.log_probs else []
@@ -174,6 +176,7 @@ def _plan(opts: RegressOptions, tr: _Training) -> Plan:
         return plan_split(opts.split, split=tr.labels["split"], **common)
     if opts.cv == 0:
         return plan_fit_only(**common)
+    assert opts.cv is not None  # `RegressOptions.check` sets it when there is no split
     return plan_cv(
         opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
         include_test=opts.cv_include_test, seed=opts.seed, **common,
@@ -230,13 +233,10 @@ def _open_evals(opts: RegressOptions, st: FeatureStore, tr: _Training, stack: Ex
     train_ids = set(tr.ids.tolist())
     for spec, name in zip(opts.evals, eval_names(opts.evals)):
         other = stack.enter_context(open_store(parse_eval(spec)[0]))
-        ev = open_eval(spec, name, other, st, tr.resolved, train_ids, opts.va_range)
-        if tr.data.chunked:
-            ev.data = ChunkRows(
-                StoreSource(
-                    other, ev.features, log_ranges=tr.log_ranges, chunk_rows=tr.data.source.chunk_rows
-                )
-            )
+        ev = open_eval(spec, name, other, st, tr.resolved, train_ids, opts.va_bounds)
+        if isinstance(tr.data, ChunkRows):
+            chunk = tr.data.source.chunk_rows
+            ev.data = ChunkRows(StoreSource(other, ev.features, log_ranges=tr.log_ranges, chunk_rows=chunk))
         else:
             X = other.read(ev.features)
             finite = np.isfinite(X[ev.rows]).all(axis=1)
@@ -296,6 +296,7 @@ class _Fitter:
     def stage1_rows(self, train: np.ndarray) -> np.ndarray:
         """Stage-1 rows of ``--stage1 same`` for a fit: its training rows and the rows without VA
         rating (never evaluated), never a row the run leaves out (`Plan.excluded`)."""
+        assert self.source is not None and self.plan.excluded is not None
         tr, t1 = self.tr, self.source.targets
         in_train = np.zeros(len(tr.ids), dtype=bool)
         in_train[train] = True
@@ -304,11 +305,13 @@ class _Fitter:
 
     def fit_two_stage(self, m: str, train: np.ndarray, key) -> TwoStageRegressor:
         tr, src = self.tr, self.source
+        assert src is not None
         if src.kind == "same":
             rows1 = self.stage1_rows(train)
             s1 = MemoryRows(tr.X).fit(self.make(m), rows1, src.targets.y)
         else:
             if m not in self._s1_store:
+                assert src.X is not None  # read by `_open_stage1_store`
                 self._s1_store[m] = self.make(m).fit(src.X[src.rows], src.targets.y[src.rows])
             s1 = self._s1_store[m]
         self.stage1_fitted[(m, key)] = s1
@@ -326,18 +329,19 @@ class _Fitter:
 def _cross(fit, data, folds: Sequence[Fold], step, label: str, key="fold"):
     """Fit on each fold's training rows and predict its held-out rows: (rows, predictions, fitted
     per fold, seconds, training sizes)."""
-    rows, preds, fitted, seconds, sizes = [], [], {}, 0.0, []
+    rows, preds, fitted, seconds = [], [], {}, 0.0
     for fold in folds:
         t0 = time.perf_counter()
         est = fit(fold.train, (key, fold.index))
         seconds += time.perf_counter() - t0
-        fitted[fold.index], sizes = est, sizes + [len(fold.train)]
+        fitted[fold.index] = est
         if len(fold.eval):
             rows.append(fold.eval)
             preds.append(data.predict(est, fold.eval))
         step(f"{label} {key} {fold.index}")
-    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    return rows, np.concatenate(preds) if preds else np.zeros((0, 2)), fitted, seconds, sizes
+    done = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    pred = np.concatenate(preds) if preds else np.zeros((0, 2))
+    return done, pred, fitted, seconds, [len(f.train) for f in folds]
 
 
 def _score(truth: np.ndarray, pred: np.ndarray) -> dict:
@@ -346,11 +350,9 @@ def _score(truth: np.ndarray, pred: np.ndarray) -> dict:
 
 
 def _mean_r(metrics: dict) -> float:
-    return (
-        float(np.nan_to_num((metrics["valence"]["r"] + metrics["arousal"]["r"]) / 2, nan=-9))
-        if metrics
-        else -9.0
-    )
+    if not metrics:
+        return -9.0
+    return float(np.nan_to_num((metrics["valence"]["r"] + metrics["arousal"]["r"]) / 2, nan=-9))
 
 
 def _choose_default(results, fitter, opts, tr, plan, progress) -> tuple[str, dict]:
@@ -402,7 +404,7 @@ def write_outputs(
     rows = plan.eval_rows
     kind = "oof" if plan.protocol["kind"] == "cv" else "held-out"
 
-    def prediction_rows():
+    def prediction_rows() -> Iterator[dict]:
         for f in fitted:
             name, p = f.result.name, f.pred
             for i, row in enumerate(rows):
@@ -460,7 +462,7 @@ def run_record(
         "aux": opts.aux,
         "params": opts.model_params,
         "seed": opts.seed,
-        "va_range": list(opts.va_range),
+        "va_range": list(opts.va_bounds),
         "counts": plan.counts,
         "target_missing": targets.missing,
         "fit_seconds": {r.name: round(r.fit_seconds, 3) for r in results},
@@ -478,7 +480,7 @@ def _estimator_name(est) -> str:
 
 
 def run_regress(
-    store: str | os.PathLike, *, on_progress: ProgressFn | None = None, **options
+    store: str | os.PathLike, *, on_progress: ProgressFn | None = None, **options: Any
 ) -> RegressResult:
     """Fit `models` on `features` of a store, evaluate them, and write the run folder `out`.
 
@@ -557,7 +559,7 @@ def _fit_and_write(
         }
     if curve_spec is not None:
         run["curve"] = curve_spec.describe()
-    if tr.data.chunked:
+    if isinstance(tr.data, ChunkRows) and tr.budget is not None:
         run["streaming"] = {"chunk_rows": int(tr.data.source.chunk_rows), "max_memory": int(tr.budget)}
     runfolder.write_json(out_path / "run.json", run)
     return RegressResult(out_path, run, results, plan.counts, curve_summary)
@@ -587,6 +589,7 @@ def _fit_model(
                       float(np.mean(sizes)), len(eval_rows), info)  # fmt: skip
     out = _Fitted(res, pred, final)
     for ev in evals:
+        assert ev.data is not None  # set by `_open_evals`
         out.eval_pred[ev.name] = ev.data.predict(final, ev.rows)
         res.eval_metrics[ev.name] = _score(ev.va, out.eval_pred[ev.name])
     log.info("%s: %.1f s", name, seconds)
@@ -612,7 +615,8 @@ def _save_models(models_dir: Path, fitted: Sequence[_Fitted], fitter: _Fitter, o
                 "fitted_on": {"items": int(len(plan.final_train)), "what": final_what}, "info": f.result.info,
                 "versions": runfolder.versions(), "created": utc_now()}  # fmt: skip
         if name.startswith(TWO_STAGE_PREFIX):
-            s1_ids = source.ids if source.kind == "store" else tr.ids[fitter.stage1_rows(plan.final_train)]
+            assert source is not None
+            s1_ids = source.ids if source.ids is not None else tr.ids[fitter.stage1_rows(plan.final_train)]
             ids = np.concatenate([tr.ids[rated], s1_ids])
             meta["two_stage"] = {
                 "method": opts.two_stage_method,
@@ -630,7 +634,7 @@ def _curve(
     rows: list[dict] = []
     for m in opts.model_names:
         rows += run_curve(
-            model=m, make=lambda m=m: fitter.make(m), X=tr.X, va=tr.va, plan=plan, spec=spec,
+            model=m, make=partial(fitter.make, m), X=tr.X, va=tr.va, plan=plan, spec=spec,
             stage1={f.index: fitter.stage1_fitted[(m, ("fold", f.index))] for f in plan.folds} if two_stage else None,
             method=opts.two_stage_method, on_fit=progress.step,
         )  # fmt: skip

@@ -9,6 +9,8 @@ The fitted `method_` ("exact" or "nystroem") records which one was used.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.kernel_approximation import Nystroem
@@ -51,7 +53,7 @@ class RBFSVRRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
         return float(self.gamma)
 
-    def fit(self, X, y):
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RBFSVRRegressor:
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         self._single_output = y.ndim == 1
         Y = y.reshape(len(y), -1).astype(np.float64)
@@ -74,7 +76,7 @@ class RBFSVRRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             self.model_ = RidgeLOO(alphas=RIDGE_ALPHAS).fit(self.nystroem_.transform(X), Z)
         return self
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         if self.method_ == "nystroem":
@@ -84,5 +86,5 @@ class RBFSVRRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return out[:, 0] if self._single_output else out
 
 
-def svr(seed: int = 0, **params) -> RBFSVRRegressor:
+def svr(seed: int = 0, **params: Any) -> RBFSVRRegressor:
     return RBFSVRRegressor(random_state=seed, **params)

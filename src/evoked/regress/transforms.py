@@ -29,7 +29,7 @@ def probability_features(features: list[str]) -> list[str]:
     return [f for f in features if f.split("/")[-1] in PROBABILITY_OUTPUTS]
 
 
-def check_probabilities(X: np.ndarray, ranges, features: list[str]) -> None:
+def check_probabilities(X: np.ndarray, ranges: tuple[tuple[int, int], ...], features: list[str]) -> None:
     """A clear error when the columns to be log-transformed hold negative (finite) values."""
     for start, stop in ranges:
         block = X[:, start:stop]
@@ -65,7 +65,7 @@ class LogColumns(TransformerMixin, BaseEstimator):
             mask[start:stop] = True
         return mask
 
-    def fit(self, X, y=None):
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogColumns:
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         self.mask_ = self._mask(X.shape[1])
         if self.mask_.any() and (X[:, self.mask_] < 0).any():
@@ -75,7 +75,7 @@ class LogColumns(TransformerMixin, BaseEstimator):
             )
         return self
 
-    def transform(self, X):
+    def transform(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "mask_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         out = np.array(X, copy=True)

@@ -29,6 +29,7 @@ from evoked.regress.linear import RIDGE_ALPHAS, RidgeLOO
 
 METHODS = ("residual", "recalibrate")
 MIN_AFFINE_N = 3
+OptArray = np.ndarray | None
 
 
 def default_stage1() -> Pipeline:
@@ -65,7 +66,9 @@ class TwoStageRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.alphas = alphas
         self.prefit = prefit
 
-    def fit(self, X, y, X_stage1=None, y_stage1=None):
+    def fit(
+        self, X: OptArray, y: OptArray, X_stage1: OptArray = None, y_stage1: OptArray = None
+    ) -> TwoStageRegressor:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
         n_rated = 0 if X is None else _num_samples(X)
@@ -113,7 +116,7 @@ class TwoStageRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             return self.stage1_[:-1]
         return StandardScaler().fit(X_stage1 if X_stage1 is not None else X)
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "slope_")
         X = validate_data(self, X, reset=False)
         s1 = np.asarray(self.stage1_.predict(X), dtype=np.float64).reshape(len(X), -1)

@@ -49,7 +49,7 @@ class ClassifierFeatures(nn.Module):
         self._captured["pool"] = inputs[0]
 
     def _grab(self, name: str):
-        def hook(module, inputs, output) -> None:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             self._captured[name] = output.mean(dim=(2, 3))
 
         return hook
