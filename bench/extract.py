@@ -158,7 +158,8 @@ def cpu_seconds() -> np.ndarray:
 
 def measure_decode(paths, blocks, dev, decoder, workers, max_pixels, warmup):
     """img/s of the reader alone; also returns the decoded batches (for the model pass) and failures."""
-    from evoked.extract.runner import gather_images, make_loader
+    from evoked.extract.prefetch import gather_images
+    from evoked.extract.runner import make_loader
 
     loader = make_loader(paths, blocks, dev, decoder, workers, max_pixels)
     kept, failed, timed, t_warm = [], 0, 0, None

@@ -10,6 +10,7 @@ thread fewer).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,13 +34,10 @@ def available_cores() -> int:
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # no /proc (not Linux): no flags
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     return frozenset()
 
 

@@ -34,7 +34,7 @@ from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet,
 from evoked.extract.fold import fold_batch_norms
 from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
 from evoked.extract.precision import AMP_DTYPES, AmpDtype, amp_dtypes, backbone_precisions, dtype_for
-from evoked.extract.prefetch import gather_images, gathered_batches  # noqa: F401 (public here before)
+from evoked.extract.prefetch import gathered_batches
 from evoked.extract.reader import collate
 from evoked.extract.registry import comparable_config, create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink

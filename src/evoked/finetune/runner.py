@@ -69,10 +69,7 @@ def model_name(mode: str, task: str) -> str:
     return f"finetune:{mode}/{task}"
 
 
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _ids_sha256(part: Part) -> str:
+def _ids_sha256(part: Part) -> str:  # a resumed run must train on the same items
     return hashlib.sha256("\n".join(sorted(map(str, part.ids))).encode("utf-8")).hexdigest()
 
 
