@@ -326,6 +326,7 @@ def search(
 
 
 def _search_params(info: IndexInfo | None) -> faiss.SearchParameters | None:
+    # the ignores: faiss's bundled stubs lack SearchParametersHNSW and the SWIG keyword constructors
     if info is None:
         return None
     if info.kind.startswith("ivf") and "nprobe" in info.params:
