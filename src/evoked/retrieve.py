@@ -99,8 +99,9 @@ class RecordedBackbones:
 
 
 def ready_backbones(
-    recorded: Mapping[str, dict], extractors: Sequence[str], device: str = "cpu", where: str = "the store"
-) -> RecordedBackbones:
+    recorded: Mapping[str, dict], extractors: Sequence[str], device: str | torch.device = "cpu",
+    where: str = "the store",
+) -> RecordedBackbones:  # fmt: skip
     """The backbones that wrote `extractors`, computing as the store's rows were (predict, search and
     serve): configuration (`backbone_for`) and precision as `recorded` (a store's ``extractors``, or
     their copy saved with a model; fp16 is fp32 off CUDA; none: fp32), folded by `place_backbones`."""

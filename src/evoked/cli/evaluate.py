@@ -79,7 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from evoked.data.lexicon import parse_category_map
     from evoked.errors import ConfigError
     from evoked.evaluate.report import console_table, evaluate, evaluate_predictions, group_title
 
@@ -95,7 +94,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no run directories given; pass runs/NAME ..., or --predictions P.csv --truth DATASET"
         )
-    category_map = parse_category_map(args.category_map)
     with progress(args, args.bootstrap or None, "bootstrap", "resample") as bar:
 
         def on_progress(done: int, total: int) -> None:
@@ -109,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             reference=args.reference,
             categories=args.categories,
-            category_map=category_map,
+            category_map=args.category_map,
             plots=not args.no_plots,
             on_progress=on_progress,
         )

@@ -2,7 +2,7 @@
 
 The features are computed exactly as the run's store recorded them: each feature group's backbone
 is readied by `evoked.retrieve.ready_backbones` from the store, in the store's precision (or, when
-the store has moved, from the configuration copied into the model's metadata, in fp32), and the
+the store has moved, from the configuration and precision copied into the model's metadata), and the
 outputs are concatenated in the order the model was trained on. Images are decoded with `evoked.data.decode.load_rgb`; an image
 that cannot be read is reported with its reason, never skipped silently.
 """
