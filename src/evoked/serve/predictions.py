@@ -138,3 +138,31 @@ def _fitted(
             if ok.any():
                 pred[rows[ok]] = estimator.predict(x[ok])
     return pred, str(meta.get("name", model or "model")), read_fitted_ids(run_dir, meta)
+
+
+class QueryModel:
+    """The run's saved model applied to one uploaded image: its features are computed as the run's
+    store recorded them (`evoked.regress.predict`'s backbones, readied on first use)."""
+
+    def __init__(self, run_dir: str | os.PathLike, model: str | None = None, device: str = "cpu"):
+        from evoked.regress.rundir import load_run_model
+
+        self.estimator, self.meta = load_run_model(run_dir, model)
+        self.device = device
+        self._ready = None
+
+    def predict(self, image: np.ndarray) -> tuple[float, float] | None:
+        """(valence, arousal) of a decoded (H, W, 3) uint8 image; None when its features are not finite."""
+        import torch
+
+        from evoked.regress.predict import _ready
+
+        if self._ready is None:
+            self._ready = _ready(self.meta, self.device)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self._ready.device)
+        out = self._ready.run([tensor])
+        x = np.concatenate([out[f] for f in self.meta["features"]], axis=1)
+        if not np.isfinite(x).all():
+            return None
+        v, a = np.asarray(self.estimator.predict(x), dtype=float).reshape(2)
+        return float(v), float(a)
