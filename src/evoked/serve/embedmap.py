@@ -79,7 +79,7 @@ def _embed(z: np.ndarray) -> tuple[np.ndarray, str]:
         out[:, : min(2, z.shape[1])] = z[:, :2]
         return out, "PCA"
     try:
-        import umap  # type: ignore[import-not-found]
+        import umap
 
         return umap.UMAP(n_components=2, random_state=0).fit_transform(z).astype(np.float32), "UMAP"
     except ImportError:

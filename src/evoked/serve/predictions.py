@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from evoked import runfolder
 from evoked.errors import ConfigError
 from evoked.extract.registry import comparable_config
 from evoked.features.store import open_store
+
+if TYPE_CHECKING:
+    from evoked.retrieve import RecordedBackbones
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +153,7 @@ class QueryModel:
 
         self.estimator, self.meta = load_run_model(run_dir, model)
         self.device = device
-        self._ready = None
+        self._ready: RecordedBackbones | None = None
 
     def predict(self, image: np.ndarray) -> tuple[float, float] | None:
         """(valence, arousal) of a decoded (H, W, 3) uint8 image; None when its features are not finite."""
@@ -157,10 +161,9 @@ class QueryModel:
 
         from evoked.regress.predict import _ready
 
-        if self._ready is None:
-            self._ready = _ready(self.meta, self.device)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(self._ready.device)
-        out = self._ready.run([tensor])
+        ready = self._ready = self._ready or _ready(self.meta, self.device)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(ready.device)
+        out = ready.run([tensor])
         x = np.concatenate([out[f] for f in self.meta["features"]], axis=1)
         if not np.isfinite(x).all():
             return None
