@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from evoked import __version__
+from evoked.cli._common import progress_log
 from evoked.device import use_openmp_defaults
 from evoked.errors import EvokedError
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 and not quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    progress_log.setLevel(logging.WARNING if quiet else logging.INFO)  # progress lines need no -v
     if verbose < 2:
         for noisy in ("PIL", "matplotlib", "h5py", "urllib3", "huggingface_hub", "faiss"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

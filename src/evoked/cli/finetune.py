@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
+from evoked.cli._common import COMMON, hms, lexicon_flags, print_json, progress, va_range_flag
 from evoked.device import PRECISIONS
 
 if TYPE_CHECKING:  # torch loads with the command, not with the parser
@@ -151,6 +152,7 @@ class _Bars:
         self.key: str | None = None
         self.stack = ExitStack()
         self.bar = None
+        self.start = time.monotonic()
 
     def get(self, key: str, desc: str, unit: str):
         if key != self.key:
@@ -184,6 +186,7 @@ class _Bars:
             loss=f"{rec['train_loss']:.3f}",
             val_r_v=f"{rec['val_r_valence']:.3f}",
             val_r_a=f"{rec['val_r_arousal']:.3f}",
+            run_time=hms(time.monotonic() - self.start),
         )
         self.close()
 
