@@ -145,6 +145,24 @@ class LogProgress:
         return f"{self.desc}: " + ", ".join(parts) + (f" [{self.postfix}]" if self.postfix else "")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps the description to the terminal; keeps the example lines of the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+EXAMPLES = "examples:\n"
+
+
+def examples(*commands: str) -> dict:
+    """``add_parser`` keywords for a --help that ends with these example commands (a long one may
+    continue on lines of its own, indented after a trailing backslash)."""
+    return {"epilog": EXAMPLES + "\n".join("  " + c for c in commands), "formatter_class": _HelpFormatter}
+
+
 def _default(o):
     if isinstance(o, np.generic):
         return o.item()
