@@ -8,7 +8,16 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from evoked.cli._common import COMMON, examples, lexicon_flags, names_help, print_json, progress, size, va_range_flag
+from evoked.cli._common import (
+    COMMON,
+    examples,
+    lexicon_flags,
+    names_help,
+    print_json,
+    progress,
+    size,
+    va_range_flag,
+)
 from evoked.regress.registry import REGRESSORS
 from evoked.regress.targets import AUX_KINDS, TARGET_KINDS
 
