@@ -74,7 +74,9 @@ def test_finetune_and_regress_log_progress_lines_to_a_file(tmp_path: Path):
     store = make_store(tmp_path / "s.h5", {"net/pool": rng.random((n, 6))}, valence=rng.uniform(1, 9, n),
                        arousal=rng.uniform(1, 9, n), split=[SPLITS[i % 4] for i in range(n)])  # fmt: skip
     rg = ["regress", str(store), "--feature", "net/pool", "--model", "ridge,knn", "--split", "test"]
-    text = _run_to_file([*rg, "--out", str(tmp_path / "r")], tmp_path / "regress.log", **{PROGRESS_EVERY_ENV: "0"})
+    text = _run_to_file(
+        [*rg, "--out", str(tmp_path / "r")], tmp_path / "regress.log", **{PROGRESS_EVERY_ENV: "0"}
+    )
     lines = [line for line in text.splitlines() if line.startswith("INFO evoked.progress: fitting: ")]
     # two models, each fitted on train+val and once on train to be scored on val (the default's choice):
     # the total counts every fit, so the count never runs past it
@@ -92,7 +94,9 @@ def test_regress_cv_stream_counts_each_fold_and_the_saved_model(tmp_path: Path, 
     argv = ["regress", str(store), "--feature", "net/pool", "--model", "ridge,knn", "--cv", "3", "--stream"]
     assert main([*argv, "--out", str(tmp_path / "cv"), "--progress-every", "0"]) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "evoked.progress"]
-    assert [line.split(" fit ")[0] for line in lines] == [f"fitting: {k}/8" for k in range(9)]  # 3 folds + 1, twice
+    assert [line.split(" fit ")[0] for line in lines] == [
+        f"fitting: {k}/8" for k in range(9)
+    ]  # 3 folds + 1, twice
     assert lines[-1].endswith("[knn final]")
     assert "wrote " in capsys.readouterr().out
 

@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-images", type=int, default=240, help="images to generate (default 240)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed makes the same images and results (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed makes the same images and results (default 0)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     p.set_defaults(func=_demo)

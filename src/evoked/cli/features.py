@@ -70,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
     p.add_argument("--rows-per-file", type=int, default=1_000_000, help="rows in each file (default 1000000)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise each feature of each row")
-    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="the number type written (default float32)")
+    p.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, default="float32", help="the number type written (default float32)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_export)
 

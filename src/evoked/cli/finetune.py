@@ -81,8 +81,12 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _network_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--mode", choices=("one_stage", "two_stage"), required=True,
-                   help="one_stage: learn from a categorical dataset; two_stage: fine-tune a one_stage network on VA ratings")
+    g.add_argument(
+        "--mode",
+        choices=("one_stage", "two_stage"),
+        required=True,
+        help="one_stage: learn from a categorical dataset; two_stage: fine-tune a one_stage network on VA ratings",
+    )
     g.add_argument("--task", choices=("single", "multi"), required=True,
                    help="single: VA loss only; multi: VA plus a category head (docs/finetune.md)")  # fmt: skip
     g.add_argument(
@@ -143,7 +147,9 @@ def _training_flags(g: argparse._ArgumentGroup) -> None:
         "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on CUDA, fp32 on the CPU"
     )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    g.add_argument("--eval-batch-size", type=int, default=32, help="images per step when predicting (default 32)")
+    g.add_argument(
+        "--eval-batch-size", type=int, default=32, help="images per step when predicting (default 32)"
+    )
 
 
 class _Bars:

@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", type=Path, help="the HDF5 feature store to search (from `evoked extract`)")
     p.add_argument(
-        "--feature", required=True, help="the feature compared, GROUP/OUTPUT, e.g. resnet50/pool or clip-vit-b-32/embed"
+        "--feature",
+        required=True,
+        help="the feature compared, GROUP/OUTPUT, e.g. resnet50/pool or clip-vit-b-32/embed",
     )
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--id", help="an item id of the store")

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument(
         "--allow-host",
         action="append",
@@ -40,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "against DNS rebinding); repeatable",
     )
     p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest query image accepted, in MB (default 10)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest query image accepted, in MB (default 10)"
+    )
     p.add_argument("--device", default="cpu", help="where image and text queries are embedded")
     p.set_defaults(func=_serve)
 
