@@ -235,6 +235,8 @@ def evaluate_runs(
             + ")"
         )
     check_every_run_compared(runs, top["systems"], top["report"]["eval_set"])  # none left out silently
+    if top["report"]["eval_set"] == "":
+        _add_repeats(top["report"], runs)
     report = {
         "evoked_version": __version__,
         "created": utc_now(),
@@ -251,6 +253,15 @@ def evaluate_runs(
             report, Path(out), top["items"], top["systems"], lexicon, plots=plots, options=plot_options
         )
     return report
+
+
+def _add_repeats(group: dict, runs: Sequence[Run]) -> None:
+    """Each repeated system's scores over its repeats (`evaluate.repeats`), beside its bootstrap CIs."""
+    from evoked.evaluate.repeats import repeat_summary
+
+    over = repeat_summary(runs)
+    for entry in group["systems"]:
+        entry["repeats"] = over.get(entry["system"])
 
 
 def _compare_group(runs: Sequence[Run], *, reference: str | None, given_reference: bool, **kw) -> dict:
@@ -503,7 +514,8 @@ def _write_plots(
             f"the figures show {len(shown)} of {len(groups)} systems: the best of each model family and every "
             "fine-tuned network (--systems chooses others)"
         )
-    colors = colors_for([s["system"] for s in ranked] + [g.label for g in shown])
+    colors = colors_for([s["system"] for s in ranked])
+    colors.update({g.label: colors[g.members[0]] for g in shown})  # merged systems keep the best one's colour
     fmt = options.formats
     files: dict[str, str] = {}
 
