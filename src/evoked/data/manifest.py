@@ -208,7 +208,7 @@ class Manifest:
 
     def _check_nul(self) -> None:
         """A NUL character cannot be in a file name, an HDF5 string or most tools' text: refuse it."""
-        for column in ("ids", "paths", "category", "split"):
+        for column in ("paths", "ids", "category", "split"):
             values = getattr(self, column)
             bad = [k for k, v in enumerate(values.tolist()) if "\0" in v]
             if bad:

@@ -163,7 +163,7 @@ def _csv_rows(
             return
         except csv.Error as e:  # a cell over CELL_LIMIT characters (or a broken quote)
             raise error(
-                f"{path}:{reader.line_num}: {e}; a {what} cell holds a path, a label or a number "
+                f"{path}:{lineno + 1}: {e}; a {what} cell holds a path, a label or a number "
                 f"(at most {CELL_LIMIT} characters): check the quoting of that line"
             ) from None
         lineno += 1
