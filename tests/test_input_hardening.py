@@ -55,7 +55,8 @@ def test_1_large_manifests_read_whole_and_check_duplicates(tmp_path):
     assert len(m) == n and m.ids[-1] == f"img/{n - 1:06d}.jpg" and m.root == tmp_path
     assert m.category_counts() == {"fear": n // 2, "joy": n // 2}
     pq.write_table(
-        pa.table({"path": [r[0] for r in rows], "valence": [float(r[2]) for r in rows]}), tmp_path / "m.parquet"
+        pa.table({"path": [r[0] for r in rows], "valence": [float(r[2]) for r in rows]}),
+        tmp_path / "m.parquet",
     )
     assert len(load_dataset(tmp_path / "m.parquet")) == n
     rows[-1][0] = rows[7][0]  # one duplicate among 30,000 is named
@@ -123,7 +124,10 @@ def test_14_deeply_nested_json_is_a_clear_error(tmp_path):
 
 
 def test_14_non_utf8_json_is_a_clear_error(tmp_path):
-    shard(tmp_path / "00000.tar", [("0.jpg", jpeg_bytes()), ("0.json", '{"category": "f\xeate"}'.encode("latin-1"))])
+    shard(
+        tmp_path / "00000.tar",
+        [("0.jpg", jpeg_bytes()), ("0.json", '{"category": "f\xeate"}'.encode("latin-1"))],
+    )
     with pytest.raises(DatasetError, match="0.json: byte ea at offset 15 is not UTF-8.*iconv"):
         load_dataset(f"webdataset:{tmp_path}/00000.tar")
 
@@ -203,7 +207,9 @@ def test_15_parquet_nul_in_a_path(tmp_path):
 
 def test_15_parquet_distribution_as_a_list_is_refused(tmp_path):
     pq.write_table(pa.table({"path": ["a.jpg"], "distribution": [[0.3, 0.7]]}), tmp_path / "m.parquet")
-    with pytest.raises(DatasetError, match="column 'distribution' is list<element: double>.*names its categories"):
+    with pytest.raises(
+        DatasetError, match="column 'distribution' is list<element: double>.*names its categories"
+    ):
         load_dataset(tmp_path / "m.parquet")
 
 
@@ -246,7 +252,9 @@ def test_15_parquet_cells_that_are_not_text_are_refused(tmp_path, column, values
 def test_15_p_column_and_distribution_naming_one_category(tmp_path):
     t = pa.table({"path": ["a.jpg"], "p_joy": [0.2], "distribution": [{"joy": 0.8, "fear": 0.2}]})
     pq.write_table(t, tmp_path / "m.parquet")
-    with pytest.raises(LabelError, match="m.parquet:1: category 'joy' is given twice, as p_joy and in distribution"):
+    with pytest.raises(
+        LabelError, match="m.parquet:1: category 'joy' is given twice, as p_joy and in distribution"
+    ):
         load_dataset(tmp_path / "m.parquet")
 
 
@@ -270,7 +278,9 @@ def test_17_nul_in_a_path_or_a_category(tmp_path):
 
 def test_17_a_cell_over_the_csv_limit(tmp_path):
     write_csv(tmp_path / "m.csv", ["path", "category"], [["a.jpg", "joy"], ["b.jpg", "x" * 200_000]])
-    with pytest.raises(DatasetError, match=r"m.csv:3: field larger than field limit.*at most 131072 characters"):
+    with pytest.raises(
+        DatasetError, match=r"m.csv:3: field larger than field limit.*at most 131072 characters"
+    ):
         load_dataset(tmp_path / "m.csv")
 
 
@@ -297,7 +307,9 @@ def test_17_lexicon_given_a_folder(tmp_path):
 
 def test_17_an_all_zero_distribution_is_refused(tmp_path):
     write_csv(tmp_path / "m.csv", ["path", "p_joy", "p_fear"], [["a.jpg", 1, 3], ["b.jpg", 0, 0]])
-    with pytest.raises(LabelError, match=r"distribution of 1 item\(s\) is all zeros \(e.g. ids \['b.jpg'\]\)"):
+    with pytest.raises(
+        LabelError, match=r"distribution of 1 item\(s\) is all zeros \(e.g. ids \['b.jpg'\]\)"
+    ):
         load_dataset(tmp_path / "m.csv")
     shard(tmp_path / "w" / "0.tar", [("0.jpg", jpeg_bytes()), ("0.json", b'{"distribution": {"joy": 0}}')])
     with pytest.raises(LabelError, match="all zeros"):
@@ -308,3 +320,86 @@ def test_17_empty_and_partial_distributions_keep_their_meaning(tmp_path):
     write_csv(tmp_path / "m.csv", ["path", "p_joy", "p_fear"], [["a.jpg", 1, 3], ["b.jpg", "", ""]])
     m = load_dataset(tmp_path / "m.csv")
     assert m.distribution[0].tolist() == [0.25, 0.75] and np.isnan(m.distribution[1]).all()
+
+
+# 18 --------------------------------------------------------------------------------------------
+def _truth(tmp_path: Path, valence=None) -> str:
+    rows = [[f"i{k}", f"p{k}.jpg", (valence or {}).get(k, 1 + 0.8 * k), 5 - 0.3 * k] for k in range(10)]
+    write_csv(tmp_path / "truth.csv", ["id", "path", "valence", "arousal"], rows)
+    return f"csv:{tmp_path / 'truth.csv'}"
+
+
+def _predictions(tmp_path: Path, values, encoding="utf-8", name="P.csv") -> Path:
+    lines = ["id,model,valence_pred,arousal_pred"] + [f"i{k},m,{v},{a}" for k, (v, a) in enumerate(values)]
+    path = tmp_path / name
+    path.write_bytes("\n".join(lines).encode(encoding) + b"\n")
+    return path
+
+
+def _good(k: int) -> tuple[float, float]:
+    return 1.1 + 0.8 * k, 5.1 - 0.3 * k
+
+
+def _score(pred, truth, **kw):
+    from evoked.evaluate.report import evaluate_predictions
+
+    return evaluate_predictions([pred], truth, bootstrap=kw.pop("bootstrap", 0), plots=False, **kw)
+
+
+def test_18_bom_and_latin1_predictions(tmp_path):
+    truth = _truth(tmp_path)
+    report = _score(_predictions(tmp_path, [_good(k) for k in range(10)], encoding="utf-8-sig"), truth)
+    assert report["items"]["n"] == 10 and report["systems"][0]["valence"]["r"] > 0.99
+    latin = _predictions(tmp_path, [_good(k) for k in range(10)], name="L.csv")
+    latin.write_bytes(latin.read_bytes().replace(b"i3,m", "i3,m\xe9".encode("latin-1")))
+    with pytest.raises(
+        DatasetError, match=r"L.csv:5: byte e9 .* is not UTF-8; save the predictions file as UTF-8"
+    ):
+        _score(latin, truth)
+
+
+def test_18_all_nan_and_partly_nan_predictions(tmp_path):
+    truth = _truth(tmp_path)
+    with pytest.raises(DatasetError, match=r"model 'm'.*no valence prediction in any of its 10 row\(s\)"):
+        _score(_predictions(tmp_path, [("nan", a) for _, a in map(_good, range(10))]), truth)
+    values = [_good(k) for k in range(10)]
+    values[4] = ("", values[4][1])
+    report = _score(_predictions(tmp_path, values), truth)
+    assert any("1 row(s) without a valence prediction" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "1e308", "-1e308"])
+def test_18_infinite_and_huge_predictions(tmp_path, bad):
+    values = [_good(k) for k in range(10)]
+    values[2] = (bad, values[2][1])
+    with pytest.raises(
+        (DatasetError, LabelError), match=r"(is infinite|far outside the rating scale 1..9 .*'i2' valence=)"
+    ):
+        _score(_predictions(tmp_path, values), _truth(tmp_path))
+
+
+def test_18_predictions_on_another_scale_and_truth_of_100(tmp_path):
+    x100 = [(v * 100, a * 100) for v, a in map(_good, range(10))]
+    with pytest.raises(
+        LabelError, match=r"20 prediction\(s\) far outside the rating scale 1..9.*rescale them"
+    ):
+        _score(_predictions(tmp_path, x100), _truth(tmp_path))
+    with pytest.raises(
+        LabelError, match=r"--truth truth: 1 rating\(s\) outside the scale 1..9: 'i3' valence=100"
+    ):
+        _score(_predictions(tmp_path, [_good(k) for k in range(10)]), _truth(tmp_path, {3: 100}))
+    report = _score(
+        _predictions(tmp_path, x100), _truth(tmp_path, {k: 100 + 80 * k for k in range(10)}), va_range="1,900"
+    )
+    assert report["items"]["n"] == 10
+
+
+@pytest.mark.parametrize("b,match", [(-5, "must be a whole number >= 0"), (100_000_000, "at most 100,000")])
+def test_18_bootstrap_bounds(tmp_path, capsys, b, match):
+    from evoked.cli import main
+
+    pred = _predictions(tmp_path, [_good(k) for k in range(10)])
+    args = ["evaluate", "--predictions", str(pred), "--truth", _truth(tmp_path), "--bootstrap", str(b), "-q"]
+    assert main([*args, "--no-plots", "--out", str(tmp_path / "r")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
