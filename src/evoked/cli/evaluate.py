@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, lexicon_flags, print_json, progress
+from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
 
 
 def _csv_list(value: str) -> list[str]:
@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RUN/MODEL",
         help="system to test the others against (default: the best)",
     )
+    va_range_flag(p)  # --predictions: truths outside it, and predictions on another scale, are refused
     p.add_argument(
         "--systems",
         type=_csv_list,
@@ -129,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             on_progress=on_progress,
         )
         if args.predictions:
-            report = evaluate_predictions(args.predictions, args.truth, **common)
+            report = evaluate_predictions(args.predictions, args.truth, va_range=args.va_range, **common)
         else:
             report = evaluate(args.runs, **common)
     if args.json:

@@ -23,6 +23,7 @@ from evoked.clock import utc_now
 from evoked.data.lexicon import CategoryMap, Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
+from evoked.evaluate.bootstrap import check_resamples
 from evoked.evaluate.compare import check_every_run_compared, compare_systems, resolve_reference
 from evoked.evaluate.evalsets import eval_sets, membership_notes, unique_name
 from evoked.evaluate.markdown import markdown_report, protocol_text
@@ -97,10 +98,7 @@ def evaluate(
         raise ConfigError("no run directories given; pass one or more runs/NAME directories")
     if nearest not in NEAREST:
         raise ConfigError(f"--nearest {nearest!r} is not one of {', '.join(NEAREST)}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ConfigError(
-            f"--bootstrap {bootstrap!r} must be a whole number >= 0 (1000 is usual; 0 turns CIs off)"
-        )
+    check_resamples(bootstrap)
     paths = [Path(p) for p in run_dirs]
     seen = [p.resolve() for p in paths]
     twice = sorted({str(p) for p, r in zip(paths, seen) if seen.count(r) > 1})
@@ -131,19 +129,24 @@ def evaluate_predictions(
     lexicon: str = "nrc",
     *,
     category_map: CategoryMap | None = None,
+    va_range: str | Sequence[float] | None = None,
     **kw: Any,
 ) -> dict:
     """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
 
     `truth` is ``DATASET`` or ``DATASET:SPLIT``; rows join to its items by id, else by resolved path
-    (`evoked.evaluate.truth`). Several files are compared with each other on the same items.
+    (`evoked.evaluate.truth`). Several files are compared with each other on the same items. Truths
+    outside `va_range` (default 1,9) and predictions on another scale are refused.
     """
     from evoked.data import load_dataset
+    from evoked.data.va_range import parse_va_range
     from evoked.evaluate.evalsets import parse_eval_spec
     from evoked.evaluate.truth import predictions_run
 
     if not files:
         raise ConfigError("--truth scores predictions files: pass --predictions P.csv")
+    check_resamples(kw.get("bootstrap", 0))
+    scale = parse_va_range(va_range)
     spec, split = parse_eval_spec(str(truth))
     m = load_dataset(spec)
     if not m.has_va.any():
@@ -156,7 +159,7 @@ def evaluate_predictions(
     for f in files:
         name = unique_name(Path(f).stem, used)  # two files named alike stay two systems
         used.add(name)
-        runs.append(predictions_run(f, m, split, name=name))
+        runs.append(predictions_run(f, m, split, name=name, va_range=scale))
     _check_out(out)
     notes = [n for r in runs for n in r.meta["notes"]]
     truth_info = {"truth": {"dataset": m.name, "spec": spec, "split": split}}
@@ -196,7 +199,7 @@ def evaluate_runs(
         lexicon=lexicon,
         nearest=nearest,
         categories=categories,
-        bootstrap=int(bootstrap),
+        bootstrap=check_resamples(bootstrap),
         seed=seed,
         on_progress=on_progress,
     )
