@@ -100,6 +100,25 @@ def test_regress_cv_stream_counts_each_fold_and_the_saved_model(tmp_path: Path, 
     assert lines[-1].endswith("[knn final]")
     assert "wrote " in capsys.readouterr().out
 
+    caplog.clear()
+    argv = [
+        "regress",
+        str(store),
+        "--feature",
+        "net/pool",
+        "--cv",
+        "3",
+        "--repeats",
+        "2",
+        "--progress-every",
+        "0",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "rep")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "evoked.progress"]
+    for k in (1, 2):  # each repeat counts its own 4 fits, never past its total
+        mine = [line for line in lines if line.startswith(f"fitting, repeat {k}/2: ")]
+        assert [line.split(" fit ")[0].split(": ")[1] for line in mine] == [f"{i}/4" for i in range(5)], lines
+
 
 def test_extract_logs_lines_with_rate_and_eta(tmp_path: Path, caplog, capsys):
     ds = _dataset(tmp_path)

@@ -211,9 +211,15 @@ def _regress(args: argparse.Namespace) -> int:
     from evoked.regress.repeats import run_repeats
 
     with progress(args, None, "fitting", "fit") as bar:
+        runs = [0]
 
         def on_progress(done: int, total: int, what: str) -> None:
-            if bar.total != total:
+            if done == 0:  # a run starts (each of --repeats is one): its own count from 0
+                runs[0] += 1
+                bar.reset(total=total)
+                if args.repeats > 1:
+                    bar.set_description(f"fitting, repeat {runs[0]}/{args.repeats}")
+            elif bar.total != total:
                 bar.reset(total=total)
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
