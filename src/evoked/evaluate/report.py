@@ -499,7 +499,7 @@ def _write_plots(
 ) -> dict[str, str]:
     """Every figure of the report in `options.formats`; returns {figure: file of its first format}."""
     from evoked.evaluate import diagnostics, plots
-    from evoked.evaluate.selection import choose_systems, colors_for, merge_identical
+    from evoked.evaluate.selection import choose_systems, colors_for, merge_identical, system_color
 
     ranked = report["systems"]
     kinds = {r["name"]: str(r.get("kind") or "") for r in report["runs"]}
@@ -517,8 +517,10 @@ def _write_plots(
             f"the figures show {len(shown)} of {len(groups)} systems: the best of each model family and every "
             "fine-tuned network (--systems chooses others)"
         )
-    colors = colors_for([s["system"] for s in ranked])
-    colors.update({g.label: colors[g.members[0]] for g in shown})  # merged systems keep the best one's colour
+    # a system's own colour (its name's hash); the systems drawn side by side are kept apart
+    colors = {s["system"]: system_color(s["system"]) for s in ranked}
+    colors.update(colors_for([g.members[0] for g in shown]))
+    colors.update({g.label: colors[g.members[0]] for g in shown})  # a merged system: its first member's
     fmt = options.formats
     files: dict[str, str] = {}
 

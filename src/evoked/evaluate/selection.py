@@ -5,7 +5,8 @@
 - Systems with identical predictions (``two-stage/ridge`` fitted exactly like ``va/ridge``) are
   drawn once, named ``A = B``, and the report says so.
 - A system's colour comes from its name alone (a hash into a fixed palette), so a system keeps its
-  colour from one report to the next.
+  colour from one report to the next; only when two systems drawn side by side hash alike does the
+  later name (in sorted order) take the next free colour.
 """
 
 from __future__ import annotations
