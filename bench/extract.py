@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 
 from background import BackgroundLoad, check_count  # bench/background.py (this script's folder)
-
 from evoked.device import use_openmp_defaults
 
 OPENMP_ADDED = use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)

@@ -141,4 +141,9 @@ def default_cpu_workers(n_todo: int, block_size: int) -> int:
 def cpu_summary() -> dict:
     """For `evoked doctor`."""
     units = bf16_units()
-    return {"cores": available_cores(), "free_cores": free_cores(), "bf16_units": units, "fast_bf16": bool(units)}
+    return {
+        "cores": available_cores(),
+        "free_cores": free_cores(),
+        "bf16_units": units,
+        "fast_bf16": bool(units),
+    }
