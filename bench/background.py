@@ -8,12 +8,13 @@ on entry and stops them on exit, also on an error, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from types import FrameType, TracebackType
+
+from evoked.device import available_cores
 
 #: At most this many busy processes per core this process may use (a bound on a typo).
 MAX_PER_CORE = 4
@@ -29,13 +30,9 @@ _BUSY = (
 )
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def check_count(k: int) -> int:
     """`k` when it is 0..MAX_PER_CORE x usable cores, else ValueError naming the bound."""
-    limit = MAX_PER_CORE * usable_cores()
+    limit = MAX_PER_CORE * available_cores()
     if not 0 <= k <= limit:
         raise ValueError(f"--background-load {k}: use 0 to {limit} ({MAX_PER_CORE} per usable core)")
     return k

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from background import MAX_PER_CORE, BackgroundLoad, check_count, usable_cores  # noqa: E402
+from background import MAX_PER_CORE, BackgroundLoad, check_count  # noqa: E402
+from evoked.device import available_cores  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
@@ -43,8 +44,8 @@ def test_the_count_is_bounded_by_the_cores():
     assert check_count(0) == 0
     with pytest.raises(ValueError, match="--background-load -1"):
         check_count(-1)
-    with pytest.raises(ValueError, match=f"0 to {MAX_PER_CORE * usable_cores()}"):
-        BackgroundLoad(MAX_PER_CORE * usable_cores() + 1)
+    with pytest.raises(ValueError, match=f"0 to {MAX_PER_CORE * available_cores()}"):
+        BackgroundLoad(MAX_PER_CORE * available_cores() + 1)
 
 
 def test_sigterm_to_the_benchmark_stops_them(tmp_path: Path):
