@@ -91,6 +91,14 @@ def _protocol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"))
     p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
     p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="repeat the run on N split seeds (SEED, SEED+1, ...): the first on the store's split or folds, "
+        "the others redraw them, written to OUT/repeats/seed-S/; `evoked evaluate OUT` reports r over them",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -184,7 +192,7 @@ def regress_options(args: argparse.Namespace) -> dict:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    from evoked.regress.runner import run_regress
+    from evoked.regress.repeats import run_repeats
 
     with progress(args, None, "fitting", "fit") as bar:
 
@@ -194,7 +202,7 @@ def _regress(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
 
-        result = run_regress(args.store, on_progress=on_progress, **regress_options(args))
+        result = run_repeats(args.store, args.repeats, on_progress=on_progress, **regress_options(args))
     if args.json:
         print_json(
             {

@@ -41,7 +41,15 @@ from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
 from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
-from evoked.regress.protocol import Fold, Plan, plan_cv, plan_fit_only, plan_split, selection_folds
+from evoked.regress.protocol import (
+    Fold,
+    Plan,
+    plan_cv,
+    plan_fit_only,
+    plan_split,
+    redraw_assignment,
+    selection_folds,
+)
 from evoked.regress.registry import build_pipeline
 from evoked.regress.targets import Targets, aux_matrix, make_targets, va_ratings
 from evoked.regress.transforms import check_probabilities, probability_features, probability_ranges
@@ -173,14 +181,18 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
 def _plan(opts: RegressOptions, tr: _Training) -> Plan:
     common = dict(ok=tr.ok, finite=tr.finite, has_target=tr.targets.mask, has_va=tr.has_va)
     if opts.split is not None:
-        return plan_split(opts.split, split=tr.labels["split"], **common)
-    if opts.cv == 0:
+        plan = plan_split(opts.split, split=tr.labels["split"], **common)
+    elif opts.cv == 0:
         return plan_fit_only(**common)
-    assert opts.cv is not None  # `RegressOptions.check` sets it when there is no split
-    return plan_cv(
-        opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
-        include_test=opts.cv_include_test, seed=opts.seed, **common,
-    )  # fmt: skip
+    else:
+        assert opts.cv is not None  # `RegressOptions.check` sets it when there is no split
+        plan = plan_cv(
+            opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
+            include_test=opts.cv_include_test, seed=opts.seed, **common,
+        )  # fmt: skip
+    if opts.split_seed is not None:
+        plan.protocol["split_seed"] = int(opts.split_seed)
+    return plan
 
 
 @dataclass
@@ -506,6 +518,8 @@ def run_regress(
     with ExitStack() as stack:
         st = stack.enter_context(open_store(store))
         tr = _read(st, store, opts)
+        if opts.split_seed is not None:
+            tr.labels = redraw_assignment(tr.labels, opts.split_seed)
         t1 = make_targets(tr.labels, opts.stage1_target, **opts.target_kw) if opts.stage1 == "same" else None
         plan = _plan(opts, tr)
         evals = _open_evals(opts, st, tr, stack)
