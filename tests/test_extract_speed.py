@@ -220,14 +220,16 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0]
 
 
-def test_bench_extract_compares_with_a_plain_loop_run_in_its_own_process(tmp_path: Path):
+def test_bench_extract_compares_with_a_plain_and_a_tuned_loop_run_in_their_own_processes(tmp_path: Path):
     root = tmp_path / "imgs"
-    for k in range(40):  # more than the plain loop's batch of 32: its first batch is not timed
+    for k in range(72):  # more than the tuned loop's batch of 64: its first batch is not timed
         make_image(root / f"{k}.jpg", size=(48, 40), seed=k)
-    cmd = [sys.executable, str(REPO / "bench" / "extract.py"), "--images", str(root), "--n", "40"]
-    cmd += ["--batch-size", "8", "--backbone", "tv:mobilenet_v2+color", "--json"]
+    cmd = [sys.executable, str(REPO / "bench" / "extract.py"), "--images", str(root), "--n", "72"]
+    cmd += ["--batch-size", "8", "--backbone", "tv:mobilenet_v2+color", "--json", "--background-load", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     (res,) = __import__("json").loads(r.stdout)["results"]
     assert res["precisions"]["color"] == "fp32" and set(res["precisions"]) == {"mobilenet_v2", "color"}
     assert res["plain_img_s"] > 0 and res["vs_plain"] == round(res["e2e_img_s"] / res["plain_img_s"], 2)
+    assert res["tuned_img_s"] > 0 and res["vs_tuned"] == round(res["e2e_img_s"] / res["tuned_img_s"], 2)
+    assert __import__("json").loads(r.stdout)["background_load"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
+from evoked.cli._common import COMMON, examples, lexicon_flags, print_json, progress, va_range_flag
 
 
 def _csv_list(value: str) -> list[str]:
@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "items. Writes OUT/report.md, report.json, report.csv, report.tex (booktabs) and the figures, and prints the ranked tables. "
         "Runs evaluated on different items or folds/splits are refused. With --predictions P.csv --truth "
         "DATASET, scores predictions files (e.g. `evoked predict` output) against a dataset's ratings.",
+        **examples(
+            "evoked evaluate runs/e6-test runs/ft-one runs/ft-two --out report/",
+            "evoked evaluate --predictions predictions/e6-color.csv --truth csv:splits/e6.csv:test --out report-p/",
+        ),
     )
     p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run directories (runs/NAME)")
     p.add_argument(
