@@ -95,7 +95,7 @@ def _precision_run(tmp_path: Path, tiny_clip: str, precision: str, out: Path | N
     return s, run_precision, got, clip_embed
 
 
-def test_cpu_bf16_by_name_converts_vits_auto_keeps_them_fp32_and_both_are_recorded(
+def test_cpu_bf16_converts_vits_auto_follows_cpu_auto_bf16_vit_and_both_are_recorded(
     tmp_path: Path, tiny_clip, monkeypatch
 ):
     monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
@@ -104,9 +104,14 @@ def test_cpu_bf16_by_name_converts_vits_auto_keeps_them_fp32_and_both_are_record
     assert got == {"resnet18": "bf16", "clip-clip-tiny": "bf16", "color": "fp32"}
     s, run_p, got, auto_embed = _precision_run(tmp_path, tiny_clip, "auto")
     assert run_p == ("bf16" if prec_mod.CPU_AUTO_BF16 else "fp32")
-    assert got["clip-clip-tiny"] == "fp32" and got["color"] == "fp32"
+    assert (
+        got["clip-clip-tiny"] == ("bf16" if prec_mod.CPU_AUTO_BF16_VIT else "fp32") and got["color"] == "fp32"
+    )
     _, _, _, fp32_embed = _precision_run(tmp_path, tiny_clip, "fp32")
-    assert np.array_equal(auto_embed, fp32_embed)  # auto: the ViT exactly as in fp32
+    assert np.array_equal(auto_embed, bf16_embed if prec_mod.CPU_AUTO_BF16_VIT else fp32_embed)
+    monkeypatch.setattr(prec_mod, "CPU_AUTO_BF16_VIT", False)
+    _, _, got, auto_embed = _precision_run(tmp_path, tiny_clip, "auto", out=tmp_path / "auto-off.h5")
+    assert got["clip-clip-tiny"] == "fp32" and np.array_equal(auto_embed, fp32_embed)
     cos = (bf16_embed * fp32_embed).sum(1)  # both L2-normalised
     assert not np.array_equal(bf16_embed, fp32_embed) and cos.min() > 0.99
 
@@ -129,6 +134,7 @@ def test_resume_refuses_a_vit_precision_that_differs_from_the_first_run(
     tmp_path: Path, tiny_clip, monkeypatch
 ):
     monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
+    monkeypatch.setattr(prec_mod, "CPU_AUTO_BF16_VIT", False)  # a store of an earlier auto: ViTs in fp32
     out = tmp_path / "f.h5"
     _precision_run(tmp_path, tiny_clip, "auto", out=out)
     with pytest.raises(

@@ -55,3 +55,19 @@ def test_nan_features_are_an_error():
     X[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         lgbm(n_estimators=5).fit(X, y)
+
+
+def test_bench_regress_compares_streamed_and_in_memory_ridge():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "regress.py"
+    cmd = [sys.executable, str(bench), "--n", "300", "--dim", "16", "--models", "ridge,lgbm"]
+    cmd += ["--stream-rows", "2500", "--stream-dim", "12", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["models"]) == {"ridge", "lgbm"} and out["stream"]["rows"] == 2500
+    assert out["stream"]["max_prediction_difference"] < 1e-4  # the same ridge, streamed or not

@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
-        "bf16 on such a CPU also runs CLIP ViTs with bf16 weights (4-5x faster; see docs/gpu.md)",
+        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 (CNNs under "
+        "autocast, CLIP ViTs with bf16 weights; see docs/gpu.md), else fp32",
     )
     p.add_argument(
         "--decode",

@@ -95,7 +95,7 @@ class LGBMMultiOutput(MultiOutputRegressor):
                 booster.fit(
                     X[grow],
                     Y[grow, t],
-                    eval_set=[(X[stop], Y[stop, t])],
+                    **_eval_rows(booster, X[stop], Y[stop, t]),
                     callbacks=[lightgbm.early_stopping(self.early_stopping_rounds, verbose=False)],
                     **fit_params,
                 )
@@ -119,6 +119,16 @@ class LGBMMultiOutput(MultiOutputRegressor):
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_array(X, ensure_all_finite=True)
         return super().predict(X)
+
+
+def _eval_rows(booster: Any, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The rows early stopping watches, as this LightGBM takes them (``eval_X``/``eval_y`` from 4.7,
+    which deprecates ``eval_set``)."""
+    import inspect
+
+    if "eval_X" in inspect.signature(booster.fit).parameters:
+        return {"eval_X": (X,), "eval_y": (y,)}
+    return {"eval_set": [(X, y)]}
 
 
 def lgbm(seed: int = 0, n_jobs: int | None = None, **params: Any) -> LGBMMultiOutput:
