@@ -39,6 +39,7 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
+from evoked.features.index import _alive as pid_alive  # the one pid check (stale temporaries)
 from evoked.features.lock import output_lock
 from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
 from evoked.registry import Registry
@@ -223,21 +224,11 @@ def _checked_out(out: Path) -> Path:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
-
-
 def _remove_stale(out: Path) -> None:
     """Remove the work folders ``.OUT.partial-PID`` that stopped exports left (their process is gone)."""
     for tmp in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+        if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
             log.warning("%s belongs to process %s, which is still running; left as it is", tmp, pid)
             continue
         log.info("removing %s, left by an export that was stopped", tmp)
