@@ -15,6 +15,7 @@ from evoked.errors import ConfigError, LabelError
 from evoked.evaluate import evaluate
 from evoked.evaluate.distribution import DISTRIBUTION_METRICS, distribution_values
 from evoked.regress.distribution import DistributionKNN, MeanDistribution, MLPDistribution, SoftmaxDistribution
+from evoked.regress.rundir import load_run_model
 from evoked.regress.runner import run_regress
 from storeutil import make_store
 
@@ -109,6 +110,11 @@ def test_target_distribution_end_to_end_then_evaluate(tmp_path: Path):
     info = json.loads((run / "run.json").read_text())
     assert info["target"]["kind"] == "distribution" and info["target"]["categories"] == list(CATS)
     assert info["selection"]["default_model"]["metric"].startswith("mean KL")
+    # `evoked predict` / `serve` read a saved distribution model as VA through the recorded lexicon
+    est, meta = load_run_model(run, "softmax")
+    X = _ldl_data()[0][:5]
+    p = est.model_.predict(X)
+    np.testing.assert_allclose(est.predict(X), p @ np.array(meta["target"]["va_table"]), atol=1e-9)
     # direct VA on the same items, compared with "distribution then VA" in one report
     run_regress(store, features=["net/pool"], cv=3, out=tmp_path / "runs" / "va")
     report = evaluate([tmp_path / "runs" / "va", run], out=tmp_path / "report", bootstrap=50, plots=False)
@@ -139,6 +145,8 @@ def test_distribution_with_split_eval_store_and_any_category_names(tmp_path: Pat
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["_evals"]["b"]["softmax"]["distribution"]["n"] == 40
     assert metrics["softmax"]["distribution"]["n"] == 60
+    with pytest.raises(ConfigError, match="has no lexicon, so it gives no VA"):
+        load_run_model(run, "softmax")
 
 
 def test_stage1_learns_distributions_then_adapts_on_va(tmp_path: Path):

@@ -204,6 +204,22 @@ class DistributionVA(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return _as_distributions(self.predict_distribution(X)) @ np.asarray(self.va_table, dtype=np.float64)
 
 
+def as_va_model(estimator: Any, target: dict, what: str) -> DistributionVA:
+    """A saved distribution model (run.json ``target``) as a VA regressor, through the lexicon the
+    run recorded (`evoked predict`, `evoked serve`)."""
+    from evoked.errors import ConfigError
+
+    if target.get("va_table") is None:
+        raise ConfigError(
+            f"{what} predicts label distributions and its run has no lexicon, so it gives no VA; rerun "
+            "`evoked regress --target distribution` with --lexicon (e.g. --lexicon nrc)"
+        )
+    out = DistributionVA(estimator, np.asarray(target["va_table"], dtype=np.float64))
+    out.model_ = estimator  # already fitted
+    out.n_features_in_ = getattr(estimator, "n_features_in_", None)
+    return out
+
+
 # --------------------------------------------------------------------------------- the factories
 
 

@@ -169,6 +169,7 @@ def distribution_targets(
         except LabelError as e:
             raise LabelError(f"{what} --lexicon {lexicon}: {e}") from e
         desc["lexicon"] = lex.describe()
+        desc["va_table"] = va_table.tolist()  # each category's VA, as used (and by `evoked predict`)
     y = np.where(present[:, None], dist, np.nan)
     return Targets(y, present, desc, {"no distribution": int((~present).sum())}, va_table)
 
