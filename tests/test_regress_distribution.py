@@ -14,7 +14,12 @@ import pytest
 from evoked.errors import ConfigError, LabelError
 from evoked.evaluate import evaluate
 from evoked.evaluate.distribution import DISTRIBUTION_METRICS, distribution_values
-from evoked.regress.distribution import DistributionKNN, MeanDistribution, MLPDistribution, SoftmaxDistribution
+from evoked.regress.distribution import (
+    DistributionKNN,
+    MeanDistribution,
+    MLPDistribution,
+    SoftmaxDistribution,
+)
 from evoked.regress.rundir import load_run_model
 from evoked.regress.runner import run_regress
 from storeutil import make_store
