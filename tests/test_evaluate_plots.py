@@ -79,7 +79,8 @@ def test_the_va_plane_says_which_systems_it_shows(tmp_path, figures):
     systems = [(f"sys{k}", truth + 0.1 * k) for k in range(3)]
     plots.va_plane_plot(tmp_path / "p.png", truth, systems, n_systems=9)
     title = figures[-1]._suptitle.get_text()
-    assert "showing 3 of 9 systems" in title and all(f"sys{k}" in title for k in range(3))
+    assert "showing 3 of 9 systems" in title and title.count("\n") <= 1  # the panels name them
+    assert [ax.get_title() for ax in figures[-1].axes[1:]] == ["sys0", "sys1", "sys2"]
     plots.va_plane_plot(tmp_path / "q.png", truth, systems, n_systems=3)
     assert "showing" not in figures[-1]._suptitle.get_text()
 

@@ -287,7 +287,7 @@ def test_report_files(tmp_path: Path):
     out = tmp_path / "report"
     report = evaluate([a, b], out=out, bootstrap=200)
     names = {"report.md", "report.json", "report.csv", "scatter_valence.png", "scatter_arousal.png"}
-    names |= {"va_plane.png", "curve.png"}
+    names |= {"va_plane.png", "curve.png", "report.tex", "residuals.png", "confusion.png", "forest.png"}
     assert {p.name for p in out.iterdir()} == names
     for png in out.glob("*.png"):
         with Image.open(png) as im:

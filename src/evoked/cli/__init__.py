@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from evoked import __version__
+from evoked.cli._common import examples, progress_log
 from evoked.device import use_openmp_defaults
 from evoked.errors import EvokedError
 
@@ -34,7 +35,14 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evoked",
-        description="What emotion does an image evoke? Features, VA regressors, fine-tuning, retrieval.",
+        description="What emotion does an image evoke? Features, VA regressors, fine-tuning, retrieval. "
+        "`evoked COMMAND --help` describes each command, with examples.",
+        **examples(
+            "evoked demo --out evoked-demo",
+            "evoked extract emotion6:data/emotion6 --out feats/e6.h5 --backbone resnet50 --backbone color",
+            "evoked regress feats/e6.h5 --feature resnet50/pool --model ridge,knn --out runs/e6",
+            "evoked evaluate runs/e6 --out report/",
+        ),
     )
     parser.add_argument("--version", action="version", version=f"evoked {__version__}")
     parser.add_argument(
@@ -52,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 and not quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    progress_log.setLevel(logging.WARNING if quiet else logging.INFO)  # progress lines need no -v
     if verbose < 2:
         for noisy in ("PIL", "matplotlib", "h5py", "urllib3", "huggingface_hub", "faiss"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

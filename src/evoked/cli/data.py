@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, examples, print_json, progress
 from evoked.data.datasets import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="inspect datasets and write splits")
+    data = sub.add_parser(
+        "data",
+        help="inspect datasets and write splits",
+        description="Look at a dataset before extracting from it (inspect), and fix its train/val/test "
+        "splits and folds once, in a manifest every later stage reads (split). See docs/datasets.md.",
+        **examples(
+            "evoked data inspect emotion6:data/emotion6",
+            "evoked data split emotion6:data/emotion6 --out splits/e6.csv --ratios 0.6,0.1,0.3 --folds 5",
+        ),
+    )
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     p = dsub.add_parser(
@@ -19,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="items, categories, VA ranges, splits, and every file that fails to read",
         description="Summarise a dataset and check that every file decodes. DATASET is KIND:PATH "
         f"(KIND: {DATASETS.describe()}) or a path whose kind is detected.",
+        **examples(
+            "evoked data inspect emotion6:data/emotion6",
+            "evoked data inspect csv:ratings.csv --header-only --strict --json",
+        ),
     )
     p.add_argument("dataset", help="KIND:PATH or PATH")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -37,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="assign deterministic stratified train/val/test splits and k folds",
         description="Write the dataset as a manifest (CSV or JSONL) with split and fold columns. "
         "Later stages read it back as csv:FILE, so they all use the same split.",
+        **examples(
+            "evoked data split emotion6:data/emotion6 --out splits/e6.csv --ratios 0.6,0.1,0.3 --folds 5 --seed 0",
+            "evoked data split folder:photos --out splits/photos.csv --folds 0 --stratify none",
+        ),
     )
     p.add_argument("dataset", help="KIND:PATH or PATH")
     p.add_argument("--out", required=True, type=Path, help="manifest to write (.csv or .jsonl)")
@@ -44,8 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--folds", type=int, default=5, help="number of cross-validation folds (0 for none; default 5)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stratify", choices=("auto", "category", "valence", "none"), default="auto")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same split (default 0)")
+    p.add_argument("--stratify", choices=("auto", "category", "valence", "none"), default="auto",
+                   help="balance the splits by category or by valence; auto: category when every item has "
+                   "one, else valence, else none")  # fmt: skip
     p.add_argument(
         "--overwrite", action="store_true", help="replace a split the dataset's layout already has"
     )

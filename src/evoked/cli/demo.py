@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, progress
+from evoked.cli._common import COMMON, examples, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Makes a procedural image set whose categories differ in colour temperature, saturation, "
         "brightness, contrast and texture, with VA targets tied to them, then extracts, indexes, fits "
         "regressors, fine-tunes briefly, compares everything and searches by image. No network needed.",
+        **examples("evoked demo --out evoked-demo", "evoked demo --out demo-small --n-images 120 --epochs 1"),
     )
     p.add_argument(
         "--out", type=Path, default=Path("evoked-demo"), help="folder for everything (default evoked-demo)"
     )
     p.add_argument("--n-images", type=int, default=240, help="images to generate (default 240)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the same seed makes the same images and results (default 0)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     p.set_defaults(func=_demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evoked.cli._common import COMMON, print_json
+from evoked.cli._common import COMMON, examples, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,8 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "doctor",
         parents=[COMMON],
         help="torch/CUDA/faiss-GPU/open_clip availability, cache locations, local pretrained weights",
+        description="Report what this machine can run: torch and its devices (CUDA, precision), faiss on "
+        "the GPU, open_clip, where model caches live and which pretrained weights are already there, so "
+        "nothing needs a download mid-run.",
+        **examples("evoked doctor", "evoked doctor --json"),
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_doctor)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, lexicon_flags, print_json, progress
+from evoked.cli._common import COMMON, examples, lexicon_flags, print_json, progress, va_range_flag
 
 
 def _csv_list(value: str) -> list[str]:
@@ -19,9 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare runs: ranked table with bootstrap CIs, paired tests, plots",
         description="Compare every model (system RUN/MODEL) of the given run directories on the same items: "
         "the training side, then each eval set (--eval of regress/finetune), matched across runs by their "
-        "items. Writes OUT/report.md, report.json, report.csv and PNG plots, and prints the ranked tables. "
+        "items. Writes OUT/report.md, report.json, report.csv, report.tex (booktabs) and the figures, and prints the ranked tables. "
         "Runs evaluated on different items or folds/splits are refused. With --predictions P.csv --truth "
         "DATASET, scores predictions files (e.g. `evoked predict` output) against a dataset's ratings.",
+        **examples(
+            "evoked evaluate runs/e6-test runs/ft-one runs/ft-two --out report/",
+            "evoked evaluate --predictions predictions/e6-color.csv --truth csv:splits/e6.csv:test --out report-p/",
+        ),
     )
     p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run directories (runs/NAME)")
     p.add_argument(
@@ -73,7 +77,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RUN/MODEL",
         help="system to test the others against (default: the best)",
     )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    va_range_flag(p)  # --predictions: truths outside it, and predictions on another scale, are refused
+    p.add_argument(
+        "--systems",
+        type=_csv_list,
+        default=None,
+        metavar="A,B,...",
+        help="systems the figures show, in this order: RUN/MODEL names or shell patterns such as 'va/*' "
+        "(default: the best of each model family and every fine-tuned network)",
+    )
+    p.add_argument(
+        "--format",
+        dest="formats",
+        default="png",
+        metavar="png,pdf,svg",
+        help="file formats of every figure, comma-separated (default png; raster at 300 dpi)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON instead of the table")
     p.set_defaults(func=_evaluate)
 
@@ -109,10 +129,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             categories=args.categories,
             category_map=args.category_map,
             plots=not args.no_plots,
+            systems=args.systems,
+            formats=args.formats,
             on_progress=on_progress,
         )
         if args.predictions:
-            report = evaluate_predictions(args.predictions, args.truth, **common)
+            report = evaluate_predictions(args.predictions, args.truth, va_range=args.va_range, **common)
         else:
             report = evaluate(args.runs, **common)
     if args.json:

@@ -8,7 +8,7 @@ import shlex
 from contextlib import contextmanager
 from pathlib import Path
 
-from evoked.cli._common import COMMON, print_json, progress
+from evoked.cli._common import COMMON, examples, print_json, progress
 from evoked.device import PRECISIONS
 from evoked.errors import ConfigError
 from evoked.extract.registry import BACKBONES
@@ -24,13 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decode each image once, run every --backbone on it, and write the outputs to an HDF5 "
         "feature store, block by block. A killed run is completed with --resume; bad images are recorded "
         "as failed rows with their reason.",
-        epilog="examples:\n"
-        "  evoked extract emotion6:data/emotion6 --out feats/e6.h5 --backbone resnet50 --backbone color\n"
-        "  evoked extract folder:imgs --out f.h5 --backbone tv:mobilenet_v2 --weights model.pth \\\n"
-        "      --preprocess mean=0.5,std=0.5,rotate=180\n"
-        "  evoked extract folder:imgs --out f.h5 --backbone 'clip:ViT-B-32:openai@embed,scene' --device cuda\n"
-        "  torchrun --standalone --nproc-per-node 4 -m evoked extract folder:imgs --out f.h5 --backbone resnet50",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **examples(
+            "evoked extract emotion6:data/emotion6 --out feats/e6.h5 --backbone resnet50 --backbone color",
+            "evoked extract folder:imgs --out f.h5 --backbone tv:mobilenet_v2 --weights model.pth \\\n"
+            "      --preprocess mean=0.5,std=0.5,rotate=180",
+            "evoked extract folder:imgs --out f.h5 --backbone 'clip:ViT-B-32:openai@embed,scene' --device cuda",
+            "torchrun --standalone --nproc-per-node 4 -m evoked extract folder:imgs --out f.h5 --backbone resnet50",
+        ),
     )
     p.add_argument("dataset", help="KIND:PATH or PATH (see `evoked data inspect`)")
     p.add_argument("--out", required=True, type=Path, help="the HDF5 feature store to write")
@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
-        "bf16 on such a CPU also runs CLIP ViTs with bf16 weights (4-5x faster; see docs/gpu.md)",
+        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 (CNNs under "
+        "autocast, CLIP ViTs with bf16 weights; see docs/gpu.md), else fp32",
     )
     p.add_argument(
         "--decode",

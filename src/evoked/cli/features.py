@@ -7,16 +7,32 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from evoked.cli._common import COMMON, names_help, one_of, print_json, progress
+from evoked.cli._common import COMMON, examples, names_help, one_of, print_json, progress
 from evoked.features.export import EXPORT_DTYPES, EXPORT_FORMATS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    f = sub.add_parser("features", help="inspect and merge feature stores")
+    f = sub.add_parser(
+        "features",
+        help="inspect, merge and export feature stores",
+        description="What a feature store holds (info), one store from the shards of a distributed or "
+        "--shard extraction (merge), and its features for other tools (export). See docs/schema.md.",
+        **examples(
+            "evoked features info feats/e6.h5",
+            "evoked features export feats/e6.h5 --feature color --format parquet --out exports/e6",
+        ),
+    )
     fsub = f.add_subparsers(dest="features_command", metavar="ACTION", required=True)
-    p = fsub.add_parser("info", parents=[COMMON], help="items, outputs, dimensions and provenance of a store")
-    p.add_argument("store", type=Path)
-    p.add_argument("--json", action="store_true")
+    p = fsub.add_parser(
+        "info",
+        parents=[COMMON],
+        help="items, outputs, dimensions and provenance of a store",
+        description="Summarise a feature store: its items (ok, failed, pending), each extractor's outputs "
+        "and dimensions, and how they were extracted (weights, preprocessing, versions).",
+        **examples("evoked features info feats/e6.h5", "evoked features info feats/e6.h5 --failures --json"),
+    )
+    p.add_argument("store", type=Path, help="the HDF5 feature store (from `evoked extract`)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--failures", action="store_true", help="list every failed row with its reason")
     p.set_defaults(func=_info)
     p = fsub.add_parser(
@@ -25,9 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="merge --shard files into one store (virtual datasets, no copy)",
         description="Merge OUT.shard-I-of-N.h5 files into OUT. Without SHARD arguments the shards beside OUT "
         "are found by name.",
+        **examples(
+            "evoked features merge feats/big.h5",
+            "evoked features merge feats/big.h5 feats/big.shard-0-of-2.h5 feats/big.shard-1-of-2.h5",
+        ),
     )
-    p.add_argument("out", type=Path)
-    p.add_argument("shards", nargs="*", type=Path)
+    p.add_argument("out", type=Path, help="the merged store to write")
+    p.add_argument("shards", nargs="*", type=Path, help="the shard files (default: OUT's shards beside it)")
     p.set_defaults(func=_merge)
     p = fsub.add_parser(
         "export",
@@ -37,16 +57,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/metadata/metadata_{i}.parquet (row j of one is row j of the other); --format parquet writes "
         "OUT/features_{i}.parquet with one list column per feature. Failed and pending rows are left out "
         "and counted.",
+        **examples(
+            "evoked features export feats/e6.h5 --feature color/stats --normalize --out exports/e6-npy",
+            "evoked features export feats/e6.h5 --feature color --format parquet --dtype float16 --out exports/e6",
+        ),
     )
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, help="the HDF5 feature store (from `evoked extract`)")
     p.add_argument(
         "--feature", action="append", required=True, help="EXTRACTOR/OUTPUT or EXTRACTOR (repeatable)"
     )
     p.add_argument("--format", type=one_of(EXPORT_FORMATS), default="npy", help=names_help(EXPORT_FORMATS))
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
-    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    p.add_argument("--rows-per-file", type=int, default=1_000_000, help="rows in each file (default 1000000)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise each feature of each row")
-    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32")
+    p.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, default="float32", help="the number type written (default float32)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_export)
 

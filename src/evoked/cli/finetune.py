@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evoked.cli._common import COMMON, lexicon_flags, print_json, progress, va_range_flag
+from evoked.cli._common import COMMON, examples, hms, lexicon_flags, print_json, progress, va_range_flag
 from evoked.device import PRECISIONS
 
 if TYPE_CHECKING:  # torch loads with the command, not with the parser
@@ -23,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "VA from a categorical dataset; two_stage loads a one_stage checkpoint, freezes the early blocks and "
         "fine-tunes on the VA-rated training split. Both keep the epoch with the best validation valence r and "
         "write predictions for the dimensional test split in the format of `evoked regress`.",
-        epilog="examples:\n"
-        "  evoked finetune --categorical csv:split.csv --dimensional csv:split.csv --mode one_stage \\\n"
-        "      --task single --backbone resnet101 --out runs/one\n"
-        "  evoked finetune --dimensional csv:split.csv --mode two_stage --task single --from runs/one \\\n"
-        "      --n-labels 100 --out runs/two\n"
-        "  evoked finetune ... --backbone tv:mobilenet_v2 --weights mobilenet_v2_imagenet_tflite.pth \\\n"
-        "      --preprocess mean=0.5,std=0.5,rotate=180 --size 224",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **examples(
+            "evoked finetune --categorical csv:split.csv --dimensional csv:split.csv --mode one_stage \\\n"
+            "      --task single --backbone resnet101 --out runs/one",
+            "evoked finetune --dimensional csv:split.csv --mode two_stage --task single --from runs/one \\\n"
+            "      --n-labels 100 --out runs/two",
+            "evoked finetune ... --backbone tv:mobilenet_v2 --weights mobilenet_v2_imagenet_tflite.pth \\\n"
+            "      --preprocess mean=0.5,std=0.5,rotate=180 --size 224",
+        ),
     )
     _data_flags(p.add_argument_group("data"))
     _network_flags(p.add_argument_group("network"))
@@ -80,8 +81,14 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _network_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--mode", choices=("one_stage", "two_stage"), required=True)
-    g.add_argument("--task", choices=("single", "multi"), required=True)
+    g.add_argument(
+        "--mode",
+        choices=("one_stage", "two_stage"),
+        required=True,
+        help="one_stage: learn from a categorical dataset; two_stage: fine-tune a one_stage network on VA ratings",
+    )
+    g.add_argument("--task", choices=("single", "multi"), required=True,
+                   help="single: VA loss only; multi: VA plus a category head (docs/finetune.md)")  # fmt: skip
     g.add_argument(
         "--backbone", help="one_stage: resnet18..152 (the paper: resnet101), tv:NAME, clip:ARCH[:TAG]"
     )
@@ -123,10 +130,10 @@ def _training_flags(g: argparse._ArgumentGroup) -> None:
         "--alpha", type=float, help="multi: weight of the MSE (default 0.5 one_stage, 0.9 two_stage)"
     )
     g.add_argument("--cls-loss", choices=("auto", "ce", "bce"), default="auto", help="auto: bce with --soft")
-    g.add_argument("--epochs", type=int, default=100)
-    g.add_argument("--batch-size", type=int, default=10)
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--epochs", type=int, default=100, help="at most this many epochs (default 100)")
+    g.add_argument("--batch-size", type=int, default=10, help="training images per step (default 10)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    g.add_argument("--weight-decay", type=float, default=1e-5, help="weight decay (default 1e-5)")
     g.add_argument(
         "--milestones", default=(10, 20, 30, 40, 50), help="epochs, e.g. 10,20,30 (default 10,20,30,40,50)"
     )
@@ -134,13 +141,15 @@ def _training_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--patience", type=int, default=5, help="epochs without a better val valence r (0: never stop)"
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="the random seed of the run (default 0)")
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     g.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on CUDA, fp32 on the CPU"
     )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    g.add_argument("--eval-batch-size", type=int, default=32)
+    g.add_argument(
+        "--eval-batch-size", type=int, default=32, help="images per step when predicting (default 32)"
+    )
 
 
 class _Bars:
@@ -151,6 +160,7 @@ class _Bars:
         self.key: str | None = None
         self.stack = ExitStack()
         self.bar = None
+        self.start = time.monotonic()
 
     def get(self, key: str, desc: str, unit: str):
         if key != self.key:
@@ -184,6 +194,7 @@ class _Bars:
             loss=f"{rec['train_loss']:.3f}",
             val_r_v=f"{rec['val_r_valence']:.3f}",
             val_r_a=f"{rec['val_r_arousal']:.3f}",
+            run_time=hms(time.monotonic() - self.start),
         )
         self.close()
 

@@ -8,7 +8,16 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from evoked.cli._common import COMMON, lexicon_flags, names_help, print_json, progress, size, va_range_flag
+from evoked.cli._common import (
+    COMMON,
+    examples,
+    lexicon_flags,
+    names_help,
+    print_json,
+    progress,
+    size,
+    va_range_flag,
+)
 from evoked.regress.registry import REGRESSORS
 from evoked.regress.targets import AUX_KINDS, TARGET_KINDS
 
@@ -22,13 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "feature store, evaluate it against the VA ratings (5-fold CV by default, the store's folds when it "
         "has them), and write a run folder (run.json, predictions.csv, metrics.json, models/). "
         "See docs/regress.md.",
-        epilog="examples:\n"
-        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --model ridge,svr --out runs/e6-ridge\n"
-        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --target category-va --lexicon nrc \\\n"
-        "      --out runs/e6-keywords\n"
-        "  evoked regress feats/e6.h5 --feature mobilenet_v2/pool --stage1 same --lexicon nrc \\\n"
-        "      --n-labels 0,25,50,100,all --seeds 5 --out runs/e6-curve",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **examples(
+            "evoked regress feats/e6.h5 --feature mobilenet_v2/pool --model ridge,svr --out runs/e6-ridge",
+            "evoked regress feats/e6.h5 --feature mobilenet_v2/pool --target category-va --lexicon nrc \\\n"
+            "      --out runs/e6-keywords",
+            "evoked regress feats/e6.h5 --feature mobilenet_v2/pool --stage1 same --lexicon nrc \\\n"
+            "      --n-labels 0,25,50,100,all --seeds 5 --out runs/e6-curve",
+        ),
     )
     # Flags are stored under the names of `RegressOptions` fields, which `_regress` passes on as they are.
     _data_flags(p)
@@ -87,10 +96,21 @@ def _protocol_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="folds, model seeds and curve seeds start here")
     p.add_argument("--stage1", default=None, metavar="same|OTHER.h5", help="add two-stage models (see docs)")
-    p.add_argument("--stage1-target", default="category-va", choices=("category-va",))
-    p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"))
+    p.add_argument("--stage1-target", default="category-va", choices=("category-va",),
+                   help="what stage 1 learns from the category labels (default category-va)")
+    p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"),
+                   help="stage 2: recalibrate stage 1 (an affine map per dimension) then fit the residual (default), "
+                   "or recalibrate only")  # fmt: skip
     p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
     p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="repeat the run on N split seeds (SEED, SEED+1, ...): the first on the store's split or folds, "
+        "the others redraw them, written to OUT/repeats/seed-S/; `evoked evaluate OUT` reports r over them",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -155,12 +175,16 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
         "header: id, path, model, valence_pred, arousal_pred per image (ids: the dataset's for KIND:PATH, "
         "the path below a folder, the path of a file), which `evoked evaluate --predictions P.csv --truth "
         "DATASET` scores. Unreadable images are reported with their reason.",
+        **examples(
+            "evoked predict data/emotion6/images/joy/1.jpg --run runs/e6-va",
+            "evoked predict folder:more_photos --run runs/e6-pool --model ridge --out predictions/more.csv",
+        ),
     )
     p.add_argument("images", nargs="+", help="image files, folders, or a dataset spec KIND:PATH")
     p.add_argument("--run", type=Path, required=True, help="a run folder of `evoked regress`")
     p.add_argument("--model", default=None, help="a model of the run (default: its best by mean r)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any image failed")
     p.add_argument(
         "--out", type=Path, default=None, metavar="P.csv", help="write the CSV (or JSON) here, not stdout"
@@ -184,17 +208,23 @@ def regress_options(args: argparse.Namespace) -> dict:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    from evoked.regress.runner import run_regress
+    from evoked.regress.repeats import run_repeats
 
     with progress(args, None, "fitting", "fit") as bar:
+        runs = [0]
 
         def on_progress(done: int, total: int, what: str) -> None:
-            if bar.total != total:
+            if done == 0:  # a run starts (each of --repeats is one): its own count from 0
+                runs[0] += 1
+                bar.reset(total=total)
+                if args.repeats > 1:
+                    bar.set_description(f"fitting, repeat {runs[0]}/{args.repeats}")
+            elif bar.total != total:
                 bar.reset(total=total)
             bar.set_postfix_str(what, refresh=False)
             bar.update(done - bar.n)
 
-        result = run_regress(args.store, on_progress=on_progress, **regress_options(args))
+        result = run_repeats(args.store, args.repeats, on_progress=on_progress, **regress_options(args))
     if args.json:
         print_json(
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON, names_help, one_of, print_json, progress, size, va_point
+from evoked.cli._common import COMMON, examples, names_help, one_of, print_json, progress, size, va_point
 from evoked.features.index_kinds import INDEX_KINDS
 
 
@@ -16,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="build a FAISS index of one feature beside its store",
         description="Cosine similarity (inner product of L2-normalised vectors), built chunk by chunk in bounded "
         "memory. An approximate index prints its recall@10 against exact search.",
+        **examples(
+            "evoked index feats/e6.h5 --feature resnet50/pool",
+            "evoked index feats/big.h5 --feature clip-vit-b-32/embed --kind ivfpq --memory-budget 2GB",
+        ),
     )
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, help="the HDF5 feature store (from `evoked extract`)")
     p.add_argument("--feature", required=True, help="e.g. resnet50/pool or clip-vit-b-32/embed")
     p.add_argument("--kind", default="auto", type=one_of(INDEX_KINDS), help=names_help(INDEX_KINDS))
     p.add_argument(
@@ -28,16 +32,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where faiss builds IVF")
     p.add_argument("--out", type=Path, default=None, help="index file (default STORE.<feature>.faiss)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the index summary as JSON")
     p.set_defaults(func=_index)
 
     p = sub.add_parser(
         "search",
         parents=[COMMON],
         help="nearest neighbours of an item, an image, a text (CLIP) or a VA point",
+        description="Find the K items of a store nearest to one query, by cosine similarity of --feature "
+        "(the FAISS index beside the store when `evoked index` built one, else exact search): an item of "
+        "the store (--id), an image file (--image, extracted as the store was), a text (--text, CLIP embed "
+        "features) or a valence,arousal point (--va: the items whose VA ratings are nearest).",
+        **examples(
+            "evoked search feats/e6.h5 --feature resnet50/pool --id joy/1.jpg -k 5",
+            "evoked search feats/e6.h5 --feature resnet50/pool --image photo.jpg --json",
+            'evoked search feats/e6.h5 --feature clip-vit-b-32/embed --text "a stormy sea" -k 5',
+            "evoked search feats/e6.h5 --feature resnet50/pool --va 8,6 -k 5",
+        ),
     )
-    p.add_argument("store", type=Path)
-    p.add_argument("--feature", required=True)
+    p.add_argument("store", type=Path, help="the HDF5 feature store to search (from `evoked extract`)")
+    p.add_argument(
+        "--feature",
+        required=True,
+        help="the feature compared, GROUP/OUTPUT, e.g. resnet50/pool or clip-vit-b-32/embed",
+    )
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--id", help="an item id of the store")
     q.add_argument("--image", type=Path, help="an image file, extracted as the store was")
@@ -48,10 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=va_point,
         help="a valence,arousal point on the 1-9 scale (nearest known labels)",
     )
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="how many neighbours to list (default 10)")
     p.add_argument("--include-self", action="store_true", help="with --id: keep the item itself")
     p.add_argument("--device", default="cpu", help="where image/text queries are embedded")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
     p.set_defaults(func=_search)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evoked.cli._common import COMMON
+from evoked.cli._common import COMMON, examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a web page to browse a feature store by image, item, text or valence/arousal",
         description="Serve one page and its JSON API (docs/serve.md). Binds to 127.0.0.1 unless --host says "
         "otherwise. Uses the FAISS index beside the store when there is one (evoked index), else exact search.",
+        **examples(
+            "evoked serve feats/e6.h5 --feature resnet50/pool --run runs/e6",
+            "evoked serve feats/e6.h5 --feature clip-vit-b-32/embed --port 8080",
+        ),
     )
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, help="the HDF5 feature store to browse (from `evoked extract`)")
     p.add_argument("--feature", required=True, help="the feature to search, e.g. clip-vit-b-32/embed")
     p.add_argument(
         "--run", type=Path, default=None, help="a regress run whose model predicts VA for every item"
@@ -25,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--index", type=Path, default=None, help="index file (default STORE.<feature>.faiss if present)"
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument(
         "--allow-host",
         action="append",
@@ -35,18 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also answer requests for this Host name (by default only the bound host and loopback names, "
         "against DNS rebinding); repeatable",
     )
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest query image accepted, in MB (default 10)"
+    )
     p.add_argument("--device", default="cpu", help="where image and text queries are embedded")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from evoked.serve.app import ServeConfig, serve
-    from evoked.serve.predictions import store_predictions
+    from evoked.serve.predictions import QueryModel, store_predictions
 
-    predictions = kinds = run_name = None
+    predictions = kinds = run_name = query_model = None
     if args.run is not None:
+        query_model = QueryModel(args.run, args.model, args.device)
         found = store_predictions(args.run, args.store, args.model)
         predictions, kinds, run_name = found.va, found.kind, found.label
         print("predictions from " + run_name + ": " + ", ".join(f"{n} {k}" for k, n in found.counts.items()))
@@ -57,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         predictions=predictions,
         prediction_kind=kinds,
         run_name=run_name,
+        query_model=query_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         host=args.host,

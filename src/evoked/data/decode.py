@@ -50,9 +50,15 @@ class ImageInfo:
     orientation: int  # EXIF orientation tag, 1 when absent
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file, turning the usual failures into `DecodeError` reasons."""
+def read_bytes(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bytes:
+    """Read a whole file, turning the usual failures into `DecodeError` reasons. With `root` (the
+    dataset root), a file that leads outside it after symlinks is refused when it is read."""
     p = Path(path)
+    if root is not None:
+        real = os.path.realpath(p)
+        if not Path(real).is_relative_to(os.path.realpath(root)):
+            raise DecodeError(str(p), f"a symlink to {real}, outside the dataset root {root}; copy the image "
+                                      "into the dataset folder, or give a root that holds it")  # fmt: skip
     try:
         data = p.read_bytes()
     except FileNotFoundError:
@@ -77,9 +83,9 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise DecodeError(source, f"{e}; raise the limit with --max-pixels if the image is trusted") from e
-    except UnidentifiedImageError:
-        head = data[:8].hex(" ")
-        raise DecodeError(source, f"not a recognised image format (first bytes: {head})") from None
+    except UnidentifiedImageError:  # never echo the bytes: the file may be one it should not be
+        what = "text" if data[:512].isascii() else "binary data"
+        raise DecodeError(source, f"not a recognised image format ({len(data):,} bytes of {what})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DecodeError(source, f"unreadable image header (truncated or corrupt file): {e}") from e
     w, h = img.size

@@ -85,8 +85,8 @@ def unescape_name(name: str) -> str:
 
 
 def _renamed(values: Sequence) -> list[str]:
-    """The values `escape_name` changes, escaped (for a note)."""
-    return [e for e in (escape_name(str(v)) for v in values if v is not None) if e not in values]
+    """The values `escape_name` changes, escaped (for a note); linear in the rows."""
+    return [e for v in values if v is not None and (e := escape_name(str(v))) != v]
 
 
 def _float_array(values: Sequence | np.ndarray | None, n: int) -> np.ndarray:
@@ -174,6 +174,7 @@ class Manifest:
             )
         if any(not i for i in self.ids):
             raise DatasetError("an item has an empty id; every row needs an id or a path")
+        self._check_nul()
         bad_split = sorted(set(self.split.tolist()) - set(SPLITS) - {""})
         if bad_split:
             raise LabelError(f"unknown split values {bad_split}; use train, val, test or leave empty")
@@ -197,6 +198,24 @@ class Manifest:
                 )
             if (d[known] < 0).any():
                 raise LabelError("a label distribution has a negative probability; values must be >= 0")
+            empty = known & ~(d > 0).any(axis=1)
+            if empty.any():
+                raise LabelError(
+                    f"the label distribution of {int(empty.sum())} item(s) is all zeros (e.g. ids "
+                    f"{self.ids[empty][:5].tolist()}): no category has any probability. Give the row's "
+                    "p_<category> values (or votes), or leave all of them empty if it has no distribution"
+                )
+
+    def _check_nul(self) -> None:
+        """A NUL character cannot be in a file name, an HDF5 string or most tools' text: refuse it."""
+        for column in ("paths", "ids", "category", "split"):
+            values = getattr(self, column)
+            bad = [k for k, v in enumerate(values.tolist()) if "\0" in v]
+            if bad:
+                raise DatasetError(
+                    f"{len(bad)} {column.rstrip('s')} value(s) hold a NUL character (e.g. row {bad[0] + 1}: "
+                    f"{values[bad[0]]!r:.80}); remove the NUL (\\u0000) from the manifest"
+                )
 
     # -- basic access --------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -25,6 +25,20 @@ def parse_va_range(value: str | Sequence[float] | None) -> tuple[float, float]:
     return lo, hi
 
 
+def _outside(
+    ids: Sequence[str], valence: np.ndarray, arousal: np.ndarray, lo: float, hi: float
+) -> tuple[int, list[str]]:
+    """How many known values lie outside lo..hi (inf always does), and the first five, named."""
+    bad: list[str] = []
+    n_bad = 0
+    for dim, values in (("valence", np.asarray(valence, float)), ("arousal", np.asarray(arousal, float))):
+        out = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
+        n_bad += int(out.sum())
+        for i in np.flatnonzero(out)[: 5 - len(bad)]:
+            bad.append(f"{ids[i]!r} {dim}={values[i]:g}")
+    return n_bad, bad
+
+
 def check_va_range(
     ids: Sequence[str],
     valence: np.ndarray,
@@ -38,16 +52,35 @@ def check_va_range(
     NaN means "not rated" and is allowed; +-inf is not a rating and is refused.
     """
     lo, hi = va_range
-    bad: list[str] = []
-    n_bad = 0
-    for dim, values in (("valence", np.asarray(valence, float)), ("arousal", np.asarray(arousal, float))):
-        out = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
-        n_bad += int(out.sum())
-        for i in np.flatnonzero(out)[: 5 - len(bad)]:
-            bad.append(f"{ids[i]!r} {dim}={values[i]:g}")
+    n_bad, bad = _outside(ids, valence, arousal, lo, hi)
     if n_bad:
         raise LabelError(
             f"{source}: {n_bad} rating(s) outside the scale {lo:g}..{hi:g}: {', '.join(bad)}"
             f"{' ...' if n_bad > len(bad) else ''}. Fix the ratings, or pass --va-range LO,HI "
             f"if the dataset uses another scale."
+        )
+
+
+def check_prediction_scale(
+    ids: Sequence[str],
+    pred: np.ndarray,
+    va_range: tuple[float, float] = DEFAULT_VA_RANGE,
+    *,
+    source: str,
+) -> None:
+    """Raise LabelError when predictions lie far off the rating scale (x100, 0..1000, 1e308).
+
+    A regressor may overshoot the scale a little; a prediction more than the scale's width beyond
+    either end is on another scale, and scoring it against the ratings would mean nothing.
+    """
+    lo, hi = va_range
+    width = hi - lo
+    pred = np.asarray(pred, float)
+    n_bad, bad = _outside(ids, pred[:, 0], pred[:, 1], lo - width, hi + width)
+    if n_bad:
+        raise LabelError(
+            f"{source}: {n_bad} prediction(s) far outside the rating scale {lo:g}..{hi:g} (beyond "
+            f"{lo - width:g}..{hi + width:g}): {', '.join(bad)}{' ...' if n_bad > len(bad) else ''}. "
+            "The predictions are on another scale: rescale them to the ratings' scale, or pass "
+            "--va-range LO,HI if the ratings use another one."
         )

@@ -20,18 +20,19 @@ import glob
 import itertools
 import logging
 import os
+import posixpath
 import re
 import tarfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from evoked.data.datasets import IMAGE_EXTENSIONS, register_dataset
-from evoked.data.manifest import Manifest, normalize_split
-from evoked.data.text import parse_float, parse_json_object
+from evoked.data.manifest import Manifest, escape_name, normalize_split
+from evoked.data.text import parse_float, parse_json_object, regular_file
 from evoked.errors import DatasetError, DecodeError, LabelError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 Reader = Callable[[str], bytes]  # a file's path -> its bytes (`read_bytes`, `member_reader`)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One file inside a tar: where its bytes start and how many there are."""
 
@@ -53,7 +54,7 @@ class Member:
     truncated: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     key: str
     members: dict[str, Member] = field(default_factory=dict)  # extension (lower case) -> member
@@ -64,7 +65,7 @@ class Sample:
         return [m for ext, m in self.members.items() if ext in IMAGE_SUFFIXES]
 
 
-@dataclass
+@dataclass(slots=True)
 class ImageRef:
     """Where extraction finds a sample's image, or why it has none."""
 
@@ -80,60 +81,112 @@ class ShardListing:
     samples: list[Sample]
     labels: list[dict]  # per sample: the parsed .json / .cls content
     lost: str | None = None  # what a truncated tar lost, None for a complete one
+    notes: list[str] = field(default_factory=list)  # renamed members, links, members not read
 
 
 # -- patterns ------------------------------------------------------------------------------------
-def expand_braces(pattern: str) -> list[str]:
-    """``a/{00000..00002}.tar`` -> three names (zero padding kept); ``{x,y}`` lists alternatives."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
+#: the most names one pattern may stand for: a brace range is counted before it is expanded
+MAX_PATTERN_NAMES = 1_000_000
+
+
+def _brace_options(pattern: str, m: re.Match) -> tuple[int, Iterator[str]]:
+    """How many alternatives one brace group gives, and the alternatives (lazily)."""
     body = m.group(1)
     rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if rng:
         lo, hi = rng.group(1), rng.group(2)
+        if len(lo) > 18 or len(hi) > 18:
+            raise DatasetError(
+                f"brace range {{{body:.60}}} in {pattern!r:.120} is too long to be a shard count"
+            )
         if int(hi) < int(lo):
             raise DatasetError(f"brace range {{{body}}} in {pattern!r} counts down; write {{{hi}..{lo}}}")
         width = len(lo) if lo.startswith("0") else 0
-        options = [str(k).zfill(width) for k in range(int(lo), int(hi) + 1)]
-    elif "," in body:
+        return int(hi) - int(lo) + 1, (str(k).zfill(width) for k in range(int(lo), int(hi) + 1))
+    if "," in body:
         options = body.split(",")
-    else:
-        raise DatasetError(
-            f"cannot read the brace part {{{body}}} of {pattern!r}; write {{00000..00099}} or {{a,b}}"
-        )
+        return len(options), iter(options)
+    raise DatasetError(
+        f"cannot read the brace part {{{body}}} of {pattern!r}; write {{00000..00099}} or {{a,b}}"
+    )
+
+
+def count_braces(pattern: str, limit: int = MAX_PATTERN_NAMES) -> int:
+    """How many names `expand_braces(pattern)` gives, counted without making them (stops past `limit`)."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return 1
+    count, options = _brace_options(pattern, m)
     head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [x for opt in options for x in expand_braces(head + opt + tail)]
+    if m.group(1).count(",") == 0:  # a range: digits never make braces, every option counts the same
+        return count * count_braces(head + next(options) + tail, limit)
+    total = 0
+    for opt in options:
+        total += count_braces(head + opt + tail, limit)
+        if total > limit:
+            break
+    return total
+
+
+def expand_braces(pattern: str) -> Iterator[str]:
+    """``a/{00000..00002}.tar`` -> three names (zero padding kept); ``{x,y}`` lists alternatives.
+
+    The names are made one at a time; `shard_paths` counts them first (`count_braces`).
+    """
+    m = _BRACE.search(pattern)
+    if m is None:
+        yield pattern
+        return
+    _, options = _brace_options(pattern, m)
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    for opt in options:
+        yield from expand_braces(head + opt + tail)
+
+
+def _fixed_folder(pattern: str) -> str:
+    """The folder part of `pattern` before its first brace or glob character ('' when none)."""
+    cut = min((i for i in (pattern.find(c) for c in "{*?[") if i >= 0), default=len(pattern))
+    return os.path.dirname(os.path.expanduser(pattern[:cut]))
 
 
 def shard_paths(pattern: str) -> list[Path]:
     """The tar files a pattern names, in pattern order (a brace list) or sorted (a glob)."""
-    names = expand_braces(pattern)
+    total = count_braces(pattern)
+    if total > MAX_PATTERN_NAMES:
+        raise DatasetError(
+            f"webdataset pattern {pattern!r:.200} stands for more than {MAX_PATTERN_NAMES:,} shard names; "
+            "narrow the brace range to the shards you have, or give a glob such as 'shards/*.tar'"
+        )
+    folder = _fixed_folder(pattern)
+    if folder and not os.path.isdir(folder):
+        raise DatasetError(
+            f"webdataset pattern {pattern!r:.200} matches no file: folder {folder!r} does not exist"
+        )
     found: list[str] = []
     missing: list[str] = []
-    for name in names:
+    for name in expand_braces(pattern):
         if glob.has_magic(name):
-            hits = sorted(glob.glob(os.path.expanduser(name), recursive=True))
-            found += hits
-        elif os.path.exists(os.path.expanduser(name)):
+            found += sorted(glob.glob(os.path.expanduser(name), recursive=True))
+        elif os.path.lexists(os.path.expanduser(name)):
             found.append(os.path.expanduser(name))
         else:
             missing.append(name)
     if not found:
         raise DatasetError(
-            f"webdataset pattern {pattern!r} matches no file; give a brace pattern such as "
+            f"webdataset pattern {pattern!r:.200} matches no file; give a brace pattern such as "
             "shards/{00000..00099}.tar or a glob such as 'shards/*.tar'"
         )
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
         raise DatasetError(
-            f"webdataset pattern {pattern!r}: {len(missing)} of its {len(names)} shards do not exist: {shown}; "
+            f"webdataset pattern {pattern!r:.200}: {len(missing)} of its {total} shards do not exist: {shown}; "
             "narrow the brace range to the shards you have"
         )
     paths = [Path(os.path.abspath(p)) for p in dict.fromkeys(found)]
-    dirs = [p for p in paths if p.is_dir()]
-    if dirs:
-        raise DatasetError(f"webdataset pattern {pattern!r} matches a folder, not a tar file: {dirs[0]}")
+    for p in paths:  # a FIFO named 00000.tar would block the listing forever: never open one
+        if p.is_dir():
+            raise DatasetError(f"webdataset pattern {pattern!r} matches a folder, not a tar file: {p}")
+        regular_file(p, "webdataset shard", DatasetError)
     return paths
 
 
@@ -158,26 +211,40 @@ def list_shard(path: Path) -> ShardListing:
 
 _ZERO_BLOCK = bytes(512)
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular files (and contiguous ones)
-_SKIPPED_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, folders, fifos
+_HARD_LINK = b"1"
+_NOTED_TYPES = {b"2": "symbolic link", b"3": "character device", b"4": "block device", b"6": "FIFO"}
+_SKIPPED_TYPES = (_HARD_LINK, *_NOTED_TYPES, b"5")  # links, devices, fifos, folders (no note)
 
 
-def _scan_headers(fh, size: int) -> tuple[list[Member], bool] | None:
-    """Members of a plain ustar/GNU tar read from its 512-byte headers, and whether the archive's
-    end marker is there; None when a header needs the standard library (pax or GNU long names,
-    base-256 sizes, a bad checksum -- including a file that is no tar at all).
+@dataclass
+class _Scan:
+    """What a shard's headers say: its file members, its links and odd members, and whether the
+    archive's end marker is there."""
+
+    members: list[Member] = field(default_factory=list)
+    links: dict[int, str] = field(default_factory=dict)  # members[i] is a hard link to this name
+    odd: list[str] = field(default_factory=list)  # "name (symbolic link)": members not read
+    complete: bool = False
+
+
+def _scan_headers(fh, size: int) -> _Scan | None:
+    """Members of a plain ustar/GNU tar read from its 512-byte headers; None when a header needs the
+    standard library (pax or GNU long names, base-256 sizes, a bad checksum -- including a file that
+    is no tar at all).
 
     Why not `tarfile` alone: it parses every header field in Python, which made listing a shard
-    slower than reading its images (0.2 ms a member); this reads the three fields it needs.
+    slower than reading its images (0.2 ms a member); this reads the few fields it needs.
     """
-    members: list[Member] = []
+    scan = _Scan()
     pos = 0
     while True:
         fh.seek(pos)
         hdr = fh.read(512)
         if len(hdr) < 512:
-            return (members, False) if members else None
+            return scan if scan.members else None
         if hdr == _ZERO_BLOCK:
-            return members, fh.read(512) == _ZERO_BLOCK
+            scan.complete = fh.read(512) == _ZERO_BLOCK
+            return scan
         try:
             checksum = int(hdr[148:156].strip(b"\0 ") or b"0", 8)
             msize = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
@@ -189,19 +256,29 @@ def _scan_headers(fh, size: int) -> tuple[list[Member], bool] | None:
         if typeflag not in _FILE_TYPES and typeflag not in _SKIPPED_TYPES:
             return None
         data = pos + 512
+        name = _header_name(hdr)
         if typeflag in _FILE_TYPES:
-            name = hdr[:100].split(b"\0", 1)[0]
-            if hdr[257:263] == b"ustar\0":  # POSIX ustar: a name prefix
-                prefix = hdr[345:500].split(b"\0", 1)[0]
-                name = prefix + b"/" + name if prefix else name
-            members.append(Member(name.decode("utf-8", "surrogateescape"), data, msize, data + msize > size))
+            scan.members.append(Member(name, data, msize, data + msize > size))
+        elif typeflag == _HARD_LINK:
+            scan.links[len(scan.members)] = hdr[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            scan.members.append(Member(name, -1, 0))
+        elif typeflag in _NOTED_TYPES:
+            scan.odd.append(f"{escape_name(name)} ({_NOTED_TYPES[typeflag]})")
         pos = data + (msize + 511) // 512 * 512
         if data + msize > size:
-            return members, False
+            return scan
 
 
-def _tarfile_members(fh, path: Path, size: int) -> tuple[list[Member], bool]:
-    members: list[Member] = []
+def _header_name(hdr: bytes) -> str:
+    name = hdr[:100].split(b"\0", 1)[0]
+    if hdr[257:263] == b"ustar\0":  # POSIX ustar: a name prefix
+        prefix = hdr[345:500].split(b"\0", 1)[0]
+        name = prefix + b"/" + name if prefix else name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _tarfile_members(fh, path: Path, size: int) -> _Scan:
+    scan = _Scan()
     try:
         tf = tarfile.open(fileobj=fh, mode="r:")
     except tarfile.ReadError as e:
@@ -209,30 +286,106 @@ def _tarfile_members(fh, path: Path, size: int) -> tuple[list[Member], bool]:
             f"{path} is not a tar file ({e}); a webdataset shard is an uncompressed tar of "
             "KEY.jpg, KEY.json, ... members (img2dataset --output_format webdataset)"
         ) from e
+    except (OSError, OverflowError, ValueError) as e:  # a size no file can have (2**62, 10**15)
+        raise DatasetError(f"{path}: its first member's header is broken ({e}); copy the shard again") from e
     while True:
         try:
             info = tf.next()
-        except tarfile.ReadError:  # a member's data runs past the end of the file
-            return members, False
+        except (tarfile.ReadError, OSError, OverflowError, ValueError):  # data past the end of the file
+            return scan
         if info is None:
             break
         if info.isfile():
             end = info.offset_data + info.size
-            members.append(Member(info.name, info.offset_data, info.size, truncated=end > size))
-    fh.seek(tf.offset)
-    return members, fh.read(1024) == bytes(1024)
+            scan.members.append(Member(info.name, info.offset_data, info.size, truncated=end > size))
+            if end > size:
+                return scan
+        elif info.islnk():
+            scan.links[len(scan.members)] = info.linkname
+            scan.members.append(Member(info.name, -1, 0))
+        elif info.issym() or info.ischr() or info.isblk() or info.isfifo():
+            kind = (
+                "symbolic link"
+                if info.issym()
+                else "device"
+                if info.isdev() and not info.isfifo()
+                else "FIFO"
+            )
+            scan.odd.append(f"{escape_name(info.name)} ({kind})")
+    try:
+        fh.seek(tf.offset)
+        scan.complete = fh.read(1024) == bytes(1024)
+    except (OSError, OverflowError):
+        pass
+    return scan
+
+
+def _safe_name(name: str) -> str:
+    """A member name as text that stays inside its shard: undecodable bytes become ``\\xNN`` (as
+    file names do), and a name that is absolute or climbs with ``..`` is read from the shard's top
+    (``../../etc/passwd`` -> ``etc/passwd``), so no id or path can point outside the shard."""
+    name = escape_name(name)
+    if name.startswith("/") or ".." in name.split("/"):
+        name = posixpath.normpath("/" + name).lstrip("/")
+    return name
+
+
+def _named(scan: _Scan, path: Path) -> tuple[list[Member], list[str]]:
+    """The members with safe names (hard links read through the member they name) and the notes."""
+    members: list[Member] = []
+    by_name: dict[str, Member] = {}
+    moved: list[str] = []
+    linked: list[str] = []
+    unknown: list[str] = []
+    for k, m in enumerate(scan.members):
+        safe = _safe_name(m.name)
+        if safe != escape_name(m.name):
+            moved.append(f"{escape_name(m.name)!r} -> {safe!r}")
+        if k in scan.links:
+            target = by_name.get(_safe_name(scan.links[k]))
+            (linked if target else unknown).append(f"{safe} -> {_safe_name(scan.links[k])}")
+            if target is None:
+                continue
+            m = replace(target, name=safe)
+        elif safe != m.name:
+            m = replace(m, name=safe)
+        if scan.links:
+            by_name[safe] = m
+        members.append(m)
+    notes = []
+    if moved:
+        notes.append(
+            f"{path.name}: {len(moved)} member name(s) are absolute or climb out of the shard with '..'; "
+            f"they are read as names inside it: {', '.join(moved[:5])}"
+        )
+    if linked:
+        notes.append(
+            f"{path.name}: {len(linked)} hard-link member(s) read through the member they name: "
+            + ", ".join(linked[:5])
+        )
+    if unknown:
+        notes.append(
+            f"{path.name}: {len(unknown)} hard-link member(s) name no file member before them and are not "
+            f"read: {', '.join(unknown[:5])}; rewrite the shard with tar --hard-dereference"
+        )
+    if scan.odd:
+        notes.append(
+            f"{path.name}: {len(scan.odd)} member(s) are not files and are not read: "
+            f"{', '.join(scan.odd[:5])}; a webdataset shard holds regular files only"
+        )
+    return members, notes
 
 
 def _list_shard(path: Path, size: int) -> ShardListing:
-    lost: str | None = None
     with path.open("rb") as fh:
         scanned = _scan_headers(fh, size)
         if scanned is None:
             fh.seek(0)
             scanned = _tarfile_members(fh, path, size)
-    members, complete = scanned
+    members, notes = _named(scanned, path)
+    lost: str | None = None
     cut = [m for m in members if m.truncated]
-    if cut or not complete:
+    if cut or not scanned.complete:
         # no end-of-archive blocks: the file was cut, and members after the cut are unknown
         last = next((m.name for m in reversed(members) if not m.truncated), None)
         lost = (
@@ -241,8 +394,15 @@ def _list_shard(path: Path, size: int) -> ShardListing:
             + (f"anything after {last} is lost" if last else "every member is lost")
             + "; copy the shard again to get them back"
         )
+    samples = _samples(members, path)
+    with path.open("rb") as fh:
+        labels = [_read_labels(fh, path, s) for s in samples]
+    return ShardListing(path, samples, labels, lost, notes)
+
+
+def _samples(members: list[Member], path: Path) -> list[Sample]:
     samples: list[Sample] = []
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     for m in members:
         key, ext = split_name(m.name)
         if key.split("/")[-1].startswith("__"):
@@ -255,15 +415,13 @@ def _list_shard(path: Path, size: int) -> ShardListing:
                 "a webdataset shard keeps each sample's files together: rewrite it sorted by key"
             )
         else:
-            seen[key] = len(samples)
+            seen.add(key)
             sample = Sample(key)
             samples.append(sample)
         if ext in sample.members:
             raise DatasetError(f"{path}: sample {key!r} has two members named {m.name!r}")
         sample.members[ext] = m
-    with path.open("rb") as fh:
-        labels = [_read_labels(fh, path, s) for s in samples]
-    return ShardListing(path, samples, labels, lost)
+    return samples
 
 
 def _read_labels(fh, path: Path, sample: Sample) -> dict:
@@ -275,7 +433,14 @@ def _read_labels(fh, path: Path, sample: Sample) -> dict:
         if m.size > _LABEL_MEMBER_BYTES:
             raise DatasetError(f"{path}: {m.name} has {m.size} bytes; a label member holds a few")
         fh.seek(m.offset)
-        text = fh.read(m.size).decode("utf-8", "replace")
+        raw = fh.read(m.size)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DatasetError(
+                f"{path}: {m.name}: byte {raw[e.start : e.start + 1].hex()} at offset {e.start} is not UTF-8; "
+                "write the label files as UTF-8 (e.g. iconv -f latin1 -t utf-8) and pack the shard again"
+            ) from e
         if ext == "cls":
             out["category"] = text.strip().lower()
             continue
@@ -319,6 +484,7 @@ def read_webdataset(pattern: str | os.PathLike) -> Manifest:
         if listing.lost:
             notes.append(listing.lost)
             log.warning("%s", listing.lost)
+        notes += listing.notes
         for sample, lab in zip(listing.samples, listing.labels):
             if sample.key in owner:
                 raise DatasetError(

@@ -18,14 +18,34 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
+from evoked.errors import ConfigError
+
 #: Columns of `va_columns`, in order.
 VA_COLUMNS = ("n", "t", "p", "tt", "pp", "tp", "se", "ae")
 
 #: Metrics that `va_from_sums` returns.
 VA_STATS = ("mse", "rmse", "mae", "r", "ccc", "r2")
 
+#: The most resamples a report may ask for: every system keeps a few sums per resample and metric,
+#: and beyond this the intervals change less than their printed digits.
+MAX_RESAMPLES = 100_000
+
 # Cells of one counts block (rows x items); bounds memory (32 MB of float64) for large sets.
 _BLOCK_CELLS = 4_000_000
+
+
+def check_resamples(value: object) -> int:
+    """`value` as a number of bootstrap resamples (0..`MAX_RESAMPLES`), else a `ConfigError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(
+            f"--bootstrap {value!r} must be a whole number >= 0 (1000 is usual; 0 turns CIs off)"
+        )
+    if value > MAX_RESAMPLES:
+        raise ConfigError(
+            f"--bootstrap {value:,} is more resamples than evoked takes (at most {MAX_RESAMPLES:,}: each one "
+            "keeps sums for every system and metric in memory); 1000 is usual, 10000 for p-values near 0.001"
+        )
+    return int(value)
 
 
 def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,7 @@ from evoked.evaluate import bootstrap as bs
 from evoked.evaluate.category import category_accuracy, category_correct, category_word
 from evoked.evaluate.distribution import DISTRIBUTION_METRICS, EPS, distribution_values
 from evoked.evaluate.metrics import DIMENSIONS, regression_metrics
+from evoked.evaluate.percategory import per_category
 from evoked.evaluate.runs import Items, System
 from evoked.runfolder import Run
 
@@ -256,10 +257,12 @@ def _score(
     """System `i`'s point estimates, and the slices of its bootstrap columns by metric group."""
     entry: dict = {"system": s.name, "run": s.run, "model": s.model, "category": None, "distribution": None}
     sl: dict[str, slice] = {}
+    own: dict[str, np.ndarray] = {}
     for k, dim in enumerate(DIMENSIONS):
-        m = rows.masks[dim] & rows.active[i, k]
+        m = own[dim] = rows.masks[dim] & rows.active[i, k]
         entry[dim] = regression_metrics(items.true[m, k], s.pred[m, k])
         sl[dim] = _add(blocks, bs.va_columns(np.where(m, items.true[:, k], np.nan), s.pred[:, k]))
+    entry["per_category"] = per_category(items.true, items.category, s.pred, own) or None
     cm, cats = rows.cat_mask, rows.cats
     if cm is not None and cats is not None and rows.active[i].all():
         entry["category"] = category_accuracy(items.category[cm], s.pred[cm], lexicon, cats, nearest)

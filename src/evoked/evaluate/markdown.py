@@ -7,6 +7,7 @@ import math
 
 from evoked.evaluate import tables
 from evoked.evaluate.metrics import DIMENSIONS
+from evoked.evaluate.percategory import per_category_rows
 from evoked.runfolder import CURVE_METRICS
 
 
@@ -58,16 +59,23 @@ def markdown_report(report: dict) -> str:
         "",
     ]
     lines += _eval_sets_section(report)
+    lines += _cross_dataset_section(report)
+    lines += _repeats_section(report)
     lines += _paired_section(report)
     lines += _category_section(report)
+    lines += _per_category_section(report)
     lines += _distribution_section(report)
     lines += _all_metrics_section(report)
     lines += _curve_section(report)
+    lines += _training_section(report)
     files = report.get("files", {})
     plots = [
+        ("forest", "Every system's r with its 95% interval"),
         ("scatter_valence", "Predicted vs true valence"),
         ("scatter_arousal", "Predicted vs true arousal"),
         ("va_plane", "Truth and predictions on the valence-arousal plane"),
+        ("residuals", "Mean residual by true category"),
+        ("confusion", "VA -> nearest category confusion matrices"),
     ]
     if any(k in files for k, _ in plots):
         lines += ["## Plots", ""]
@@ -90,6 +98,89 @@ def markdown_report(report: dict) -> str:
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _per_category_section(report: dict) -> list[str]:
+    headers, rows = per_category_rows(report["systems"])
+    if not rows:
+        return []
+    return [
+        "## Per category",
+        "",
+        "Within each true category: Pearson r (does the system order the items of one category?), MSE, "
+        "and bias = mean predicted minus mean rated (positive: the system rates the category too high).",
+        "",
+        tables.markdown(headers, rows, "ll" + "r" * (len(headers) - 2)),
+        "",
+    ]
+
+
+def _cross_dataset_section(report: dict) -> list[str]:
+    cross = tables.cross_dataset_rows(report)
+    if not cross:
+        return []
+    return ["## Across scored sets", "", "Pearson r valence / arousal, one column per scored set.", "",
+            tables.markdown(*cross), ""]  # fmt: skip
+
+
+def _repeats_section(report: dict) -> list[str]:
+    entries = [s for s in report["systems"] if s.get("repeats")]
+    if not entries:
+        return []
+    headers = [
+        "system",
+        "repeats",
+        "r valence: mean \u00b1 sd [95% CI over repeats]",
+        "bootstrap CI over items",
+    ]
+    headers += ["r arousal: mean \u00b1 sd [95% CI over repeats]", "bootstrap CI"]
+    rows = []
+    for s in entries:
+        row = [s["system"], str(s["repeats"]["n"])]
+        for dim in DIMENSIONS:
+            r = s["repeats"][dim]["r"]
+            ci = s[dim].get("ci", {}).get("r")
+            row += [f"{tables.num(r['mean'])} \u00b1 {tables.num(r['sd'])} [{tables.num(r['ci'][0])}, {tables.num(r['ci'][1])}]",
+                    f"[{tables.num(ci[0])}, {tables.num(ci[1])}]" if ci else "-"]  # fmt: skip
+        rows.append(row)
+    first = entries[0]["repeats"]
+    return [
+        "## Repeated splits",
+        "",
+        f"The runs were repeated with {first['n']} split seeds ({', '.join(map(str, first['seeds']))}; "
+        "`evoked regress --repeats`). Mean and sample sd over the repeats of each system's r, and a 95% "
+        "t interval of the mean over repeats, beside the bootstrap interval over items of the first seed. "
+        "The repeats share most of their training items, so their interval is optimistic about a new dataset.",
+        "",
+        tables.markdown(headers, rows, "lr" + "r" * 4),
+        "",
+    ]
+
+
+def _training_section(report: dict) -> list[str]:
+    runs = report.get("training") or []
+    if not runs:
+        return []
+    lines = ["## Fine-tuning", "", "Training loss and validation r per epoch (run.json history); the kept epoch "
+             "has the best validation valence r.", ""]  # fmt: skip
+    if "training" in report.get("files", {}):
+        lines += [f"![Fine-tuning curves]({report['files']['training']})", ""]
+    headers = [
+        "system",
+        "epochs",
+        "kept epoch",
+        "train loss (first -> last)",
+        "val r valence (kept)",
+        "val r arousal (kept)",
+    ]
+    rows = []
+    for t in runs:
+        h = t["history"]
+        kept = next((x for x in h if x["epoch"] == t.get("best_epoch")), h[-1])
+        rows.append([t["system"], str(len(h)), str(t.get("best_epoch") or "-"),
+                     f"{tables.num(h[0]['train_loss'])} -> {tables.num(h[-1]['train_loss'])}",
+                     tables.num(kept.get("val_r_valence")), tables.num(kept.get("val_r_arousal"))])  # fmt: skip
+    return lines + [tables.markdown(headers, rows, "lrrrrr"), ""]
 
 
 def _eval_sets_section(report: dict) -> list[str]:

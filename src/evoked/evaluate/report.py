@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,49 @@ from evoked.clock import utc_now
 from evoked.data.lexicon import CategoryMap, Lexicon, load_lexicon
 from evoked.errors import ConfigError
 from evoked.evaluate import tables
+from evoked.evaluate.bootstrap import check_resamples
 from evoked.evaluate.compare import check_every_run_compared, compare_systems, resolve_reference
 from evoked.evaluate.evalsets import eval_sets, membership_notes, unique_name
 from evoked.evaluate.markdown import markdown_report, protocol_text
 from evoked.evaluate.metrics import DIMENSIONS
+from evoked.evaluate.plots import FORMATS
 from evoked.evaluate.runs import Items, System, align_systems
 from evoked.runfolder import CURVE_METRICS, Run, items_fingerprint, read_run, write_json
 
 log = logging.getLogger(__name__)
 
 NEAREST = ("cosine", "euclidean")
+#: Every figure a report may draw; saved as FIGURE.png/.pdf/.svg (the formats asked for)
+FIGURES = (
+    "scatter_valence", "scatter_arousal", "va_plane", "residuals", "confusion", "forest", "curve", "training",
+)  # fmt: skip
 #: Every file a report may write; the ones a new report does not write are removed from `out`.
-REPORT_FILES = (
-    "report.md",
-    "report.json",
-    "report.csv",
-    "scatter_valence.png",
-    "scatter_arousal.png",
-    "va_plane.png",
-    "curve.png",
+REPORT_FILES = ("report.md", "report.json", "report.csv", "report.tex") + tuple(
+    f"{name}.{ext}" for name in FIGURES for ext in FORMATS
 )
 MAX_SCATTER_PANELS = 12
 MAX_PLANE_SYSTEMS = 3
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """What the figures show: `systems` (names or patterns, in order; None = the default choice,
+    `selection.choose_systems`) and the file `formats` of every figure."""
+
+    systems: tuple[str, ...] | None = None
+    formats: tuple[str, ...] = ("png",)
+
+    @classmethod
+    def build(cls, systems: Sequence[str] | None, formats: Sequence[str] | str | None) -> PlotOptions:
+        if isinstance(formats, str):
+            formats = [f.strip() for f in formats.split(",") if f.strip()]
+        fmts = tuple(dict.fromkeys(f.lower().lstrip(".") for f in (formats or ["png"])))
+        bad = [f for f in fmts if f not in FORMATS]
+        if bad or not fmts:
+            raise ConfigError(
+                f"--format {','.join(bad) or '(empty)'}: choose from {', '.join(FORMATS)} (comma-separated, e.g. png,pdf)"
+            )
+        return cls(tuple(systems) if systems else None, fmts)
 
 
 def evaluate(
@@ -58,6 +80,8 @@ def evaluate(
     categories: Sequence[str] | None = None,
     category_map: CategoryMap | None = None,
     plots: bool = True,
+    systems: Sequence[str] | None = None,
+    formats: Sequence[str] | str = ("png",),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compare every model of every run directory on the same items; return the report as a dict.
@@ -66,16 +90,15 @@ def evaluate(
     `bootstrap` resamples of the items (0 turns CIs and tests off); every system is tested against
     `reference` (``RUN/MODEL``; default: the best one). Category accuracy maps each predicted VA point
     to the nearest of `categories` (default: the distinct true labels) in `lexicon` by `nearest`
-    distance. With `out`, the report files are written there (existing report files are replaced).
+    distance. With `out`, the report files are written there (existing report files are replaced):
+    the figures show `systems` (names or shell patterns, in that order; default: the best of each
+    model family and every fine-tuned network) in each of `formats` (png, pdf, svg).
     """
     if not run_dirs:
         raise ConfigError("no run directories given; pass one or more runs/NAME directories")
     if nearest not in NEAREST:
         raise ConfigError(f"--nearest {nearest!r} is not one of {', '.join(NEAREST)}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ConfigError(
-            f"--bootstrap {bootstrap!r} must be a whole number >= 0 (1000 is usual; 0 turns CIs off)"
-        )
+    check_resamples(bootstrap)
     paths = [Path(p) for p in run_dirs]
     seen = [p.resolve() for p in paths]
     twice = sorted({str(p) for p, r in zip(paths, seen) if seen.count(r) > 1})
@@ -83,8 +106,10 @@ def evaluate(
         raise ConfigError(f"run director{'ies' if len(twice) > 1 else 'y'} {', '.join(twice)} given twice")
     lex = load_lexicon(lexicon, category_map)
     _check_out(out)
+    plot_options = PlotOptions.build(systems, formats)
     return evaluate_runs(
         [read_run(p) for p in paths],
+        plot_options=plot_options,
         out=out,
         lexicon=lex,
         nearest=nearest,
@@ -104,19 +129,24 @@ def evaluate_predictions(
     lexicon: str = "nrc",
     *,
     category_map: CategoryMap | None = None,
+    va_range: str | Sequence[float] | None = None,
     **kw: Any,
 ) -> dict:
     """Score predictions files (``evoked predict`` output, or any predictions.csv) against `truth`.
 
     `truth` is ``DATASET`` or ``DATASET:SPLIT``; rows join to its items by id, else by resolved path
-    (`evoked.evaluate.truth`). Several files are compared with each other on the same items.
+    (`evoked.evaluate.truth`). Several files are compared with each other on the same items. Truths
+    outside `va_range` (default 1,9) and predictions on another scale are refused.
     """
     from evoked.data import load_dataset
+    from evoked.data.va_range import parse_va_range
     from evoked.evaluate.evalsets import parse_eval_spec
     from evoked.evaluate.truth import predictions_run
 
     if not files:
         raise ConfigError("--truth scores predictions files: pass --predictions P.csv")
+    check_resamples(kw.get("bootstrap", 0))
+    scale = parse_va_range(va_range)
     spec, split = parse_eval_spec(str(truth))
     m = load_dataset(spec)
     if not m.has_va.any():
@@ -124,11 +154,12 @@ def evaluate_predictions(
             f"--truth {truth}: the dataset {m.name!r} has no VA ratings; give a dataset with valence/arousal"
         )
     lex = load_lexicon(lexicon, category_map)
+    kw["plot_options"] = PlotOptions.build(kw.pop("systems", None), kw.pop("formats", None))
     runs, used = [], set[str]()
     for f in files:
         name = unique_name(Path(f).stem, used)  # two files named alike stay two systems
         used.add(name)
-        runs.append(predictions_run(f, m, split, name=name))
+        runs.append(predictions_run(f, m, split, name=name, va_range=scale))
     _check_out(out)
     notes = [n for r in runs for n in r.meta["notes"]]
     truth_info = {"truth": {"dataset": m.name, "spec": spec, "split": split}}
@@ -151,6 +182,7 @@ def evaluate_runs(
     reference: str | None = None,
     categories: Sequence[str] | None = None,
     plots: bool = True,
+    plot_options: PlotOptions = PlotOptions(),
     on_progress: Callable[[int, int], None] | None = None,
     extra_notes: Sequence[str] = (),
     extra: Mapping | None = None,
@@ -167,7 +199,7 @@ def evaluate_runs(
         lexicon=lexicon,
         nearest=nearest,
         categories=categories,
-        bootstrap=int(bootstrap),
+        bootstrap=check_resamples(bootstrap),
         seed=seed,
         on_progress=on_progress,
     )
@@ -206,19 +238,33 @@ def evaluate_runs(
             + ")"
         )
     check_every_run_compared(runs, top["systems"], top["report"]["eval_set"])  # none left out silently
+    if top["report"]["eval_set"] == "":
+        _add_repeats(top["report"], runs)
     report = {
         "evoked_version": __version__,
         "created": utc_now(),
         **top["report"],
         "runs": [_run_summary(r) for r in runs],
         "curves": curve_summary(runs),
+        "training": training_summary(runs),
         "eval_sets": subs,
     }
     report["notes"] = report["notes"] + notes + list(extra_notes) + _protocol_notes(runs)
     report.update(extra or {})
     if out is not None:
-        report["files"] = write_report(report, Path(out), top["items"], top["systems"], lexicon, plots=plots)
+        report["files"] = write_report(
+            report, Path(out), top["items"], top["systems"], lexicon, plots=plots, options=plot_options
+        )
     return report
+
+
+def _add_repeats(group: dict, runs: Sequence[Run]) -> None:
+    """Each repeated system's scores over its repeats (`evaluate.repeats`), beside its bootstrap CIs."""
+    from evoked.evaluate.repeats import repeat_summary
+
+    over = repeat_summary(runs)
+    for entry in group["systems"]:
+        entry["repeats"] = over.get(entry["system"])
 
 
 def _compare_group(runs: Sequence[Run], *, reference: str | None, given_reference: bool, **kw) -> dict:
@@ -389,18 +435,45 @@ def curve_summary(runs: Sequence[Run]) -> list[dict]:
     return sorted(out, key=lambda e: (e["system"], e["setting"], e["n_labels"]))
 
 
+def training_summary(runs: Sequence[Run]) -> list[dict]:
+    """Each fine-tuning run's per-epoch history (run.json ``history``): system, best epoch, epochs."""
+    out = []
+    for run in runs:
+        history = run.meta.get("history")
+        if not isinstance(history, list) or not history:
+            continue
+        keys = ("epoch", "train_loss", "val_r_valence", "val_r_arousal", "improved")
+        rows = [{k: h.get(k) for k in keys} for h in history if isinstance(h, Mapping) and "epoch" in h]
+        if rows:
+            model = next(iter(run.predictions), None) or next(iter(run.meta.get("models") or []), "")
+            out.append(
+                {"system": f"{run.name}/{model}", "best_epoch": run.meta.get("best_epoch"), "history": rows}
+            )
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
 def write_report(
-    report: dict, out: Path, items: Items, systems: Sequence[System], lexicon: Lexicon, plots: bool = True
+    report: dict,
+    out: Path,
+    items: Items,
+    systems: Sequence[System],
+    lexicon: Lexicon,
+    plots: bool = True,
+    options: PlotOptions = PlotOptions(),
 ) -> dict[str, str]:
-    """Write report.md/json/csv and the plots into `out`; remove report files this report does not make."""
+    """Write report.md/json/csv/tex and the figures into `out`; remove report files this report does not make."""
+    from evoked.evaluate.latex import latex_report
+
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
+    written: set[str] = set()
     if plots:
-        files.update(_write_plots(report, out, items, systems, lexicon))
-    files.update({"markdown": "report.md", "json": "report.json", "csv": "report.csv"})
+        files.update(_write_plots(report, out, items, systems, lexicon, options))
+        written = {f"{Path(f).stem}.{ext}" for f in files.values() for ext in options.formats}
+    files.update({"markdown": "report.md", "json": "report.json", "csv": "report.csv", "latex": "report.tex"})
     headers, rows = tables.csv_rows(report)
     rows = [[*r, report.get("eval_set", "")] for r in rows]
     for sub in report.get("eval_sets", []):
@@ -412,25 +485,50 @@ def write_report(
         w.writerows([["" if isinstance(c, float) and math.isnan(c) else c for c in r] for r in rows])
     report["files"] = files
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    (out / "report.tex").write_text(latex_report(report), encoding="utf-8")
     write_json(out / "report.json", report)
     for name in REPORT_FILES:
-        if name not in files.values() and (out / name).is_file():
+        if name not in files.values() and name not in written and (out / name).is_file():
             (out / name).unlink()  # a stale plot from an earlier report would contradict this one
     log.info("report written to %s", out)
     return files
 
 
-def _write_plots(report: dict, out: Path, items: Items, systems: Sequence[System], lexicon) -> dict[str, str]:
-    from evoked.evaluate import plots
+def _write_plots(
+    report: dict, out: Path, items: Items, systems: Sequence[System], lexicon, options: PlotOptions
+) -> dict[str, str]:
+    """Every figure of the report in `options.formats`; returns {figure: file of its first format}."""
+    from evoked.evaluate import diagnostics, plots
+    from evoked.evaluate.selection import choose_systems, colors_for, merge_identical, system_color
 
-    by_name = {s.name: s for s in systems}
     ranked = report["systems"]
-    shown = ranked[:MAX_SCATTER_PANELS]
-    if len(ranked) > MAX_SCATTER_PANELS:
+    kinds = {r["name"]: str(r.get("kind") or "") for r in report["runs"]}
+    groups, same_notes = merge_identical([s["system"] for s in ranked], {s.name: s.pred for s in systems})
+    report["notes"].extend(same_notes)
+    chosen = choose_systems(ranked, kinds, options.systems)
+    group_of = {m: g for g in groups for m in g.members}
+    shown = list({id(group_of[n]): group_of[n] for n in chosen}.values())[:MAX_SCATTER_PANELS]
+    if len(chosen) > MAX_SCATTER_PANELS:
         report["notes"].append(
-            f"the scatter plots show the {MAX_SCATTER_PANELS} best of {len(ranked)} systems"
+            f"the figures show the first {MAX_SCATTER_PANELS} of the {len(chosen)} systems chosen"
         )
-    files = {}
+    if options.systems is None and len(shown) < len(groups):
+        report["notes"].append(
+            f"the figures show {len(shown)} of {len(groups)} systems: the best of each model family and every "
+            "fine-tuned network (--systems chooses others)"
+        )
+    # a system's own colour (its name's hash); the systems drawn side by side are kept apart
+    colors = {s["system"]: system_color(s["system"]) for s in ranked}
+    colors.update(colors_for([g.members[0] for g in shown]))
+    colors.update({g.label: colors[g.members[0]] for g in shown})  # a merged system: its first member's
+    fmt = options.formats
+    files: dict[str, str] = {}
+
+    def saved(key: str, path: Path) -> None:
+        files[key] = path.name
+
+    labels = items.category.astype(str) if (items.category != "").any() else None
+    r_of = {s["system"]: s for s in ranked}
     for k, dim in enumerate(DIMENSIONS):
         if not report["items"]["scored"][dim]:
             report["notes"].append(f"no scatter plot of {dim}: no item has a true {dim} and predictions")
@@ -438,28 +536,44 @@ def _write_plots(report: dict, out: Path, items: Items, systems: Sequence[System
         scored = np.full(len(items), np.nan)
         keep = np.isfinite(items.true[:, k])
         scored[keep] = items.true[keep, k]
-        panels = [(s["system"], by_name[s["system"]].pred[:, k], s[dim]["r"]) for s in shown]
-        plots.scatter_plot(out / f"scatter_{dim}.png", dim, scored, panels)
-        files[f"scatter_{dim}"] = f"scatter_{dim}.png"
-    names = [s["system"] for s in ranked[:MAX_PLANE_SYSTEMS]]
-    if report["reference"] not in names:
-        names = names[: MAX_PLANE_SYSTEMS - 1] + [report["reference"]]
+        panels = [(g.label, g.pred[:, k], r_of[g.members[0]][dim]["r"]) for g in shown]
+        saved(
+            f"scatter_{dim}",
+            plots.scatter_plot(out / f"scatter_{dim}.png", dim, scored, panels, labels, fmt, colors),
+        )
     cats = report["category"].get("categories")
     anchors = {c: tuple(lexicon.va(c)) for c in cats} if cats else None
-    labels = items.category.astype(str) if (items.category != "").any() else None
-    plots.va_plane_plot(
-        out / "va_plane.png",
-        items.true,
-        [(n, by_name[n].pred) for n in names],
-        labels=labels,
-        anchors=anchors,
-        anchor_source=f"lexicon {lexicon.name}",
-        n_systems=len(ranked),  # the title names the systems shown when they are fewer
-    )
-    files["va_plane"] = "va_plane.png"
+    plane = shown[:MAX_PLANE_SYSTEMS]
+    saved(
+        "va_plane",
+        plots.va_plane_plot(
+            out / "va_plane.png", items.true, [(g.label, g.pred) for g in plane], labels=labels, anchors=anchors,
+            anchor_source=f"lexicon {lexicon.name}", n_systems=len(groups), formats=fmt,
+        ),
+    )  # fmt: skip
+    if labels is not None and any(report["items"]["scored"].values()):
+        path = diagnostics.residual_plot(
+            out / "residuals.png", items.true, labels, [(g.label, g.pred) for g in shown], colors, fmt
+        )
+        saved("residuals", path)
+    with_conf = [
+        (g.label, r_of[g.members[0]]["category"]["confusion"])
+        for g in shown
+        if r_of[g.members[0]]["category"]
+    ]
+    if cats and with_conf:
+        how = f"{report['category']['nearest']}-nearest in lexicon {lexicon.name}"
+        saved(
+            "confusion",
+            diagnostics.confusion_plot(out / "confusion.png", with_conf[:MAX_SCATTER_PANELS], cats, how, fmt),
+        )
+    saved("forest", diagnostics.forest_plot(out / "forest.png", ranked, colors, fmt))
     if report["curves"]:
-        plots.curve_plot(out / "curve.png", report["curves"])
-        files["curve"] = "curve.png"
+        saved("curve", plots.curve_plot(out / "curve.png", report["curves"], fmt))
+    if report.get("training"):
+        runs = [(t["system"], t["history"]) for t in report["training"]]
+        colors.update(colors_for([n for n, _ in runs]))
+        saved("training", diagnostics.training_plot(out / "training.png", runs, colors, fmt))
     return files
 
 

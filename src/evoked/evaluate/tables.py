@@ -146,3 +146,25 @@ def csv_rows(result: dict) -> tuple[list[str], list[list]]:
         row += [tests[k]["p"] if k in tests else "" for k in ("valence_r", "arousal_r", "category_accuracy")]
         rows.append(row)
     return headers, rows
+
+
+def cross_dataset_rows(report: dict, digits: int = 3) -> tuple[list[str], list[list[str]]] | None:
+    """One row per system, one column per scored set (the training side, then each eval set):
+    r valence / r arousal. None when the report scores fewer than two sets."""
+    groups = [report] + [s for s in report.get("eval_sets", []) if "skipped" not in s]
+    if len(groups) < 2:
+        return None
+
+    def column(g: dict) -> str:
+        name = g.get("eval_set", "")
+        return f"{name} (n {g['items']['n']})" if name else f"training side (n {g['items']['n']})"
+
+    cells = [
+        {
+            s["system"]: f"{num(s['valence']['r'], digits)} / {num(s['arousal']['r'], digits)}"
+            for s in g["systems"]
+        }
+        for g in groups
+    ]
+    names = list(dict.fromkeys(s["system"] for g in groups for s in g["systems"]))
+    return ["system"] + [column(g) for g in groups], [[n] + [c.get(n, "-") for c in cells] for n in names]

@@ -15,13 +15,13 @@ a guess); with ``--truth DATASET:SPLIT`` rows of items outside that split are le
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from evoked.data import Manifest
-from evoked.data.text import parse_float, parse_json_object
+from evoked.data.text import iter_rows, parse_float, parse_json_object, read_utf8
+from evoked.data.va_range import DEFAULT_VA_RANGE, check_prediction_scale, check_va_range
 from evoked.errors import ConfigError, DatasetError
 from evoked.runfolder import Predictions, Run, image_path_key
 
@@ -29,56 +29,69 @@ NEEDED = ("id", "model", "valence_pred", "arousal_pred")
 
 
 def read_prediction_rows(path: Path) -> list[dict]:
-    """[{id, path, model, valence_pred, arousal_pred}] from a predictions CSV or `predict --json` output."""
+    """[{id, path, model, valence_pred, arousal_pred}] from a predictions CSV or `predict --json` output.
+
+    The file is read as UTF-8 (a BOM is dropped; other encodings are refused naming the byte), and
+    every prediction is a finite number or empty.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"--predictions {str(path)!r}: no such file")
     if path.suffix.lower() == ".json":
-        obj = parse_json_object(path.read_text("utf-8"), str(path))
-        if not isinstance(obj.get("predictions"), list):
-            raise DatasetError(
-                f"{path}: expected the JSON of `evoked predict --json` (model, predictions: [...])"
-            )
-        model = str(obj.get("model") or path.stem)
-        rows = []
-        for k, p in enumerate(obj["predictions"]):
-            where = f"{path}: predictions[{k}]"
-            rows.append(
-                {
-                    "id": str(p.get("id") or ""),
-                    "path": str(p.get("path") or ""),
-                    "model": model,
-                    "valence_pred": parse_float(p.get("valence_pred", p.get("valence")), where, "valence"),
-                    "arousal_pred": parse_float(p.get("arousal_pred", p.get("arousal")), where, "arousal"),
-                }
-            )
-        return rows
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in NEEDED if c not in header]
+        rows = _json_rows(path)
+    else:
+        rows = _csv_rows(path)
+    if not rows:
+        raise DatasetError(f"{path} has no prediction rows")
+    return rows
+
+
+def _json_rows(path: Path) -> list[dict]:
+    obj = parse_json_object(read_utf8(path, "predictions file", DatasetError), str(path))
+    if not isinstance(obj.get("predictions"), list):
+        raise DatasetError(
+            f"{path}: expected the JSON of `evoked predict --json` (model, predictions: [...])"
+        )
+    model = str(obj.get("model") or path.stem)
+    rows = []
+    for k, p in enumerate(obj["predictions"]):
+        where = f"{path}: predictions[{k}]"
+        if not isinstance(p, dict):
+            raise DatasetError(f"{where}: expected an object with id, valence_pred, arousal_pred")
+        rows.append(
+            {
+                "id": str(p.get("id") or ""),
+                "path": str(p.get("path") or ""),
+                "model": model,
+                "valence_pred": parse_float(p.get("valence_pred", p.get("valence")), where, "valence"),
+                "arousal_pred": parse_float(p.get("arousal_pred", p.get("arousal")), where, "arousal"),
+            }
+        )
+    return rows
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    reader, _ = iter_rows(path, "predictions file", DatasetError)
+    rows = []
+    for row in reader:
+        missing = [c for c in NEEDED if c not in row]
         if missing:
             raise DatasetError(
                 f"{path}: missing column(s) {', '.join(missing)}; a predictions file needs "
                 f"{', '.join(NEEDED)} (path optional), as `evoked predict` writes"
             )
-        rows = []
-        for lineno, raw in enumerate(reader, 2):
-            row = {k.strip(): (v or "") for k, v in raw.items() if k is not None}
-            where = f"{path}:{lineno}"
-            if row.get("eval", "").strip():
-                continue  # a run's eval-set rows: score its training side, or pass that run to evaluate
-            rows.append(
-                {
-                    "id": row["id"],
-                    "path": row.get("path", ""),
-                    "model": row["model"].strip() or path.stem,
-                    "valence_pred": parse_float(row["valence_pred"], where, "valence_pred"),
-                    "arousal_pred": parse_float(row["arousal_pred"], where, "arousal_pred"),
-                }
-            )
-    if not rows:
-        raise DatasetError(f"{path} has no prediction rows")
+        where = f"{path}:{row['__line__']}"
+        if (row.get("eval") or "").strip():
+            continue  # a run's eval-set rows: score its training side, or pass that run to evaluate
+        rows.append(
+            {
+                "id": row["id"] or "",
+                "path": row.get("path") or "",
+                "model": (row["model"] or "").strip() or path.stem,
+                "valence_pred": parse_float(row["valence_pred"], where, "valence_pred"),
+                "arousal_pred": parse_float(row["arousal_pred"], where, "arousal_pred"),
+            }
+        )
     return rows
 
 
@@ -108,9 +121,17 @@ def match_items(rows: list[dict], truth: Manifest, base: Path, source: str) -> n
 
 
 def predictions_run(
-    path: str | Path, truth: Manifest, split: str | None = None, name: str | None = None
+    path: str | Path,
+    truth: Manifest,
+    split: str | None = None,
+    name: str | None = None,
+    va_range: tuple[float, float] = DEFAULT_VA_RANGE,
 ) -> Run:
-    """A predictions file joined to `truth`, as a run `evaluate_runs` compares (fold -1, kind transfer)."""
+    """A predictions file joined to `truth`, as a run `evaluate_runs` compares (fold -1, kind transfer).
+
+    Truths outside `va_range`, predictions far off it and a model with no prediction on an axis are
+    refused (`evoked.data.va_range`, the checks regress makes).
+    """
     path = Path(path)
     rows = read_prediction_rows(path)
     index = match_items(rows, truth, path.resolve().parent, f"--predictions {path}")
@@ -133,12 +154,14 @@ def predictions_run(
             raise DatasetError(
                 f"--predictions {path}: model {model!r} predicts item {dup!r} more than once (by id or path)"
             )
+        pred = np.array([[rows[n]["valence_pred"], rows[n]["arousal_pred"]] for n in ns], dtype=np.float64)
+        _check_model(path, model, truth, ks, pred, va_range, notes)
         preds[model] = Predictions(
             ids=truth.ids[ks].astype(object),
             fold=np.full(len(ks), -1, dtype=np.int64),
             split=truth.split[ks].astype(object),
             true=np.stack([truth.valence[ks], truth.arousal[ks]], axis=1).astype(np.float64),
-            pred=np.array([[rows[n]["valence_pred"], rows[n]["arousal_pred"]] for n in ns], dtype=np.float64),
+            pred=pred,
             category=np.array([c or "" for c in truth.category[ks].tolist()], dtype=object),
             kind=np.full(len(ks), "transfer", dtype=object),
         )
@@ -149,3 +172,30 @@ def predictions_run(
         "notes": notes,
     }
     return Run(path=path, name=name or path.stem, meta=meta, predictions=preds)
+
+
+def _check_model(
+    path: Path,
+    model: str,
+    truth: Manifest,
+    ks: np.ndarray,
+    pred: np.ndarray,
+    va_range: tuple[float, float],
+    notes: list[str],
+) -> None:
+    """One model's predictions are scorable: some on each axis, on the ratings' scale, as the truths."""
+    source = f"--predictions {path} (model {model!r})"
+    ids = truth.ids[ks].tolist()
+    check_va_range(ids, truth.valence[ks], truth.arousal[ks], va_range, source=f"--truth {truth.name}")
+    for d, dim in enumerate(("valence", "arousal")):
+        empty = np.isnan(pred[:, d])
+        if empty.all():
+            raise DatasetError(
+                f"{source}: no {dim} prediction in any of its {len(pred)} row(s) (all empty or NaN); "
+                f"fill in {dim}_pred, or score the file that holds them"
+            )
+        if empty.any():
+            notes.append(
+                f"{model}: {int(empty.sum())} row(s) without a {dim} prediction are left out of its {dim} scores"
+            )
+    check_prediction_scale(ids, pred, va_range, source=source)

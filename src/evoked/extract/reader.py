@@ -34,9 +34,15 @@ class ImageFiles(Dataset):
     """Item `row` of a manifest: its decoded image, or its JPEG bytes, or the reason it failed."""
 
     def __init__(
-        self, paths: Sequence[str], *, device_jpeg: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        paths: Sequence[str],
+        *,
+        device_jpeg: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        root: str | None = None,
     ):
         self.paths = list(paths)
+        self.root = root  # the dataset root: a file leading outside it (a symlink) is refused at read time
         self.device_jpeg = device_jpeg
         self.max_pixels = max_pixels
 
@@ -66,7 +72,7 @@ class ImageFiles(Dataset):
 
     def read(self, row: int) -> bytes:
         """The bytes of item `row` (a source that keeps images elsewhere overrides this)."""
-        return read_bytes(self.paths[row])
+        return read_bytes(self.paths[row], root=self.root)
 
 
 def collate(items: list[dict]) -> dict:

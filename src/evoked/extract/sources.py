@@ -44,7 +44,8 @@ def open_source(
     if not isinstance(source, Manifest):
         return ImageFiles(list(source), device_jpeg=device_jpeg, max_pixels=max_pixels)
     if source.kind not in SOURCES:
-        return ImageFiles([str(p) for p in source.abspaths()], device_jpeg=device_jpeg, max_pixels=max_pixels)
+        paths = [str(p) for p in source.abspaths()]
+        return ImageFiles(paths, device_jpeg=device_jpeg, max_pixels=max_pixels, root=str(source.root))
     return SOURCES.load(source.kind)(source, device_jpeg=device_jpeg, max_pixels=max_pixels)
 
 

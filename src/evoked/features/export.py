@@ -34,7 +34,15 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
+from evoked.features.store import (
+    FAILED,
+    OK,
+    PENDING,
+    FeatureStore,
+    open_store,
+    read_categories,
+    read_dataset_rows,
+)
 from evoked.registry import Registry
 
 if TYPE_CHECKING:
@@ -282,7 +290,7 @@ def _metadata(f: h5py.File, rows: np.ndarray, keep: np.ndarray):
     }
     if "labels/distribution" in f:
         d = f["labels/distribution"]
-        cats = [c.decode() if isinstance(c, bytes) else str(c) for c in d.attrs["categories"]]
+        cats = read_categories(f["labels"])
         values = d[sl][keep]
         cols.update({f"p_{c}": values[:, k] for k, c in enumerate(cats)})
     return pa.table({k: pa.array(v.tolist() if v.dtype == object else v) for k, v in cols.items()})

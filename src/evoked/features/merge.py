@@ -19,7 +19,14 @@ import numpy as np
 
 from evoked.errors import ConfigError
 from evoked.extract.registry import comparable_config
-from evoked.features.store import DIMENSION_ATTRS, FeatureStore, attach_dimensions, decode_attr
+from evoked.features.store import (
+    DIMENSION_ATTRS,
+    FeatureStore,
+    attach_dimensions,
+    decode_attr,
+    read_categories,
+    write_categories,
+)
 
 _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
 _SHARD_ATTRS = (
@@ -125,6 +132,8 @@ def _merge(out: Path, stores: list[FeatureStore]) -> Path:
                 for k, v in src0[name].attrs.items():
                     if k not in DIMENSION_ATTRS:
                         f[name].attrs[k] = v
+        if "labels/distribution" in src0:
+            write_categories(f["labels"], read_categories(src0["labels"]))
         _virtual(f, "items/status", stores, rel, spans, src0)
         _virtual(f, "items/error", stores, rel, spans, src0)
         _virtual(f, "provenance/timings", stores, rel, None, src0)

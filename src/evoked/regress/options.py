@@ -96,6 +96,7 @@ class RegressOptions:
     chunk_rows: int | None = None
     overwrite: bool = False
     name: str | None = None
+    split_seed: int | None = None  # a repeat of `--repeats`: redraw the split (or the CV folds) with this seed
     # parsed by `check`
     feature_names: list[str] = field(default_factory=list, init=False)
     model_names: list[str] = field(default_factory=list, init=False)

@@ -216,3 +216,18 @@ def selection_folds(
     unrated = train[~has_va[train]]
     out = [Fold(f, np.sort(np.r_[rated[folds != f], unrated]), rated[folds == f]) for f in range(k)]
     return out, f"{k}-fold CV over the {'+'.join(plan.protocol['train'])} rows"
+
+
+def redraw_assignment(labels: dict, seed: int) -> dict:
+    """`labels` with the split redrawn by `seed` and the store's folds dropped (one repeat of
+    ``regress --repeats``): within each category, the rows of the train/val/test splits swap their
+    split labels at random, so every category keeps its count in every split. The CV then assigns
+    folds with the run's seed (a repeat's seed), never the store's."""
+    split = np.asarray(labels["split"], dtype=object).astype(str)
+    category = np.asarray(labels["category"], dtype=object).astype(str)
+    rng = np.random.default_rng(seed)
+    new = split.copy()
+    for c in sorted(set(category.tolist())):
+        rows = np.flatnonzero((category == c) & (split != ""))
+        new[rows] = split[rows][rng.permutation(len(rows))]
+    return {**labels, "split": new.astype(object), "fold": np.full(len(split), -1, dtype=np.int64)}

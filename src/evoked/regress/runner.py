@@ -41,7 +41,15 @@ from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
 from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
-from evoked.regress.protocol import Fold, Plan, plan_cv, plan_fit_only, plan_split, selection_folds
+from evoked.regress.protocol import (
+    Fold,
+    Plan,
+    plan_cv,
+    plan_fit_only,
+    plan_split,
+    redraw_assignment,
+    selection_folds,
+)
 from evoked.regress.registry import build_pipeline
 from evoked.regress.targets import Targets, aux_matrix, make_targets, va_ratings
 from evoked.regress.transforms import check_probabilities, probability_features, probability_ranges
@@ -173,14 +181,18 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
 def _plan(opts: RegressOptions, tr: _Training) -> Plan:
     common = dict(ok=tr.ok, finite=tr.finite, has_target=tr.targets.mask, has_va=tr.has_va)
     if opts.split is not None:
-        return plan_split(opts.split, split=tr.labels["split"], **common)
-    if opts.cv == 0:
+        plan = plan_split(opts.split, split=tr.labels["split"], **common)
+    elif opts.cv == 0:
         return plan_fit_only(**common)
-    assert opts.cv is not None  # `RegressOptions.check` sets it when there is no split
-    return plan_cv(
-        opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
-        include_test=opts.cv_include_test, seed=opts.seed, **common,
-    )  # fmt: skip
+    else:
+        assert opts.cv is not None  # `RegressOptions.check` sets it when there is no split
+        plan = plan_cv(
+            opts.cv, store_fold=tr.labels["fold"], category=tr.labels["category"], split=tr.labels["split"],
+            include_test=opts.cv_include_test, seed=opts.seed, **common,
+        )  # fmt: skip
+    if opts.split_seed is not None:
+        plan.protocol["split_seed"] = int(opts.split_seed)
+    return plan
 
 
 @dataclass
@@ -259,6 +271,8 @@ def _open_evals(opts: RegressOptions, st: FeatureStore, tr: _Training, stack: Ex
 class _Progress:
     def __init__(self, total: int, fn: ProgressFn | None):
         self.total, self.done, self.fn = total, 0, fn
+        if fn is not None:  # the total before the first fit, so a bar's clock starts with the fitting
+            fn(0, total, "")
 
     def step(self, what: str) -> None:
         self.done += 1
@@ -355,7 +369,16 @@ def _mean_r(metrics: dict) -> float:
     return float(np.nan_to_num((metrics["valence"]["r"] + metrics["arousal"]["r"]) / 2, nan=-9))
 
 
-def _choose_default(results, fitter, opts, tr, plan, progress) -> tuple[str, dict]:
+def _selection_folds(
+    names: Sequence[str], opts: RegressOptions, tr: _Training, plan: Plan
+) -> tuple[list[Fold], str] | None:
+    """The folds `_choose_default` fits every model on, and how they were drawn (None: it fits none)."""
+    if len(names) < 2 or plan.protocol["kind"] != "split":
+        return None
+    return selection_folds(plan, tr.labels["split"], tr.has_va, opts.seed)
+
+
+def _choose_default(results, fitter, selection, tr, plan, progress) -> tuple[str, dict]:
     """The run's default model, chosen on training-side rows only (never the scored rows of a
     split, never the test rows, never an eval store), and how."""
     names = [r.name for r in results]
@@ -369,7 +392,7 @@ def _choose_default(results, fitter, opts, tr, plan, progress) -> tuple[str, dic
         how = {"rows": "the CV rows, out of fold" + ("" if plan.protocol["includes_test"] else " (train+val; test left out)"),
                "n": int(len(plan.eval_rows))}  # fmt: skip
     else:
-        folds, rows_how = selection_folds(plan, tr.labels["split"], tr.has_va, opts.seed)
+        folds, rows_how = selection
         if not folds:
             return names[0], {"rows": rows_how + ": the first model"}
         scores = {}
@@ -506,6 +529,8 @@ def run_regress(
     with ExitStack() as stack:
         st = stack.enter_context(open_store(store))
         tr = _read(st, store, opts)
+        if opts.split_seed is not None:
+            tr.labels = redraw_assignment(tr.labels, opts.split_seed)
         t1 = make_targets(tr.labels, opts.stage1_target, **opts.target_kw) if opts.stage1 == "same" else None
         plan = _plan(opts, tr)
         evals = _open_evals(opts, st, tr, stack)
@@ -536,7 +561,8 @@ def _fit_and_write(
              "in chunks" if tr.data.chunked else "in memory")  # fmt: skip
     names = [n for m in opts.model_names for n in [m] + ([TWO_STAGE_PREFIX + m] if source else [])]
     n_fits = len(plan.folds) + (0 if plan.protocol["kind"] == "split" else 1)
-    total = len(names) * n_fits
+    selection = _selection_folds(names, opts, tr, plan)
+    total = len(names) * (n_fits + (len(selection[0]) if selection else 0))  # every fit the bar counts
     if curve_spec is not None:
         total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
@@ -544,7 +570,7 @@ def _fit_and_write(
     fitter = _Fitter(opts, tr, plan, source)
     fitted = [_fit_model(name, fitter, tr, plan, evals, progress) for name in names]
     results = [f.result for f in fitted]
-    default_model, default_how = _choose_default(results, fitter, opts, tr, plan, progress)
+    default_model, default_how = _choose_default(results, fitter, selection, tr, plan, progress)
     _save_models(out_path / "models", fitted, fitter, opts)
     curve_summary = _curve(out_path, opts, curve_spec, fitter, progress) if curve_spec is not None else []
     write_outputs(out_path, fitted, tr, plan, evals, {"_curve": curve_summary} if curve_summary else {})

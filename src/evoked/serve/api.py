@@ -9,6 +9,8 @@ limit, so a chunked upload without a length is cut off at the limit rather than 
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message
 
-from evoked.data.decode import decode_rgb, read_bytes
+from evoked.data.decode import decode_rgb, probe
 from evoked.errors import ConfigError, DecodeError, EvokedError
 from evoked.retrieve import Hit
 from evoked.serve.security import image_payload
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 200  # hits, neighbours or browse items in one answer
+MAX_WHOLE = 2**53  # a whole-number parameter past this is no row, offset or count of this server
 MULTIPART_ENVELOPE = 16384  # the boundaries and part headers around the file itself
 
 
@@ -55,12 +58,17 @@ def number(request: Request, name: str, default: Any = None, *, whole: bool = Fa
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
+    shown = raw if len(raw) <= 40 else f"{raw[:20]}...({len(raw)} characters)"
+    if len(raw) > 400:  # int() of a long digit string is slow and numpy overflows on it anyway
+        raise HTTPException(400, f"{name}={shown} is too long; give a number of at most 400 characters")
     try:
         value = int(raw) if whole else float(raw)
     except ValueError:
-        raise HTTPException(400, f"{name}={raw!r} is not a {'whole number' if whole else 'number'}") from None
+        raise HTTPException(400, f"{name}={shown!r} is not a {'whole number' if whole else 'number'}") from None
+    if whole and abs(value) > MAX_WHOLE:  # before isfinite, which overflows on a huge int
+        raise HTTPException(400, f"{name}={shown} is out of range; give a whole number below {MAX_WHOLE}")
     if not math.isfinite(value):
-        raise HTTPException(400, f"{name}={raw!r} is not finite")
+        raise HTTPException(400, f"{name}={shown!r} is not finite")
     return value
 
 
@@ -79,9 +87,13 @@ def k_param(request: Request) -> int:
 def row_param(request: Request) -> int:
     raw = request.path_params["row"]
     try:
-        return int(raw)
+        row = int(raw) if len(raw) <= 20 else None
     except ValueError:
-        raise HTTPException(400, f"row {raw!r} is not a whole number") from None
+        row = None
+    if row is None:
+        shown = raw if len(raw) <= 40 else f"{raw[:20]}...({len(raw)} characters)"
+        raise HTTPException(400, f"row {shown!r} is not a row number; give a whole number from /api/browse")
+    return row
 
 
 def source_param(request: Request, has_predictions: bool) -> str:
@@ -155,8 +167,9 @@ async def info(request: Request) -> Response:
     )
 
 
-async def points(request: Request) -> Response:
-    state = state_of(request)
+def encode_points(state: ServeState) -> tuple[bytes, bytes]:
+    """The /api/points answer as compact JSON and its gzip: built once, in a worker thread (a
+    300,000-item store is megabytes of JSON, too slow for the event loop)."""
     r, rows, cfg = state.retriever, state.ok_rows, state.cfg
     out = {
         "row": rows.tolist(),
@@ -170,7 +183,17 @@ async def points(request: Request) -> Response:
         out["pred_valence"], out["pred_arousal"] = rounded(p[:, 0], 4), rounded(p[:, 1], 4)
         if cfg.prediction_kind is not None:
             out["pred_kind"] = [str(k) or None for k in cfg.prediction_kind[rows]]
-    return JSONResponse(out)
+    raw = json.dumps(out, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return raw, gzip.compress(raw, compresslevel=5, mtime=0)
+
+
+async def points(request: Request) -> Response:
+    state = state_of(request)
+    raw, packed = await state.run(state.points_bytes, heavy=False)
+    headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return Response(packed, media_type="application/json", headers={**headers, "Content-Encoding": "gzip"})
+    return Response(raw, media_type="application/json", headers=headers)
 
 
 def _hits(request: Request, found: list[Hit], query: dict) -> JSONResponse:
@@ -223,28 +246,51 @@ async def search_va(request: Request) -> Response:
     return _hits(request, found, {"valence": v, "arousal": a, "source": source, "k": k})
 
 
+def decode_upload(data: bytes, name: str, max_pixels: int, max_upload_pixels: int) -> np.ndarray:
+    """An upload decoded for a query: a JPEG at reduced scale when it is large (`decode_rgb`'s
+    draft mode), any other format only up to `max_upload_pixels` (PNG and the rest cannot be
+    decoded smaller, and a tiny file can hold a huge image)."""
+    info = probe(data, name, max_pixels)
+    pixels = info.width * info.height
+    if info.format != "JPEG" and pixels > max_upload_pixels:
+        raise HTTPException(
+            413,
+            f"the {info.format or 'image'} upload is {info.width}x{info.height} = {pixels:,} pixels, above the "
+            f"upload limit of {max_upload_pixels:,}; resize it, or send it as a JPEG",
+        )
+    return decode_rgb(data, name, max_pixels)
+
+
 async def search_image(request: Request) -> Response:
     state, k = state_of(request), k_param(request)
     data, name = await read_upload(request, state.cfg.max_upload_bytes)
 
+    query: dict[str, Any] = {"image": name, "k": k}
+
     def search() -> list[Hit]:
         try:
-            image = decode_rgb(data, name, state.cfg.max_pixels)
+            image = decode_upload(data, name, state.cfg.max_pixels, state.cfg.max_upload_pixels)
         except DecodeError as e:
             raise HTTPException(415, f"not a usable image: {e.reason}") from None
         with state.lock:
-            return state.retriever.search_vectors(state.retriever.embed_image(image), k)[0]
+            hits = state.retriever.search_vectors(state.retriever.embed_image(image), k)[0]
+            model = state.cfg.query_model
+            if model is not None:  # the run's model on the query itself: always unseen
+                va = model.predict(image)
+                query["pred_valence"], query["pred_arousal"] = va if va is not None else (None, None)
+                query["pred_kind"] = "unseen"
+        return hits
 
-    return _hits(request, await state.run(search), {"image": name, "k": k})
+    return _hits(request, await state.run(search), query)
 
 
 async def image(request: Request) -> Response:
     state, row = state_of(request), row_param(request)
-    path = state.file_of(row)
+    source = state.image_of(row)
 
     def payload() -> tuple[bytes, str]:
         try:
-            return image_payload(read_bytes(path), f"row {row}", state.cfg.max_pixels)
+            return image_payload(source.read(), f"row {row}", state.cfg.max_pixels)
         except DecodeError as e:
             raise HTTPException(422, f"row {row} is no longer a usable image: {e.reason}") from None
 
@@ -254,11 +300,12 @@ async def image(request: Request) -> Response:
 
 async def thumb(request: Request) -> Response:
     state, row = state_of(request), row_param(request)
-    path = state.file_of(row)
+    source = state.image_of(row)
 
     def make() -> bytes:
         try:
-            return state.thumbs.get(row, path, state.cfg.max_pixels, key=str(state.retriever.ids[row]))
+            key = str(state.retriever.ids[row])
+            return state.thumbs.get(row, source.path, state.cfg.max_pixels, key=key, read=source.read)
         except DecodeError as e:
             raise HTTPException(422, f"cannot make a thumbnail: {e.reason}") from None
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,16 +29,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from evoked.data.decode import DEFAULT_MAX_PIXELS
-from evoked.data.manifest import unescape_name
+from evoked.data.decode import DEFAULT_MAX_PIXELS, DRAFT_ABOVE_PIXELS
 from evoked.errors import EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit, Retriever
 from evoked.serve import api, browse
+from evoked.serve.images import ImageSource, ImageSources, checked_root
 from evoked.serve.security import SecurityMiddleware, allowed_hosts, content_security_policy
 from evoked.serve.thumbs import ThumbnailCache, thumb_dir_for
 
 log = logging.getLogger(__name__)
+
+
+#: A query image is resized to a few hundred pixels: a larger PNG costs seconds and gigabytes for nothing
+UPLOAD_MAX_PIXELS = DRAFT_ABOVE_PIXELS
 
 
 @dataclass
@@ -51,8 +53,10 @@ class ServeConfig:
     predictions: np.ndarray | None = None  # (N, 2) predicted VA per store row, NaN where none
     prediction_kind: np.ndarray | None = None  # (N,) a runfolder.KINDS name per row, "" where none
     run_name: str | None = None
+    query_model: Any = None  # serve.predictions.QueryModel: predicts the VA of an uploaded image
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_upload_pixels: int = UPLOAD_MAX_PIXELS  # uploads other than JPEG (decoded at full size)
     thumb_size: int = 256
     thumb_cache_items: int = 4096
     thumb_dir: str | None = None  # disk cache of thumbnails; None: STORE.thumbs/ beside the store
@@ -72,7 +76,8 @@ class ServeState:
         self.lock = threading.Lock()  # h5py and the query backbone are used one request at a time
         self.limiter = anyio.CapacityLimiter(max(1, cfg.workers))
         store = self.retriever.store
-        self.root = Path(os.path.abspath(store.root))
+        self.root = checked_root(store.root, cfg.store)
+        self.images = ImageSources(self.root, str(store.attrs.get("dataset_kind", "")) == "webdataset")
         self.ok_rows = np.flatnonzero(store.status == OK)
         thumb_dir = cfg.thumb_dir or thumb_dir_for(cfg.store, cfg.thumb_size)
         self.thumbs = ThumbnailCache(cfg.thumb_size, cfg.thumb_cache_items, thumb_dir)
@@ -83,14 +88,25 @@ class ServeState:
             raise EvokedError(f"predictions have shape {cfg.predictions.shape}, the store has {n} rows")
         self.html = resources.files("evoked.serve").joinpath("static/index.html").read_text("utf-8")
         self.columns = browse.Columns(self)
+        self._points: tuple[bytes, bytes] | None = None
+        self._points_lock = threading.Lock()
+
+    def points_bytes(self) -> tuple[bytes, bytes]:
+        """/api/points as (JSON, gzip), encoded by the first request that needs it and kept: the
+        store and the predictions do not change while the server runs."""
+        with self._points_lock:
+            if self._points is None:
+                self._points = api.encode_points(self)
+            return self._points
 
     async def run(self, fn: Callable, *args: Any, heavy: bool = True) -> Any:
         """Run blocking work in a worker thread: `heavy` work (decoding, a model) a bounded number at
         a time, light work (a file read, an index lookup) in the shared thread pool."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter if heavy else None)
 
-    def file_of(self, row: int) -> Path:
-        """The image file of an ok row, inside the dataset root after symlinks; else a 4xx."""
+    def image_of(self, row: int) -> ImageSource:
+        """Where the image of an ok row is (a file inside the dataset root after symlinks, or a tar
+        member of a webdataset shard); else a 4xx."""
         store = self.retriever.store
         if not 0 <= row < len(store):
             raise HTTPException(404, f"no item at row {row}")
@@ -99,12 +115,7 @@ class ServeState:
             raise HTTPException(
                 404, f"row {row} has no usable image (status {STATUS_NAMES.get(status, status)})"
             )
-        path = Path(os.path.realpath(self.root / unescape_name(str(self.retriever.paths[row]))))
-        if not path.is_relative_to(os.path.realpath(self.root)):
-            raise HTTPException(403, "that file is outside the dataset root")
-        if not path.is_file():
-            raise HTTPException(404, f"the image of row {row} is missing on disk")
-        return path
+        return self.images.of(row, str(self.retriever.paths[row]))
 
     def hit_json(self, h: Hit) -> dict:
         d = {
@@ -134,6 +145,8 @@ _GET = {
     "/api/browse": browse.browse,
     "/api/item/{row}": browse.item,
     "/api/provenance": browse.provenance,
+    "/api/export.csv": browse.export,
+    "/api/map": browse.embedding_map,
 }
 ROUTES = [
     *(Route(path, fn) for path, fn in _GET.items()),

@@ -58,12 +58,18 @@ def allowed_hosts(bound: str, extra: Iterable[str] = ()) -> frozenset[str]:
     return frozenset(n.strip().lower().strip("[]") for n in names if n and n not in ("0.0.0.0", "::"))
 
 
-def host_name(header: str) -> str:
-    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``; ``"[::1]:8000"`` -> ``"::1"``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+# RFC 9110 Host: a name or IPv4 address, or a bracketed IPv6 address, then an optional ``:digits``
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def host_name(header: str) -> str | None:
+    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``; ``"[::1]:8000"`` -> ``"::1"``; None for anything
+    that is not strictly a host and an optional numeric port (``localhost:evil``,
+    ``127.0.0.1:8781@attacker.example``, a bare IPv6 address, user info), so it is refused."""
+    m = _HOST.fullmatch(header.strip().lower())
+    if m is None:
+        return None
+    return m.group("v6") or m.group("name").rstrip(".")
 
 
 class SecurityMiddleware:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -52,8 +53,16 @@ class ThumbnailCache:
         digest = hashlib.sha1(f"{key}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
         return self.disk_dir / digest[:2] / f"{digest}.jpg"
 
-    def get(self, row: int, path: Path, max_pixels: int, key: str | None = None) -> bytes:
-        """The JPEG thumbnail of `row` (file `path`); `key` (the item id) names its disk copy."""
+    def get(
+        self,
+        row: int,
+        path: Path,
+        max_pixels: int,
+        key: str | None = None,
+        read: Callable[[], bytes] | None = None,
+    ) -> bytes:
+        """The JPEG thumbnail of `row` (file `path`); `key` (the item id) names its disk copy; `read`
+        gives the image bytes when they are not the whole file (a tar member)."""
         data = self.cached(row)
         if data is not None:
             return data
@@ -63,7 +72,7 @@ class ThumbnailCache:
             self.disk_hits += 1
         else:
             self.misses += 1
-            data = self._make(path, max_pixels)
+            data = self._make(read() if read is not None else read_bytes(path), str(path), max_pixels)
             if disk is not None:
                 self._save(disk, data)
         with self._lock:
@@ -72,8 +81,8 @@ class ThumbnailCache:
                 self._items.popitem(last=False)
         return data
 
-    def _make(self, path: Path, max_pixels: int) -> bytes:
-        img = Image.fromarray(decode_rgb(read_bytes(path), str(path), max_pixels))
+    def _make(self, data: bytes, source: str, max_pixels: int) -> bytes:
+        img = Image.fromarray(decode_rgb(data, source, max_pixels))
         img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
