@@ -40,7 +40,7 @@ from evoked.extract.reader import collate
 from evoked.extract.registry import comparable_config, create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink
 from evoked.extract.sources import open_source
-from evoked.features.lock import output_lock
+from evoked.features.lock import claim_file, output_lock
 from evoked.features.store import (
     FAILED,
     PENDING,
@@ -409,6 +409,7 @@ def extract(
         precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
         place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
         todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        claim_file(out)  # the store exists now: lock it by inode too (no writer through a hard link)
         n_todo = int(sum(len(r) for _, r in todo))
         if on_start:
             on_start(n_items, n_todo)
