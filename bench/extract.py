@@ -16,6 +16,14 @@ For each configuration, with the same images, batch size, reader processes and t
    threads, in a fresh Python process of its own; for several backbones the loops run one after another
    in that process (``color`` has no plain counterpart and costs the plain loop nothing).
    ``vs_plain`` = e2e / plain.
+5. tuned loop: what a user who knows the CPU writes, in a fresh process of its own like the plain loop:
+   the same models and transforms with channels_last for CNNs, bf16 autocast where the CPU has AMX or
+   AVX-512 BF16 (`evoked.extract.cpu.fast_bf16`), batch 64, one DataLoader worker and torch threads =
+   the cores this process may use. ``vs_tuned`` = e2e / tuned.
+
+``--background-load K`` keeps K busy processes (`background.BackgroundLoad`) running from before the
+first measurement until after the last, evoked's and the loops' alike, as another job on a shared
+machine would; they are stopped at the end, also on an error or Ctrl-C.
 
 The first ``--warmup`` batches of each pass are not timed (worker start-up, allocator and cuDNN warm-up);
 the end-to-end time runs until `extract` returns, so it includes the last writes. The goal is
@@ -44,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from background import BackgroundLoad, check_count  # bench/background.py (this script's folder)
 from evoked.device import use_openmp_defaults
 
 OPENMP_ADDED = use_openmp_defaults()  # before torch, faiss or LightGBM load OpenMP (BENCHMARKS.md)
@@ -53,6 +62,7 @@ EMOTION6 = REPO.parent / "shared" / "data" / "emotion6"
 DEFAULT_CONFIGS = ("resnet50", "color", "clip:ViT-B-32", "tv:mobilenet_v2", "resnet50+clip:ViT-B-32+color")
 GOAL = 0.8
 PLAIN_BATCH, PLAIN_WORKERS = 32, 2
+TUNED_BATCH, TUNED_WORKERS = 64, 1
 PLAIN_FLAG = "--plain-loops-of"  # internal: run the plain loops of a job file in this process (measure_plain)
 
 
@@ -80,6 +90,8 @@ class Result:
     precisions: dict[str, str] = field(default_factory=dict)  # what each backbone computed in
     plain_img_s: float | None = None  # the plain loop (see the module docstring)
     vs_plain: float | None = None  # e2e_img_s / plain_img_s
+    tuned_img_s: float | None = None  # the tuned loop (see the module docstring)
+    vs_tuned: float | None = None  # e2e_img_s / tuned_img_s
     failed: int = 0
     loadavg: list[float] = field(default_factory=list)  # 1-min load average before and after
 
@@ -268,20 +280,61 @@ def _plain_model(spec: str):
     tv = arg if name == "tv" else name
     model = torchvision.models.get_model(tv, weights=None).eval()
     transform = torchvision.models.get_model_weights(tv).DEFAULT.transforms()
-    return lambda x: model(x).softmax(dim=1), transform
+
+    def forward_cnn(x):
+        return model(x).softmax(dim=1)
+
+    forward_cnn.model = model  # type: ignore[attr-defined]  # for `_tuned_model`
+    return forward_cnn, transform
 
 
-def plain_loops(paths, specs) -> float | None:
-    """img/s of the plain loops of `specs`, one after another (first batch of each untimed)."""
+def _tuned_model(spec: str):
+    """`_plain_model` with the two lines a user who knows the CPU adds: channels_last for a CNN, and
+    bf16 autocast where the CPU has bf16 units. Returns (forward, transform, channels_last)."""
+    import contextlib
+
+    import torch
+
+    from evoked.extract.cpu import fast_bf16
+
+    forward, transform = _plain_model(spec)
+    cnn = spec.split(":")[0] != "clip"
+    model = getattr(forward, "model", None)
+    if cnn and model is not None:
+        model.to(memory_format=torch.channels_last)
+
+    def tuned(x):
+        if cnn:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if fast_bf16() else contextlib.nullcontext()
+        with amp:
+            return forward(x)
+
+    return tuned, transform
+
+
+LOOPS = {  # kind: (model builder, batch size, DataLoader workers, torch threads (None: torch's default))
+    "plain": (_plain_model, PLAIN_BATCH, PLAIN_WORKERS, None),
+    "tuned": (_tuned_model, TUNED_BATCH, TUNED_WORKERS, "cores"),
+}
+
+
+def plain_loops(paths, specs, kind: str = "plain") -> float | None:
+    """img/s of the `kind` loops (`LOOPS`) of `specs`, one after another (first batch of each untimed)."""
     import torch
     from torch.utils.data import DataLoader
 
+    from evoked.extract.cpu import available_cores
+
+    build, batch, workers, threads = LOOPS[kind]
+    if threads == "cores":
+        torch.set_num_threads(available_cores())
     seconds, n = 0.0, 0
     for spec in specs:
         if spec.split(":")[0] == "color":
             continue
-        forward, transform = _plain_model(spec)
-        loader = DataLoader(_PilFiles(paths, transform), batch_size=PLAIN_BATCH, num_workers=PLAIN_WORKERS)
+        forward, transform = build(spec)
+        loader = DataLoader(_PilFiles(paths, transform), batch_size=batch, num_workers=workers)
         timed, t0 = 0, None
         with torch.no_grad():
             for x in loader:
@@ -303,7 +356,7 @@ def user_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in OPENMP_ADDED}
 
 
-def measure_plain(paths, specs) -> float | None:
+def measure_plain(paths, specs, kind: str = "plain") -> float | None:
     """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads,
     the OpenMP runtimes' default waiting and the allocator's own state. Within one process the state
     that earlier work leaves matters: glibc's adaptive mmap threshold, which evoked fixes for its own
@@ -313,7 +366,7 @@ def measure_plain(paths, specs) -> float | None:
         return None
     with tempfile.TemporaryDirectory(prefix="evoked-plain-") as tmp:
         job = Path(tmp) / "plain.json"
-        job.write_text(json.dumps({"paths": [str(p) for p in paths], "specs": list(specs)}))
+        job.write_text(json.dumps({"paths": [str(p) for p in paths], "specs": list(specs), "kind": kind}))
         done = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), PLAIN_FLAG, str(job)],
             capture_output=True,
@@ -322,14 +375,14 @@ def measure_plain(paths, specs) -> float | None:
             env=user_environment(),
         )
     if done.returncode != 0:
-        raise RuntimeError(f"the plain loop of {'+'.join(specs)} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"the {kind} loop of {'+'.join(specs)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["img_s"]
 
 
 def plain_main(job: str) -> int:
     """The child process of `measure_plain`: prints ``{"img_s": ...}``."""
     spec = json.loads(Path(job).read_text())
-    print(json.dumps({"img_s": plain_loops(spec["paths"], spec["specs"])}))
+    print(json.dumps({"img_s": plain_loops(spec["paths"], spec["specs"], spec.get("kind", "plain"))}))
     return 0
 
 
@@ -399,6 +452,7 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
     decode, model, e2e = (statistics.median(runs[k]) for k in ("decode", "model", "e2e"))
     ratio = e2e / min(decode, model)
     plain = measure_plain(paths, specs) if args.plain else None
+    tuned = measure_plain(paths, specs, "tuned") if args.plain else None
     return Result(
         config=config,
         backbones=specs,
@@ -418,6 +472,8 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         goal_met=bool(ratio >= GOAL),
         plain_img_s=None if plain is None else round(plain, 1),
         vs_plain=None if not plain else round(round(e2e, 1) / round(plain, 1), 2),  # as the table shows
+        tuned_img_s=None if tuned is None else round(tuned, 1),
+        vs_tuned=None if not tuned else round(round(e2e, 1) / round(tuned, 1), 2),
         runs={k: [round(v, 1) for v in vs] for k, vs in runs.items()},
         e2e_seconds=split,
         cpu_ms_per_img={
@@ -465,7 +521,7 @@ def precision_label(r: Result) -> str:
 
 def table(results: list[Result]) -> str:
     head = ("configuration", "device", "precision", "decode path", "decode img/s", "model img/s", "e2e img/s")
-    head += ("e2e/min", "goal", "plain img/s", "vs plain")
+    head += ("e2e/min", "goal", "plain img/s", "vs plain", "tuned img/s", "vs tuned")
     rows = [
         (
             r.config,
@@ -479,6 +535,8 @@ def table(results: list[Result]) -> str:
             "yes" if r.goal_met else "NO",
             "-" if r.plain_img_s is None else f"{r.plain_img_s:.1f}",
             "-" if r.vs_plain is None else f"{r.vs_plain:.2f}",
+            "-" if r.tuned_img_s is None else f"{r.tuned_img_s:.1f}",
+            "-" if r.vs_tuned is None else f"{r.vs_tuned:.2f}",
         )
         for r in results
     ]
@@ -518,15 +576,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
-        "--no-plain", dest="plain", action="store_false", help="skip the plain-loop baseline (see above)"
+        "--no-plain", dest="plain", action="store_false", help="skip the plain and tuned loops (see above)"
+    )
+    p.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K busy processes run during every measurement (default 0; see above)",
     )
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--n, --batch-size, --warmup and --repeats must be at least 1")
-    if args.plain and args.n <= PLAIN_BATCH:
+    if args.plain and args.n <= TUNED_BATCH:
         p.error(
-            f"--n {args.n}: the plain loop (batch {PLAIN_BATCH}) needs more than {PLAIN_BATCH} images, or --no-plain"
+            f"--n {args.n}: the tuned loop (batch {TUNED_BATCH}) needs more than {TUNED_BATCH} images, or --no-plain"
         )
+    try:
+        check_count(args.background_load)
+    except ValueError as e:
+        p.error(str(e))
     if args.n <= args.warmup * args.batch_size:
         p.error(
             f"--n {args.n}: need more than --warmup x --batch-size = {args.warmup * args.batch_size} images"
@@ -556,15 +625,22 @@ def main(argv: list[str] | None = None) -> int:
             if len(manifest) <= args.warmup * args.batch_size:
                 print(f"bench: error: {source}: too few images for --warmup {args.warmup}", file=sys.stderr)
                 return 2
-            for c in configs:
-                print(f"measuring {c} ...", file=sys.stderr, flush=True)
-                results.append(run_config(c, manifest, args, Path(tmp)))
+            with BackgroundLoad(args.background_load):
+                for c in configs:
+                    print(f"measuring {c} ...", file=sys.stderr, flush=True)
+                    results.append(run_config(c, manifest, args, Path(tmp)))
     except EvokedError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     machine = machine_info()
     if args.json:
-        report = {"machine": machine, "images": source, "goal": GOAL, "results": [asdict(r) for r in results]}
+        report = {
+            "machine": machine,
+            "images": source,
+            "goal": GOAL,
+            "background_load": args.background_load,
+            "results": [asdict(r) for r in results],
+        }
         print(json.dumps(report, indent=2))
         return 0
     print(
@@ -572,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['threads']} threads" + (f", {machine['cuda']}" if machine["cuda"] else "")
     )
     weights = " ".join(sorted({w for r in results for w in r.weights}))
-    print(f"images: {source}; batch {args.batch_size}")
+    print(f"images: {source}; batch {args.batch_size}; background load {args.background_load}")
     print(f"weights: {weights} (throughput does not depend on weight values)")
     print(table(results))
     print(

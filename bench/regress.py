@@ -1,6 +1,7 @@
 """Fit and predict time of every default regressor on random-but-structured features.
 
     python bench/regress.py --n 20000 --dim 2048 [--models ridge,svr] [--json]
+    python bench/regress.py --models ridge --stream-rows 100000 --stream-dim 512   # streamed vs in memory
 
 The data look like pooled CNN features: 32 latent factors drive a non-negative, sparse-ish
 `dim`-wide vector (ReLU of a random projection plus noise), and valence/arousal are smooth
@@ -9,6 +10,12 @@ pipeline the runner fits (StandardScaler -> model) on `n` training rows; predict
 n/4 held-out rows, whose r is printed as a sanity check (a fast model that learns nothing is not
 fast). Goals on a 2-core laptop-class CPU: ridge <= 5 s, every other default model <= 60 s, the
 whole default comparison <= 5 min.
+
+Streamed ridge (``--stream-rows N``, default 100,000 x ``--stream-dim`` 512; 0 skips it): the same
+kind of data written to a temporary feature store, then ridge fitted from the store a chunk at a
+time (`fit_pipeline_chunks`, what ``evoked regress --stream`` does: moments and scaler in one pass,
+exact leave-one-out in a second) and in memory (the matrix read from the store first, not timed).
+Goal: streamed <= 1.5 x in memory.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ DEFAULT_MODELS = ("ridge", "svr", "lgbm", "mlp", "knn")
 GOALS_S = {"ridge": 5.0}
 OTHER_GOAL_S = 60.0
 TOTAL_GOAL_S = 300.0
+STREAM_GOAL = 1.5  # streamed ridge time / in-memory ridge time
 
 
 def structured_data(n: int, dim: int, seed: int = 0, latent: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +76,63 @@ def bench_model(name: str, X, y, Xt, yt) -> dict:
     }
 
 
+def write_store(path, X: np.ndarray, y: np.ndarray, block: int = 4096) -> str:
+    """A feature store of `X` (one group ``synth/embed``) with valence and arousal `y`."""
+    from evoked.data.manifest import Manifest
+    from evoked.features.store import ExtractorSpec, FeatureStore, OutputSpec
+
+    ids = [f"r{i:08d}" for i in range(len(X))]
+    manifest = Manifest.build(
+        path.parent, ids, ids=ids, valence=y[:, 0], arousal=y[:, 1], name="synthetic", kind="synthetic"
+    )
+    spec = ExtractorSpec(
+        "synth",
+        (OutputSpec("embed", X.shape[1]),),
+        {"config": {"spec": "synth", "weights": {"tag": "none"}, "preprocess": {}, "outputs": {}}},
+    )
+    with FeatureStore.create(path, manifest, [spec], block_size=block) as st:
+        for b in range(-(-len(X) // block)):
+            rows = st.block_rows(b)
+            st.write_block(rows, {"synth/embed": X[rows]}, np.ones(len(rows), dtype=bool), {})
+    return "synth/embed"
+
+
+def bench_stream(n: int, dim: int, seed: int) -> dict:
+    """Seconds of ridge fitted from a store's chunks and in memory, on the same rows."""
+    import tempfile
+    from pathlib import Path
+
+    from evoked.features.store import open_store
+    from evoked.regress import build_pipeline
+    from evoked.regress.chunks import StoreSource, fit_pipeline_chunks
+
+    X, y = structured_data(n, dim, seed)
+    with tempfile.TemporaryDirectory(prefix="evoked-bench-") as tmp:
+        feature = write_store(Path(tmp) / "s.h5", X, y)
+        del X
+        with open_store(Path(tmp) / "s.h5") as st:
+            t0 = time.perf_counter()
+            streamed = fit_pipeline_chunks(
+                build_pipeline("ridge"), StoreSource(st, [feature]), np.arange(n), y
+            )
+            stream_s = time.perf_counter() - t0
+            X = st.read(feature)
+        t0 = time.perf_counter()
+        memory = build_pipeline("ridge").fit(X, y)
+        memory_s = time.perf_counter() - t0
+    agree = float(np.abs(streamed.predict(X[:1000]) - memory.predict(X[:1000])).max())
+    return {
+        "rows": n,
+        "dim": dim,
+        "streamed_s": round(stream_s, 2),
+        "in_memory_s": round(memory_s, 2),
+        "ratio": round(stream_s / memory_s, 2),
+        "goal": STREAM_GOAL,
+        "max_prediction_difference": agree,
+        "alpha": [float(a) for a in np.atleast_1d(streamed[-1].alpha_)],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000, help="training rows (default 20000)")
@@ -75,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print JSON: {'models': {name: {fit_s, predict_s}}}")
+    ap.add_argument(
+        "--stream-rows", type=int, default=100000, help="streamed ridge rows (0: skip; see above)"
+    )
+    ap.add_argument("--stream-dim", type=int, default=512, help="streamed ridge dimension (default 512)")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
@@ -97,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     total = sum(r["fit_s"] + r["predict_s"] for r in results.values())
+    stream = bench_stream(args.stream_rows, args.stream_dim, args.seed) if args.stream_rows > 0 else None
     env = {
         "n_train": args.n,
         "n_predict": len(Xt),
@@ -107,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         "data_s": round(data_s, 2),
     }
     if args.json:
-        print(json.dumps({"models": results, "total_s": round(total, 2), "env": env}, indent=2))
+        print(
+            json.dumps(
+                {"models": results, "total_s": round(total, 2), "stream": stream, "env": env}, indent=2
+            )
+        )
         return 0
     print(
         f"regressors on {args.n} x {args.dim} (predict {len(Xt)} rows), {env['cpus']} CPUs, "
@@ -124,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio}  {r['r_valence']:.3f}  {r['r_arousal']:.3f}"
         )
     print(f"  total {total:.1f} s (goal {TOTAL_GOAL_S:.0f} s for the default comparison)")
+    if stream:
+        print(
+            f"streamed ridge on {stream['rows']} x {stream['dim']}: {stream['streamed_s']:.2f} s from the store, "
+            f"{stream['in_memory_s']:.2f} s in memory, ratio {stream['ratio']:.2f} (goal <= {STREAM_GOAL})"
+        )
     return 0
 
 

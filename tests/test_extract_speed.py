@@ -95,7 +95,7 @@ def _precision_run(tmp_path: Path, tiny_clip: str, precision: str, out: Path | N
     return s, run_precision, got, clip_embed
 
 
-def test_cpu_bf16_by_name_converts_vits_auto_keeps_them_fp32_and_both_are_recorded(
+def test_cpu_bf16_converts_vits_auto_follows_cpu_auto_bf16_vit_and_both_are_recorded(
     tmp_path: Path, tiny_clip, monkeypatch
 ):
     monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
@@ -104,9 +104,14 @@ def test_cpu_bf16_by_name_converts_vits_auto_keeps_them_fp32_and_both_are_record
     assert got == {"resnet18": "bf16", "clip-clip-tiny": "bf16", "color": "fp32"}
     s, run_p, got, auto_embed = _precision_run(tmp_path, tiny_clip, "auto")
     assert run_p == ("bf16" if prec_mod.CPU_AUTO_BF16 else "fp32")
-    assert got["clip-clip-tiny"] == "fp32" and got["color"] == "fp32"
+    assert (
+        got["clip-clip-tiny"] == ("bf16" if prec_mod.CPU_AUTO_BF16_VIT else "fp32") and got["color"] == "fp32"
+    )
     _, _, _, fp32_embed = _precision_run(tmp_path, tiny_clip, "fp32")
-    assert np.array_equal(auto_embed, fp32_embed)  # auto: the ViT exactly as in fp32
+    assert np.array_equal(auto_embed, bf16_embed if prec_mod.CPU_AUTO_BF16_VIT else fp32_embed)
+    monkeypatch.setattr(prec_mod, "CPU_AUTO_BF16_VIT", False)
+    _, _, got, auto_embed = _precision_run(tmp_path, tiny_clip, "auto", out=tmp_path / "auto-off.h5")
+    assert got["clip-clip-tiny"] == "fp32" and np.array_equal(auto_embed, fp32_embed)
     cos = (bf16_embed * fp32_embed).sum(1)  # both L2-normalised
     assert not np.array_equal(bf16_embed, fp32_embed) and cos.min() > 0.99
 
@@ -129,6 +134,7 @@ def test_resume_refuses_a_vit_precision_that_differs_from_the_first_run(
     tmp_path: Path, tiny_clip, monkeypatch
 ):
     monkeypatch.setattr(prec_mod, "fast_bf16", lambda: True)
+    monkeypatch.setattr(prec_mod, "CPU_AUTO_BF16_VIT", False)  # a store of an earlier auto: ViTs in fp32
     out = tmp_path / "f.h5"
     _precision_run(tmp_path, tiny_clip, "auto", out=out)
     with pytest.raises(
@@ -220,14 +226,16 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0]
 
 
-def test_bench_extract_compares_with_a_plain_loop_run_in_its_own_process(tmp_path: Path):
+def test_bench_extract_compares_with_a_plain_and_a_tuned_loop_run_in_their_own_processes(tmp_path: Path):
     root = tmp_path / "imgs"
-    for k in range(40):  # more than the plain loop's batch of 32: its first batch is not timed
+    for k in range(72):  # more than the tuned loop's batch of 64: its first batch is not timed
         make_image(root / f"{k}.jpg", size=(48, 40), seed=k)
-    cmd = [sys.executable, str(REPO / "bench" / "extract.py"), "--images", str(root), "--n", "40"]
-    cmd += ["--batch-size", "8", "--backbone", "tv:mobilenet_v2+color", "--json"]
+    cmd = [sys.executable, str(REPO / "bench" / "extract.py"), "--images", str(root), "--n", "72"]
+    cmd += ["--batch-size", "8", "--backbone", "tv:mobilenet_v2+color", "--json", "--background-load", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     (res,) = __import__("json").loads(r.stdout)["results"]
     assert res["precisions"]["color"] == "fp32" and set(res["precisions"]) == {"mobilenet_v2", "color"}
     assert res["plain_img_s"] > 0 and res["vs_plain"] == round(res["e2e_img_s"] / res["plain_img_s"], 2)
+    assert res["tuned_img_s"] > 0 and res["vs_tuned"] == round(res["e2e_img_s"] / res["tuned_img_s"], 2)
+    assert __import__("json").loads(r.stdout)["background_load"] == 1

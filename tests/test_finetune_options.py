@@ -25,7 +25,7 @@ def test_every_option_is_a_flag():
     dests = {a.dest for a in _finetune_parser()._actions if a.option_strings}
     options = {f.name for f in fields(FinetuneOptions) if f.init}
     assert options - dests == set()  # a new option without a flag fails here
-    assert dests - options == {"help", "json", "verbose", "quiet"}  # the command's own flags
+    assert dests - options == {"help", "json", "verbose", "quiet", "progress_every"}  # the command's own flags
 
 
 def test_flags_reach_the_options():

@@ -1,5 +1,6 @@
 """Where models run: the one resolver of ``--device`` (and, with `evoked.extract.precision`'s rules,
-of ``--precision``) for every command, and how idle OpenMP threads wait. torch loads on use."""
+of ``--precision``) for every command, how idle OpenMP threads wait, and how many cores are free
+for the threads of a run (`free_cores`). torch loads on use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from evoked.errors import ConfigError
@@ -34,6 +36,64 @@ def use_openmp_defaults() -> dict[str, str]:
         log.debug("torch was imported before %s were set: its OpenMP threads wait as before", added)
     os.environ.update(added)
     return added
+
+
+# -- cores: what the models and the boosters get ------------------------------------------------------
+def available_cores() -> int:
+    """Cores this process may run on: its affinity (what taskset, Slurm or a container granted),
+    not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+#: How long `free_cores` watches the CPUs (seconds): long enough for a few scheduler ticks.
+FREE_CORES_SAMPLE_S = 0.25
+#: A core counts as taken when other processes kept it busy at least this fraction of the sample.
+BUSY_FRACTION = 0.5
+
+
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of `cpus` since boot, from /proc/stat; None where unreadable."""
+    busy = total = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, _, rest = line.partition(" ")
+                if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+                    continue
+                ticks = [int(v) for v in rest.split()]
+                idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+                total += sum(ticks[:8])
+                busy += sum(ticks[:8]) - idle
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy, total) if total else None
+
+
+def _own_ticks() -> float:
+    t = os.times()
+    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def free_cores(sample_s: float = FREE_CORES_SAMPLE_S) -> int:
+    """Cores of this process's affinity that other processes leave free, measured over `sample_s`
+    (at least 1; `available_cores` where /proc/stat cannot be read, e.g. not Linux)."""
+    cores = available_cores()
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(cores))
+    before, own0 = _cpu_jiffies(cpus), _own_ticks()
+    if before is None:
+        return cores
+    time.sleep(sample_s)
+    after, own1 = _cpu_jiffies(cpus), _own_ticks()
+    if after is None or after[1] <= before[1]:
+        return cores
+    per_core = (after[1] - before[1]) / len(cpus)
+    others = max(0.0, (after[0] - before[0]) - (own1 - own0)) / per_core  # cores' worth of busy
+    taken = int(others // 1 + (others % 1 >= BUSY_FRACTION))
+    free = max(1, min(cores, cores - taken))
+    log.debug("free cores: %d of %d (others kept %.2f cores busy over %.2f s)", free, cores, others, sample_s)
+    return free
 
 
 def check_device_name(device: str, flag: str = "--device") -> str:

@@ -182,7 +182,11 @@ def format_diagnosis(d: dict) -> str:
         + (
             f"bf16 units {', '.join(c['bf16_units'])}: extraction with --precision bf16 runs CNNs under bf16 "
             f"autocast and CLIP ViTs with bf16 weights; --precision auto gives {c['extract_auto_precision']} here"
-            + (" (for CNNs; ViTs stay fp32)" if c["extract_auto_precision"] == "bf16" else "")
+            + (
+                " (CNNs under autocast, ViTs in bf16 weights)"
+                if c["extract_auto_precision"] == "bf16"
+                else ""
+            )
             if c["fast_bf16"]
             else "no bf16 units (AMX or AVX-512 BF16): bf16 would be emulated, extraction stays fp32"
         )

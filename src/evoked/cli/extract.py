@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 for CNNs (ViTs fp32), else fp32. "
-        "bf16 on such a CPU also runs CLIP ViTs with bf16 weights (4-5x faster; see docs/gpu.md)",
+        help="auto: bf16 autocast on CUDA (fp16 on GPUs without bf16); on CPUs with AMX or AVX-512 BF16, bf16 (CNNs under "
+        "autocast, CLIP ViTs with bf16 weights; see docs/gpu.md), else fp32",
     )
     p.add_argument(
         "--decode",
@@ -90,6 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (width x height)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA, long runs)")
+    p.add_argument(
+        "--layer-dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="with @layers: store each layer as a D-value sparse random projection (scikit-learn's "
+        "SparseRandomProjection, seed --layer-seed); D may not exceed any layer's width",
+    )
+    p.add_argument("--layer-seed", type=int, default=0, help="seed of the --layer-dim projection (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--distributed",
@@ -128,6 +137,8 @@ def _options(args: argparse.Namespace) -> dict:
         dtype=args.dtype,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         compile=args.compile,
+        layer_dim=args.layer_dim,
+        layer_seed=args.layer_seed,
     )
 
 
@@ -150,6 +161,8 @@ def _command(args: argparse.Namespace) -> str:
         ("--decode", args.decode, "auto"),
         ("--dtype", args.dtype, "float32"),
         ("--max-pixels", args.max_pixels, None),
+        ("--layer-dim", args.layer_dim, None),
+        ("--layer-seed", args.layer_seed, 0),
     ):
         if value != default:
             parts += [flag, str(value)]

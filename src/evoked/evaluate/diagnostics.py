@@ -88,7 +88,7 @@ def confusion_plot(
         if k >= len(confusions) - cols:
             ax.set_xlabel("nearest to predicted VA", fontsize=8)
     fig.suptitle(f"VA -> category confusion ({how})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # the title above the panels' titles
     return save_figure(fig, path, formats)
 
 

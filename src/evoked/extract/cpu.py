@@ -3,9 +3,14 @@
 Measured on a 2-core Xeon with AMX (BENCHMARKS.md, "CPU extraction"): the models are 50-100x
 slower than JPEG decoding, so the models get every core and the images are decoded in the main
 thread between batches (1-2% of the time), rather than by a reader process that would take a core
-from the OpenMP team at random moments (the team then waits at every barrier). On a machine whose
-cores other jobs already use, fewer threads can win: there, pass --workers 1 (one reader, one
-thread fewer).
+from the OpenMP team at random moments (the team then waits at every barrier).
+
+On a machine whose cores other jobs already use, the same holds for their processes: a 2-thread
+team with one core taken waits at every barrier for its descheduled thread, so the models get the
+cores that are free when extraction starts (`free_cores`: the idle time of the allowed CPUs over a
+short sample, less what this process used), not the cores the affinity allows. With one thread
+there is no barrier, and how idle OpenMP threads wait (`evoked.device.OPENMP_DEFAULTS`) no longer
+matters (BENCHMARKS.md, "Under load").
 """
 
 from __future__ import annotations
@@ -18,18 +23,12 @@ import os
 import torch
 from torch import nn
 
+from evoked.device import available_cores, free_cores
+
 log = logging.getLogger(__name__)
 
 #: CPU flags (Linux /proc/cpuinfo) of units that run bf16 matrix products at speed
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def available_cores() -> int:
-    """Cores this process may run on: its affinity (what taskset, Slurm or a container granted),
-    not the machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,8 +67,12 @@ def is_convnet(module: nn.Module) -> bool:
 
 
 def model_threads() -> int:
-    """Intra-op threads of the models on the CPU: every available core (see the module docstring)."""
-    return available_cores()
+    """Intra-op threads of the models on the CPU: the cores free when extraction starts
+    (`free_cores`; see the module docstring), unless ``OMP_NUM_THREADS`` says how many."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if asked.isdigit() and int(asked) > 0:
+        return min(int(asked), available_cores())
+    return free_cores()
 
 
 def default_cpu_workers(n_todo: int, block_size: int) -> int:
@@ -82,4 +85,9 @@ def default_cpu_workers(n_todo: int, block_size: int) -> int:
 def cpu_summary() -> dict:
     """For `evoked doctor`."""
     units = bf16_units()
-    return {"cores": available_cores(), "bf16_units": units, "fast_bf16": bool(units)}
+    return {
+        "cores": available_cores(),
+        "free_cores": free_cores(),
+        "bf16_units": units,
+        "fast_bf16": bool(units),
+    }

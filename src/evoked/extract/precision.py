@@ -5,11 +5,10 @@ each backbone computes in it where that helps and in fp32 where not:
 
 - backbones that opt out of autocast (colour statistics) are fp32 everywhere;
 - on the CPU, CNNs compute under bf16 autocast. A ViT under CPU autocast is slower than in fp32,
-  but with its weights in bf16 (open_clip's own ``precision="bf16"``) 4.5x faster (BENCHMARKS.md,
-  "ViTs in bf16 weights"): so a ViT that can convert its weights (`Backbone.to_low_precision`)
-  runs so when ``--precision bf16`` is asked for by name. ``auto`` keeps ViTs in fp32: its bf16
-  for CNNs rests on agreement measured with real weights, and no real CLIP weights could be
-  measured;
+  but with its weights in bf16 (open_clip's own ``precision="bf16"``) faster (BENCHMARKS.md,
+  "Precision that auto picks": `bench/vit_precision.py`): so a ViT that can convert its weights
+  (`Backbone.to_low_precision`) runs so, under ``auto`` (`CPU_AUTO_BF16_VIT`) and ``bf16``;
+  ``--precision fp32`` keeps it (and everything else) in fp32;
 - on a GPU without bf16 support, ``auto`` falls back to fp16 with a message; training keeps
   ``auto`` fp32 on the CPU (bf16 was measured for extraction only).
 
@@ -39,12 +38,13 @@ AmpDtype: TypeAlias = torch.dtype | None | Mapping[str, torch.dtype | None]
 #: MobileNetV2 weights (BENCHMARKS.md, "CPU bf16"): see there for the numbers behind this choice.
 CPU_AUTO_BF16 = True
 
-#: Whether ``auto`` also gives ViTs bf16 weights on such a CPU. Off: on Emotion6 with random weights
-#: the ViT-B-32 embeddings agreed at cosine 0.99996 and ridge r was unchanged, but trained weights
-#: have other activation ranges and none could be measured here (BENCHMARKS.md, "ViTs in bf16
-#: weights"). With real CLIP weights at hand, `bench/cpu_precision.py --backbone clip:ViT-B-32:openai
-#: --weights default` measures what this decision needs.
-CPU_AUTO_BF16_VIT = False
+#: Whether ``auto`` also gives ViTs bf16 weights on such a CPU. On: measured with `bench/vit_precision.py`
+#: on Emotion6 (BENCHMARKS.md, "Precision that auto picks"), ViT-B-32 in bf16 weights ran 1.7x the
+#: fp32 speed (autocast ran slower than fp32) with embeddings at cosine 0.9999 and 98% top-1 scene
+#: agreement. Those are random weights (no trained CLIP weights could be fetched here); with real
+#: ones at hand, `bench/vit_precision.py --backbone clip:ViT-B-32:openai --weights default` and
+#: `bench/cpu_precision.py --backbone clip:ViT-B-32:openai --weights default` check this choice.
+CPU_AUTO_BF16_VIT = True
 
 
 def cuda_bf16_supported(device: torch.device) -> bool:

@@ -102,6 +102,21 @@ class Moments:
         out._merge(other.n, other.mean_x, other.m2, other.mean_y, other.cxy, other.cyy)
         return out
 
+    def standardised(self, scaler: StandardScaler) -> Moments:
+        """These moments as the rows would give them after `scaler` (fitted from them, `scaler`):
+        (x - mean) / scale only rescales the centred scatter and cross products, so a model that
+        needs X'X and X'y of standardised rows gets them without another pass over the rows."""
+        s = np.asarray(scaler.scale_, dtype=np.float64)
+        shift = (self.mean_x - scaler.mean_) / s  # zero when `scaler` came from these moments
+        return Moments(
+            self.n,
+            shift,
+            self.m2 / np.outer(s, s) if self.full else self.m2 / (s * s),
+            self.mean_y.copy(),
+            None if self.cxy is None else self.cxy / s[:, None],
+            self.cyy.copy(),
+        )
+
     def scaler(self) -> StandardScaler:
         """A fitted `StandardScaler` with these means and variances (constant columns scale 1)."""
         var = (np.diag(self.m2) if self.full else self.m2) / max(self.n, 1)
@@ -264,18 +279,28 @@ class ChunkRows:
 
 def fit_pipeline_chunks(pipe: Pipeline, source: ArraySource, rows: np.ndarray, Y: np.ndarray) -> Pipeline:
     """Fit ``[log] -> scale -> model`` on `rows` of `source` (which applies the log itself): the
-    scaler from one pass of streamed moments, the model by its ``fit_chunks``."""
+    scaler from one pass of streamed moments, the model by its ``fit_chunks``.
+
+    A model that fits from second moments (``fits_from_moments``: ridge) gets the full moments
+    (X'X, X'y, sums) of that same pass, standardised (`Moments.standardised`), and reads the rows
+    only once more, for what moments cannot give (ridge: each row's leave-one-out residual)."""
     names = [n for n, _ in pipe.steps]
     if names[-2:] != ["scale", "model"] or set(names[:-2]) - {"log"}:
         raise ConfigError(f"a pipeline of {names} cannot be fitted from chunks (no PCA with --stream)")
     if "log" in names:
         pipe.named_steps["log"].fit(np.zeros((1, source.d), dtype=np.float32))
-    m = Moments.empty(source.d, Y.shape[1], full=False)
+    model = pipe.named_steps["model"]
+    full = bool(getattr(model, "fits_from_moments", False))
+    m = Moments.empty(source.d, Y.shape[1], full=full)
     for r, x in RowView(source, rows):
         m.add(x, Y[r])
     scaler = m.scaler()
     pipe.steps[-2] = ("scale", scaler)
-    pipe.named_steps["model"].fit_chunks(RowView(source, rows, scaler.transform), Y)
+    view = RowView(source, rows, scaler.transform)
+    if full:
+        model.fit_chunks(view, Y, moments=m.standardised(scaler))
+    else:
+        model.fit_chunks(view, Y)
     return pipe
 
 

@@ -47,6 +47,9 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
     plus ``loo_mse_`` (n_alphas, n_targets).
     """
 
+    #: `evoked.regress.chunks.fit_pipeline_chunks` hands ``fit_chunks`` the moments of its scaler pass
+    fits_from_moments = True
+
     def __init__(self, alphas=RIDGE_ALPHAS, alpha_per_target: bool = True):
         self.alphas = alphas
         self.alpha_per_target = alpha_per_target
@@ -88,14 +91,18 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
             coef = np.stack([Xc.T @ (U @ (B[:, t] / (lam + a))) for t, a in enumerate(best)], axis=1)
         return self._finish(alphas, self.loo_mse_, coef, x_mean, y_mean)
 
-    def fit_chunks(self, view: RowView, Y: np.ndarray) -> RidgeLOO:
-        """The same fit from chunks of (standardised) rows (`evoked.regress.chunks.RowView`): one
-        pass accumulates the centred scatter and cross products, a second computes the exact
-        leave-one-out error of every alpha chunk by chunk (the d x d path of `fit`)."""
+    def fit_chunks(self, view: RowView, Y: np.ndarray, moments: Moments | None = None) -> RidgeLOO:
+        """The same fit from chunks of (standardised) rows (`evoked.regress.chunks.RowView`): the
+        centred scatter and cross products of those rows (`moments`, else one pass accumulates
+        them) give the coefficients of every alpha; one pass over the rows computes the exact
+        leave-one-out error of every alpha chunk by chunk (the d x d path of `fit`), since each
+        row's leverage and residual are not functions of the moments."""
         alphas = self._alphas()
-        T = Moments.empty(view.d, Y.shape[1])
-        for r, x in view:
-            T.add(x, Y[r])
+        T = moments
+        if T is None:
+            T = Moments.empty(view.d, Y.shape[1])
+            for r, x in view:
+                T.add(x, Y[r])
         self.n_features_in_, self._single_output = view.d, False
         if T.n < 2:
             return self._finish(alphas, None, np.zeros((view.d, Y.shape[1])), T.mean_x, T.mean_y)

@@ -26,12 +26,22 @@ if TYPE_CHECKING:
 #: path, so listing them (the CLI's help) imports neither scikit-learn nor torch.
 REGRESSORS: Registry[Any] = Registry("model", fix="Register your own with register_regressor (docs/api.md).")
 for _name, _target, _chunks, _help in (
-    ("linear", "linear:linear", False, "ordinary least squares (no penalty; a baseline, overfits wide features)"),
+    (
+        "linear",
+        "linear:linear",
+        False,
+        "ordinary least squares (no penalty; a baseline, overfits wide features)",
+    ),
     ("ridge", "linear:ridge", True, "ridge regression, alpha per target by exact leave-one-out (one eigh)"),
     ("svr", "svr:svr", False, "RBF SVR per target (exact up to 5000 rows, Nystroem 1000 + ridge above)"),
     ("lgbm", "boosting:lgbm", False, "LightGBM boosted trees per target (200 trees, 15 leaves, lr 0.08)"),
     ("mlp", "mlp:mlp", True, "torch MLP, hidden layers (256, 128), early stopping (GPU when available)"),
-    ("mlp-kim", "mlp:mlp_kim", True, "torch MLP with three hidden layers (512, 256, 128), after Kim et al. 2018"),
+    (
+        "mlp-kim",
+        "mlp:mlp_kim",
+        True,
+        "torch MLP with three hidden layers (512, 256, 128), after Kim et al. 2018",
+    ),
     ("knn", "knn:knn", True, "FAISS cosine k-NN, similarity-weighted mean VA (k by leave-one-out)"),
     ("ensemble", "ensemble:ensemble", False, "mean of ridge, svr, knn and mlp-kim predictions"),
 ):
