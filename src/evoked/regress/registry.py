@@ -90,9 +90,12 @@ def build_pipeline(
     params: dict | None = None,
     seed: int = 0,
     log_ranges: tuple[tuple[int, int], ...] = (),
+    layer_ranges: tuple[tuple[int, int], ...] = (),
 ) -> Pipeline:
-    """``[log of probability columns] -> StandardScaler -> [PCA] -> model``: what every protocol
-    fits and every run saves. `log_ranges` are column ranges (see `evoked.regress.transforms`)."""
+    """``[log of probability columns] -> StandardScaler -> [layer weights] -> [PCA] -> model``: what
+    every protocol fits and every run saves. `log_ranges` are column ranges (see
+    `evoked.regress.transforms`); `layer_ranges`, those of layers, each weighed by 1/sqrt(its width)
+    (`evoked.regress.layers.LayerWeights`)."""
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -103,6 +106,10 @@ def build_pipeline(
     if log_ranges:
         steps.append(("log", LogColumns(tuple((int(a), int(b)) for a, b in log_ranges))))
     steps.append(("scale", StandardScaler()))
+    if layer_ranges:
+        from evoked.regress.layers import LayerWeights
+
+        steps.append(("layers", LayerWeights(tuple((int(a), int(b)) for a, b in layer_ranges))))
     pca = parse_pca(pca)
     if pca is not None:
         # A fraction needs the full SVD; a count uses the fast randomized solver when it pays off.
