@@ -525,8 +525,10 @@ def run_regress(
     for spec in opts.evals:
         eval_names([spec])  # a missing eval store fails before any work
     out_path = runfolder.check_out(opts.out, opts.overwrite)
+    opts.name = opts.name or out_path.name  # the run is written in a work folder, then swapped in
 
     with ExitStack() as stack:
+        work = stack.enter_context(runfolder.writing(out_path))  # locked; the old run kept until the end
         st = stack.enter_context(open_store(store))
         tr = _read(st, store, opts)
         if opts.split_seed is not None:
@@ -542,7 +544,8 @@ def run_regress(
             source = _open_stage1_store(
                 opts.stage1, tr.resolved, st, opts.stage1_target, opts.target_kw, eval_ids
             )
-        result = _fit_and_write(opts, tr, plan, evals, source, out_path, on_progress)
+        result = _fit_and_write(opts, tr, plan, evals, source, work, on_progress)
+    result.out = out_path
     result.seconds = time.perf_counter() - t_start
     return result
 
@@ -566,7 +569,6 @@ def _fit_and_write(
     if curve_spec is not None:
         total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
-    runfolder.clear_run(out_path)
     fitter = _Fitter(opts, tr, plan, source)
     fitted = [_fit_model(name, fitter, tr, plan, evals, progress) for name in names]
     results = [f.result for f in fitted]
