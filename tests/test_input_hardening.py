@@ -403,3 +403,42 @@ def test_18_bootstrap_bounds(tmp_path, capsys, b, match):
     assert main([*args, "--no-plots", "--out", str(tmp_path / "r")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# 16 --------------------------------------------------------------------------------------------
+def test_16_twenty_thousand_categories_are_stored_as_a_dataset(tmp_path):
+    import h5py
+
+    from conftest import make_image
+    from evoked.extract import extract
+    from evoked.features.export import export_features
+    from evoked.features.store import open_store, read_categories
+
+    cats = [f"c{k:05d}" for k in range(20_000)]
+    with (tmp_path / "m.jsonl").open("w") as f:
+        for i in range(3):
+            make_image(tmp_path / f"{i}.jpg", seed=i)
+            dist = dict.fromkeys(cats, 0.0) | {cats[i * 7000]: 2.0, cats[-1]: 2.0}
+            f.write(json.dumps({"path": f"{i}.jpg", "distribution": dist}) + "\n")
+    extract(f"jsonl:{tmp_path / 'm.jsonl'}", tmp_path / "s.h5", ["color"], device="cpu", workers=0)
+    with open_store(tmp_path / "s.h5") as s:
+        labels = s.labels()
+    assert labels["categories"] == cats and labels["distribution"][1, 7000] == 0.5
+    export_features(tmp_path / "s.h5", ["color/stats"], format="parquet", out=tmp_path / "x")
+    table = pq.read_table(next((tmp_path / "x").glob("*.parquet")), columns=["p_c14000"])
+    assert table.column("p_c14000").to_pylist() == [0.0, 0.0, 0.5]
+    with h5py.File(tmp_path / "old.h5", "w") as f:  # a store from before: the names in an attribute
+        f.create_dataset("labels/distribution", data=np.zeros((1, 2))).attrs["categories"] = ["joy", "fear"]
+        assert read_categories(f["labels"]) == ["joy", "fear"]
+
+
+def test_14_a_fifo_image_is_a_failure_not_a_hang(tmp_path):
+    from evoked.data.decode import read_bytes
+    from evoked.errors import DecodeError
+
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(DecodeError, match="not a regular file"):
+        read_bytes(tmp_path / "x.jpg")
+    (tmp_path / "d.jpg").mkdir()
+    with pytest.raises(DecodeError, match="is a directory"):
+        read_bytes(tmp_path / "d.jpg")

@@ -4,6 +4,8 @@
 
     runs/NAME/run.json  predictions.csv  metrics.json  [curve.csv]  models/
 
+A run is written under the lock of its folder (`writing`): into a new sibling folder that takes
+the place of NAME when the run has finished, so a stopped run never leaves NAME half-replaced.
 One format for every writer: JSON is strict (NaN/inf written as null) and replaced atomically, CSV
 floats are Python's shortest round-trip text (``repr``; ``nan`` where unknown), and `versions`
 names the same packages for every run. A prediction's kind (`KINDS`) is written by the runner and
@@ -13,12 +15,14 @@ read back, never guessed, by `evaluate` and `serve`.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,6 +162,11 @@ def check_out(
     """A run's --out, checked before any work: a file is refused, a folder with files needs
     --overwrite (or --resume, where `resumable`); with `resume`, the checkpoint it names must exist."""
     path = Path(out)
+    if _siblings(Path(os.path.realpath(path)), "old") or _siblings(Path(os.path.realpath(path)), "partial"):
+        from evoked.features.lock import output_lock
+
+        with output_lock(path):  # a stopped writer's leftovers: put the previous run back first
+            _recover(Path(os.path.realpath(path)))
     if resume is not None:
         if overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
@@ -172,14 +181,88 @@ def check_out(
     return path
 
 
-def clear_run(out: Path) -> None:
-    """--overwrite, once every check has passed: remove what a run writes, never the user's other files."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for p in (out / "models").glob("*"):
-        if p.is_file() and p.suffix in (".joblib", ".json", ".pt"):
-            p.unlink()
-    (out / "models").mkdir(parents=True, exist_ok=True)
+def _is_run_file(p: Path, top: Path) -> bool:
+    """A file a run writes (what --overwrite replaces); anything else in a run folder is the user's."""
+    if p.parent == top:
+        return p.name in RUN_FILES or p.name == "models"
+    return p.parent == top / "models" and p.suffix in (".joblib", ".json", ".pt")
+
+
+def _siblings(out: Path, tag: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.{tag}-*"))
+
+
+def _keep_user_files(old: Path, out: Path) -> None:
+    """Move what the user kept in the replaced run folder `old` into the new one `out` (never a
+    file the new run wrote), then remove `old`."""
+    for sub in (old / "models", old):
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        dest = out / sub.relative_to(old)
+        for p in sub.iterdir():
+            if not _is_run_file(p, old) and not (dest / p.name).exists():
+                dest.mkdir(parents=True, exist_ok=True)
+                os.replace(p, dest / p.name)
+    shutil.rmtree(old)
+
+
+def _recover(out: Path) -> None:
+    """Under --out's lock, finish or undo what a killed writer left beside `out`: an interrupted
+    swap (the old run is put back, or its user files moved on) and unfinished work folders."""
+    for old in _siblings(out, "old"):
+        if out.exists():
+            log.info("finishing an interrupted replacement of %s (moving its other files)", out)
+            _keep_user_files(old, out)
+        else:
+            log.warning("%s: a replacement was interrupted before the new run was in place; restoring the "
+                        "previous run from %s", out, old.name)  # fmt: skip
+            os.rename(old, out)
+    for partial in _siblings(out, "partial"):
+        log.info("removing %s, the unfinished work of a run that was stopped", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+@contextmanager
+def writing(out: str | os.PathLike, *, swap: bool = True) -> Iterator[Path]:
+    """Hold the lock of run folder `out` for the run (a second writer gets a `ConfigError` naming
+    the first) and yield the folder to write in.
+
+    With `swap`, that is a new sibling ``.NAME.partial-PID``, put in the place of `out` when the
+    body ends without an error: a run stopped at any point (even by ``kill -9``) leaves the previous
+    run in `out` as it was, and a replaced run leaves none of its files behind. The user's other
+    files in `out` move to the new folder. Without `swap` (a run that continues a checkpoint in
+    `out`), the run writes in `out` itself.
+    """
+    from evoked.features.lock import output_lock
+
+    out = Path(os.path.realpath(out))
+    with output_lock(out):
+        _recover(out)
+        if not swap:
+            (out / "models").mkdir(parents=True, exist_ok=True)
+            yield out
+            return
+        work = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        (work / "models").mkdir(parents=True)
+        try:
+            yield work
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        _swap_in(work, out)
+
+
+def _swap_in(work: Path, out: Path) -> None:
+    """`work` becomes `out`; a previous `out` is renamed aside first, so a stop between the two
+    renames is undone by the next writer (`_recover`), and its user files are moved over after."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {str(out)!r} became a file during the run; the run is in {work}")
+        os.rename(out, old)
+    os.rename(work, out)
+    if old.exists():
+        _keep_user_files(old, out)
 
 
 def write_run(

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", type=Path, help="the merged store to write")
     p.add_argument("shards", nargs="*", type=Path, help="the shard files (default: OUT's shards beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists (a merged view of the "
+                   "same shards is refreshed without it)")  # fmt: skip
     p.set_defaults(func=_merge)
     p = fsub.add_parser(
         "export",
@@ -138,7 +140,7 @@ def _merge(args: argparse.Namespace) -> int:
     from evoked.features.merge import merge_shards
     from evoked.features.store import open_store
 
-    out = merge_shards(args.out, args.shards or None)
+    out = merge_shards(args.out, args.shards or None, overwrite=args.overwrite)
     with open_store(out) as s:
         c = s.counts()
     print(

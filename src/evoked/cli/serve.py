@@ -51,10 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from evoked.serve.app import ServeConfig, serve
-    from evoked.serve.predictions import store_predictions
+    from evoked.serve.predictions import QueryModel, store_predictions
 
-    predictions = kinds = run_name = None
+    predictions = kinds = run_name = query_model = None
     if args.run is not None:
+        query_model = QueryModel(args.run, args.model, args.device)
         found = store_predictions(args.run, args.store, args.model)
         predictions, kinds, run_name = found.va, found.kind, found.label
         print("predictions from " + run_name + ": " + ", ".join(f"{n} {k}" for k, n in found.counts.items()))
@@ -65,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         predictions=predictions,
         prediction_kind=kinds,
         run_name=run_name,
+        query_model=query_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         host=args.host,

@@ -32,6 +32,7 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.fold import fold_batch_norms
+from evoked.extract.layers import writes_layers
 from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
 from evoked.extract.precision import AMP_DTYPES, AmpDtype, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gathered_batches
@@ -39,7 +40,7 @@ from evoked.extract.reader import collate
 from evoked.extract.registry import comparable_config, create_backbone
 from evoked.extract.sinks import Block, Sink, StoreSink
 from evoked.extract.sources import open_source
-from evoked.features.lock import output_lock
+from evoked.features.lock import claim_file, output_lock
 from evoked.features.store import (
     FAILED,
     PENDING,
@@ -93,9 +94,13 @@ def shard_path(out: Path, index: int, count: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{index}-of-{count}{out.suffix}")
 
 
-def build_backbones(plans: Sequence[BackbonePlan]) -> list[Backbone]:
-    """The models of `ExtractOptions.plans` (options checked before: see `ExtractOptions.check`)."""
-    built = [create_backbone(p.spec, p.weights, p.preprocess) for p in plans]
+def build_backbones(plans: Sequence[BackbonePlan], layer_projection: dict | None = None) -> list[Backbone]:
+    """The models of `ExtractOptions.plans` (options checked before: see `ExtractOptions.check`);
+    `layer_projection` (``--layer-dim``) projects the layer outputs of those that write them."""
+    built = [
+        create_backbone(p.spec, p.weights, p.preprocess, layer_projection if writes_layers(p) else None)
+        for p in plans
+    ]
     names = [b.name for b in built]
     if len(set(names)) != len(names):
         raise ConfigError(
@@ -109,7 +114,8 @@ def extractor_specs(
 ) -> list[ExtractorSpec]:
     specs = []
     for bb in backbones:
-        outs = tuple(OutputSpec(o, bb.outputs[o], bb.output_attrs.get(o, {})) for o in bb.active_outputs)
+        attrs_of = {**bb.output_attrs, **bb.layer_attrs()}  # a layer's name, depth and dim
+        outs = tuple(OutputSpec(o, bb.outputs[o], attrs_of.get(o, {})) for o in bb.active_outputs)
         attrs = {
             "config": bb.config(),
             "spec": bb.spec,
@@ -367,6 +373,7 @@ def _run_slice(
         if bb.weights_dtype is not None:  # converted weights (place_backbones): no autocast around
             x, dtype = x.to(bb.weights_dtype), None
         ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+        bb.tap_layers()  # layer hooks on only when layer outputs are written
         with ctx:
             result = bb.module(x)
         for name in bb.active_outputs:
@@ -398,10 +405,11 @@ def extract(
     out = Path(out) if opts.shard_index is None else shard_path(Path(out), *opts.shard_index)
     with output_lock(out):  # one writer per output for the whole run (evoked.features.lock)
         manifest, shard_info = _source(dataset, out, opts)
-        built = build_backbones(opts.plans)
+        built = build_backbones(opts.plans, opts.layer_projection)
         precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
         place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
         todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        claim_file(out)  # the store exists now: lock it by inode too (no writer through a hard link)
         n_todo = int(sum(len(r) for _, r in todo))
         if on_start:
             on_start(n_items, n_todo)

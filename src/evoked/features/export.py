@@ -15,12 +15,17 @@ Two layouts, chosen with ``--format``:
 
 Only ``ok`` rows are exported; failed and pending rows are left out and counted. File numbers
 are zero-padded to the width of the file count, as clip-retrieval does. The export is written
-under a temporary name next to OUT and renamed at the end, so a killed export leaves no half OUT.
+under a temporary name next to OUT (``.OUT.partial-PID``) and renamed at the end, so a killed
+export leaves no half OUT, and the next export into OUT removes what it left. OUT is locked for the
+export (`evoked.features.lock`): a second export into it is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -34,11 +39,23 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.features.store import FAILED, OK, PENDING, FeatureStore, open_store, read_dataset_rows
+from evoked.features.index import _alive as pid_alive  # the one pid check (stale temporaries)
+from evoked.features.lock import output_lock
+from evoked.features.store import (
+    FAILED,
+    OK,
+    PENDING,
+    FeatureStore,
+    open_store,
+    read_categories,
+    read_dataset_rows,
+)
 from evoked.registry import Registry
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 EXPORT_DTYPES = ("float32", "float16")
 #: rows per read: about 32 MB of float32 features, whatever their width
@@ -188,17 +205,73 @@ def export_features(
         raise ConfigError(
             "give at least one --feature, e.g. --feature color/stats (see `evoked features info`)"
         )
-    out = Path(out)
+    out = _checked_out(Path(out))
+    with output_lock(out), open_store(store) as s:  # one export into a folder at a time
+        _remove_stale(out)
+        names = s.resolve_features(list(features))
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a feature is given twice: {names}")
+        return _export(s, names, format, out, rows_per_file, normalize, dtype, on_chunk)
+
+
+def _checked_out(out: Path) -> Path:
+    """--out, resolved through symlinks and checked before any work: an absent or empty folder."""
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(
+            f"--out {str(out)!r} is a symlink to {os.readlink(out)!r}, which does not exist; create that "
+            "folder, or give another --out"
+        )
+    out = Path(os.path.realpath(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
             f"--out {str(out)!r} is not an empty folder; export into a new or empty folder "
             "(nothing was written, nothing there is replaced)"
         )
-    with open_store(store) as s:
-        names = s.resolve_features(list(features))
-        if len(set(names)) != len(names):
-            raise ConfigError(f"a feature is given twice: {names}")
-        return _export(s, names, format, out, rows_per_file, normalize, dtype, on_chunk)
+    if not os.path.isdir(out.parent):
+        raise ConfigError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist; create it first")
+    return out
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove the work folders ``.OUT.partial-PID`` that stopped exports left (their process is gone)."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
+            log.warning("%s belongs to process %s, which is still running; left as it is", tmp, pid)
+            continue
+        log.info("removing %s, left by an export that was stopped", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_space(out: Path, total: int, dims: dict[str, int], dtype: str) -> None:
+    """Refuse an export that cannot fit on the disk of `out` before writing anything."""
+    need = total * sum(dims.values()) * np.dtype(dtype).itemsize
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise ConfigError(
+            f"the export needs about {need / 2**20:,.0f} MiB and the disk of {out.parent} has "
+            f"{free / 2**20:,.0f} MiB free; free space, export fewer features, use --dtype float16, or give "
+            "an --out on another disk"
+        )
+
+
+def _check_range(x: np.ndarray, names: Sequence[str], dims: dict[str, int], dtype: str, meta: pa.Table) -> None:
+    """float16 holds at most 65504: a larger value would be written as inf. Name it and the fix."""
+    if dtype != "float16":
+        return
+    big = np.abs(x) > np.finfo(np.float16).max
+    if not big.any():
+        return
+    r, c = (int(v[0]) for v in np.nonzero(big))
+    at = 0
+    for name in names:
+        if c < at + dims[name]:
+            break
+        at += dims[name]
+    raise ConfigError(
+        f"--dtype float16: {name} of item {meta.column('id')[r].as_py()!r} is {float(x[r, c]):g}, beyond float16's range "
+        f"(+-65504), so it would be written as inf; export with --dtype float32, or with --normalize"
+    )
 
 
 def _export(
@@ -209,9 +282,10 @@ def _export(
     total = int((status == OK).sum())
     if total == 0:
         raise ConfigError(f"{s.path} has no ok rows to export (status: {s.counts()}); extract first")
+    _check_space(out, total, dims, dtype)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         writer = EXPORT_FORMATS.load(format)(tmp, dims, dtype, total, rows_per_file)
         step = max(1, CHUNK_BYTES // (4 * sum(dims.values())))
@@ -222,7 +296,9 @@ def _export(
                 x = np.concatenate([_feature(s, n, rows, normalize) for n in names], axis=1)
                 if normalize and len(names) > 1 and writer.concatenates:
                     x /= np.sqrt(len(names))
-                writer.write(_metadata(s.file, rows, keep), x[keep])
+                meta = _metadata(s.file, rows, keep)
+                _check_range(x[keep], names, dims, dtype, meta)
+                writer.write(meta, x[keep])
                 del x
             if on_chunk:
                 on_chunk(len(rows))
@@ -242,6 +318,14 @@ def _export(
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConfigError(
+                f"the disk of {out} is full ({e.strerror}); nothing was kept. Free space, export fewer "
+                "features, use --dtype float16, or give an --out on another disk"
+            ) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -282,7 +366,7 @@ def _metadata(f: h5py.File, rows: np.ndarray, keep: np.ndarray):
     }
     if "labels/distribution" in f:
         d = f["labels/distribution"]
-        cats = [c.decode() if isinstance(c, bytes) else str(c) for c in d.attrs["categories"]]
+        cats = read_categories(f["labels"])
         values = d[sl][keep]
         cols.update({f"p_{c}": values[:, k] for k, c in enumerate(cats)})
     return pa.table({k: pa.array(v.tolist() if v.dtype == object else v) for k, v in cols.items()})

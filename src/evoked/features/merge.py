@@ -19,7 +19,15 @@ import numpy as np
 
 from evoked.errors import ConfigError
 from evoked.extract.registry import comparable_config
-from evoked.features.store import DIMENSION_ATTRS, FeatureStore, attach_dimensions, decode_attr
+from evoked.features.lock import output_lock
+from evoked.features.store import (
+    DIMENSION_ATTRS,
+    FeatureStore,
+    attach_dimensions,
+    decode_attr,
+    read_categories,
+    write_categories,
+)
 
 _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
 _SHARD_ATTRS = (
@@ -47,18 +55,46 @@ def _config_key(store: FeatureStore) -> str:
     return json.dumps(configs, sort_keys=True)
 
 
-def merge_shards(out: str | os.PathLike, shards: Sequence[str | os.PathLike] | None = None) -> Path:
-    """Write `out` as a virtual view of all shards; checks that they belong together first."""
+def merge_shards(
+    out: str | os.PathLike, shards: Sequence[str | os.PathLike] | None = None, overwrite: bool = False
+) -> Path:
+    """Write `out` as a virtual view of all shards; checks that they belong together first.
+
+    `out` is locked as `extract` locks it (a store being written is never replaced), and an existing
+    `out` is replaced only with `overwrite`, or when it is itself a merged view of the same dataset
+    (it holds nothing of its own: merging again after a shard was completed refreshes it).
+    """
     out = Path(out)
     paths = [Path(s) for s in shards] if shards else find_shards(out)
     if not paths:
         raise ConfigError(f"no shard files found for {out} (looked for {out.stem}.shard-I-of-N{out.suffix})")
-    stores = [FeatureStore(p, "r") for p in paths]
+    with output_lock(out):
+        stores = [FeatureStore(p, "r") for p in paths]
+        try:
+            if not overwrite:
+                _check_replaceable(out, stores[0])
+            return _merge(out, stores)
+        finally:
+            for s in stores:
+                s.close()
+
+
+def _check_replaceable(out: Path, shard: FeatureStore) -> None:
+    """An existing `out` may be replaced without --overwrite only if it is a merged view of `shard`'s dataset."""
+    if not os.path.lexists(out):
+        return
     try:
-        return _merge(out, stores)
-    finally:
-        for s in stores:
-            s.close()
+        with h5py.File(out, "r") as f:
+            view = bool(f.attrs.get("merged_from")) and f.attrs.get("ids_sha256") == shard.attrs.get(
+                "total_ids_sha256"
+            )
+    except OSError:
+        view = False
+    if not view:
+        raise ConfigError(
+            f"{out} already exists and is not a merged view of these shards; pass --overwrite to replace it, "
+            "or give another OUT"
+        )
 
 
 def _merge(out: Path, stores: list[FeatureStore]) -> Path:
@@ -125,6 +161,8 @@ def _merge(out: Path, stores: list[FeatureStore]) -> Path:
                 for k, v in src0[name].attrs.items():
                     if k not in DIMENSION_ATTRS:
                         f[name].attrs[k] = v
+        if "labels/distribution" in src0:
+            write_categories(f["labels"], read_categories(src0["labels"]))
         _virtual(f, "items/status", stores, rel, spans, src0)
         _virtual(f, "items/error", stores, rel, spans, src0)
         _virtual(f, "provenance/timings", stores, rel, None, src0)

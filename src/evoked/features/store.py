@@ -10,8 +10,12 @@ Layout (schema version 1)::
     /labels/category split  (N,) utf-8 ("" = unknown)
     /labels/valence arousal (N,) float64 (NaN = unknown)
     /labels/fold            (N,) int64 (-1 = none)
-    /labels/distribution    (N, K) float32, attr ``categories``
+    /labels/distribution    (N, K) float32
+    /labels/distribution_categories  (K,) utf-8: the names of its columns (older stores hold
+                            them in /labels/distribution's attribute ``categories``, still read)
     /features/<extractor>/<output>   (N, D) float32 or float16; group attrs hold the provenance
+    /features/<extractor>/layers.<block>   one per layer of the trunk, attrs layer, depth, dim
+                            [, source_dim]; ``<extractor>/layers`` names them all, by depth
     /provenance/runs        (R,) utf-8 JSON, one per extraction run (empty = unused slot)
     /provenance/timings     (n_blocks, 6) float64: run, images, read_s, model_s, write_s, unix time
     /item, /<a>.<b>         empty HDF5 dimension scales naming the axes: ``item`` for every row axis,
@@ -53,6 +57,8 @@ from evoked import __version__
 from evoked.clock import utc_now
 from evoked.data.manifest import Manifest
 from evoked.errors import ConfigError, DatasetError
+
+LAYERS, LAYER_PREFIX = "layers", "layers."  # all layers of an extractor; one layer (evoked.extract.layers)
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +243,8 @@ class FeatureStore:
             labels.create_dataset("arousal", data=manifest.arousal.astype("f8"))
             labels.create_dataset("fold", data=manifest.fold.astype("i8"))
             if manifest.distribution is not None:
-                d = labels.create_dataset("distribution", data=manifest.distribution.astype("f4"))
-                d.attrs["categories"] = list(manifest.categories)
+                labels.create_dataset("distribution", data=manifest.distribution.astype("f4"))
+                write_categories(labels, manifest.categories)
             feats = f.create_group("features")
             for ext in extractors:
                 g = feats.create_group(ext.name)
@@ -345,10 +351,39 @@ class FeatureStore:
             )
         return self.file[key]
 
+    def layer_outputs(self, extractor: str) -> list[str]:
+        """The layer datasets of `extractor` (``resnet50/layers.layer1.0`` ...), by depth."""
+        if extractor not in self.file["features"]:
+            raise ConfigError(
+                f"unknown extractor {extractor!r} in {self.path.name}; available: {', '.join(self.file['features'])}"
+            )
+        g = self.file["features"][extractor]
+        names = [o for o in g if "depth" in g[o].attrs and o.startswith(LAYER_PREFIX)]
+        names.sort(key=lambda o: float(g[o].attrs["depth"]))
+        return [f"{extractor}/{o}" for o in names]
+
+    def layer_info(self, feature: str) -> dict | None:
+        """A layer dataset's recorded name, relative depth and dimension; None for other outputs."""
+        ds = self.dataset(feature)
+        if "depth" not in ds.attrs or not feature.split("/")[1].startswith(LAYER_PREFIX):
+            return None
+        info = {k: decode_attr(ds.attrs[k]) for k in ("layer", "depth", "dim", "source_dim") if k in ds.attrs}
+        return {"feature": feature, **info}
+
     def resolve_features(self, features: Sequence[str]) -> list[str]:
-        """Expand ``color/*`` or a bare extractor name ``color`` to all its outputs, in file order."""
+        """Expand ``color/*`` or a bare extractor name ``color`` to all its outputs, in file order,
+        and ``resnet50/layers`` to its layer datasets, by depth."""
         out: list[str] = []
         for f in features:
+            if f.endswith("/" + LAYERS) and f.count("/") == 1:
+                layers = self.layer_outputs(f.split("/")[0])
+                if not layers:
+                    raise ConfigError(
+                        f"{self.path.name} has no layers of {f.split('/')[0]}; extract them with "
+                        f"--backbone SPEC@layers (e.g. tv:mobilenet_v2@pool,layers)"
+                    )
+                out += layers
+                continue
             ext = f[:-2] if f.endswith("/*") else f if "/" not in f else None
             if ext is not None:
                 if ext not in self.file["features"]:
@@ -412,7 +447,7 @@ class FeatureStore:
         }
         if "distribution" in g:
             out["distribution"] = g["distribution"][:].astype(np.float64)
-            out["categories"] = list(decode_attr(g["distribution"].attrs["categories"]))
+            out["categories"] = read_categories(g)
         return out
 
     # -- writing -------------------------------------------------------------------------------
@@ -523,7 +558,9 @@ def attach_dimensions(f: h5py.File) -> None:
 
     datasets: list[h5py.Dataset] = []
 
-    def keep(_: str, obj: object) -> None:
+    def keep(name: str, obj: object) -> None:
+        if name == CATEGORIES:  # K names, not a row axis even when K == N
+            return
         if isinstance(obj, h5py.Dataset) and obj.shape and obj.shape[0] == n and obj.ndim <= 2:
             datasets.append(obj)
 
@@ -554,6 +591,25 @@ def read_dataset_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     out = np.empty((rows.size, ds.shape[1]), dtype=np.float32)
     out[order] = data[inverse]
     return out
+
+
+#: /labels/CATEGORIES names the columns of /labels/distribution
+CATEGORIES = "distribution_categories"
+
+
+def write_categories(labels: h5py.Group, categories: Sequence[str]) -> None:
+    """The distribution's category names as a dataset: an HDF5 attribute holds at most 64 KB, which
+    20,000 names overflow ("object header message is too large")."""
+    labels.create_dataset(CATEGORIES, data=np.array(list(categories), dtype=object), dtype=_STR)
+
+
+def read_categories(labels: h5py.Group) -> list[str]:
+    """The distribution's category names: the dataset, or the attribute of stores written before it."""
+    if CATEGORIES in labels:
+        return [str(c) for c in labels[CATEGORIES].asstr()[:]]
+    return [
+        c.decode() if isinstance(c, bytes) else str(c) for c in labels["distribution"].attrs["categories"]
+    ]
 
 
 def decode_attr(v: object) -> Any:

@@ -266,12 +266,16 @@ def finetune(
         inputs.data, inputs.eval_sets, skip_bad=opts.skip_bad_images, workers=opts.check_workers,
         on_progress=on_check,
     )  # fmt: skip
-    if opts.overwrite:
-        runfolder.clear_run(opts.out_path)
-    outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
-    va_pred, logits, eval_preds = _predict_all(opts, inputs, built, on_predict)
-    predicted = _Predicted(va_pred, logits, eval_preds, outcome, time.perf_counter() - t_start)
-    return _write_outputs(opts, inputs, built, config, predicted)
+    final, opts.name = opts.out_path, opts.name or opts.out_path.name
+    # --overwrite trains in a work folder swapped in at the end (a stopped run leaves the old one);
+    # a new run trains in --out itself, so that --resume finds its last epoch there
+    with runfolder.writing(final, swap=opts.overwrite) as opts.out_path:
+        outcome = _train(opts, inputs, built, config, resume_state, on_batch, on_epoch)
+        va_pred, logits, eval_preds = _predict_all(opts, inputs, built, on_predict)
+        predicted = _Predicted(va_pred, logits, eval_preds, outcome, time.perf_counter() - t_start)
+        result = _write_outputs(opts, inputs, built, config, predicted)
+    result.out = opts.out_path = final
+    return result
 
 
 @dataclass
@@ -443,8 +447,8 @@ def _train(
             else "Batch norm trained in train mode: if the weights have batch norm folded into the "
             "convolutions, or batches are small, pass --freeze-bn; else try a lower --lr."
         )
-        + f" The last epoch is in {models_dir / 'last.pt'}; rerun with --overwrite."
-    )
+        + ("" if opts.overwrite else f" The last epoch is in {models_dir / 'last.pt'}; rerun with --overwrite.")
+    )  # with --overwrite the work folder is removed and the previous run stays (runfolder.writing)
 
 
 def _predict_all(

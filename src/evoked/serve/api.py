@@ -265,15 +265,23 @@ async def search_image(request: Request) -> Response:
     state, k = state_of(request), k_param(request)
     data, name = await read_upload(request, state.cfg.max_upload_bytes)
 
+    query: dict[str, Any] = {"image": name, "k": k}
+
     def search() -> list[Hit]:
         try:
             image = decode_upload(data, name, state.cfg.max_pixels, state.cfg.max_upload_pixels)
         except DecodeError as e:
             raise HTTPException(415, f"not a usable image: {e.reason}") from None
         with state.lock:
-            return state.retriever.search_vectors(state.retriever.embed_image(image), k)[0]
+            hits = state.retriever.search_vectors(state.retriever.embed_image(image), k)[0]
+            model = state.cfg.query_model
+            if model is not None:  # the run's model on the query itself: always unseen
+                va = model.predict(image)
+                query["pred_valence"], query["pred_arousal"] = va if va is not None else (None, None)
+                query["pred_kind"] = "unseen"
+        return hits
 
-    return _hits(request, await state.run(search), {"image": name, "k": k})
+    return _hits(request, await state.run(search), query)
 
 
 async def image(request: Request) -> Response:

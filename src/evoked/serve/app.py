@@ -53,6 +53,7 @@ class ServeConfig:
     predictions: np.ndarray | None = None  # (N, 2) predicted VA per store row, NaN where none
     prediction_kind: np.ndarray | None = None  # (N,) a runfolder.KINDS name per row, "" where none
     run_name: str | None = None
+    query_model: Any = None  # serve.predictions.QueryModel: predicts the VA of an uploaded image
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_upload_pixels: int = UPLOAD_MAX_PIXELS  # uploads other than JPEG (decoded at full size)
@@ -144,6 +145,8 @@ _GET = {
     "/api/browse": browse.browse,
     "/api/item/{row}": browse.item,
     "/api/provenance": browse.provenance,
+    "/api/export.csv": browse.export,
+    "/api/map": browse.embedding_map,
 }
 ROUTES = [
     *(Route(path, fn) for path, fn in _GET.items()),

@@ -7,6 +7,8 @@ bytes kept, since every page load asks for them.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import threading
@@ -21,7 +23,9 @@ from starlette.responses import JSONResponse, Response
 from evoked.errors import EvokedError
 from evoked.features.store import OK, STATUS_NAMES
 from evoked.retrieve import Hit
+from evoked.runfolder import KINDS
 from evoked.serve.api import MAX_ITEMS, number, rounded, row_param, source_param, state_of, whole_number
+from evoked.serve.embedmap import MapCache
 
 if TYPE_CHECKING:
     from evoked.serve.app import ServeState
@@ -29,6 +33,11 @@ if TYPE_CHECKING:
 SORTS = ("row", "valence", "arousal", "residual", "similarity")
 SIMILARITY_POOL = 5000  # similarity ranks the nearest items of the index, not the whole store
 NO_SPLIT = "none"  # the spelling of "no split" in a filter (the store writes "")
+#: what a residual is read from unless a kind filter says otherwise: predictions of items the model
+#: never saw, so that in-sample (fitted) residuals are never mixed in silently
+HELD_OUT = tuple(k for k in KINDS if k != "fitted")
+EXPORT_COLUMNS = ("row", "id", "path", "category", "split", "status", "valence", "arousal", "pred_valence",
+                  "pred_arousal", "pred_kind", "residual", "map_x", "map_y")  # fmt: skip
 
 
 @dataclass
@@ -39,6 +48,10 @@ class Query:
     box: tuple[float, ...] | None  # v_min, v_max, a_min, a_max
     source: str
     residual_min: float | None
+    residual_max: float | None
+    kind: list[str]  # prediction kinds kept ([] = all)
+    kind_default: bool  # `kind` is HELD_OUT because the view reads residuals and no kind was asked
+    map_box: tuple[float, ...] | None  # x_min, x_max, y_min, y_max on the embedding map
     sort: str
     order: str
     like: str | None
@@ -63,10 +76,14 @@ class Columns:
         pred = state.cfg.predictions
         self.pred = None if pred is None else np.asarray(pred, dtype=float)
         self.residual = None if self.pred is None else np.hypot(*(self.pred - self.rated).T)
+        kind = state.cfg.prediction_kind
+        self.kind = None if kind is None or self.pred is None else np.asarray(kind, dtype=object).astype(str)
+        self.map = MapCache(state.cfg.store, state.cfg.feature)
         self.categories = sorted(set(self.category.tolist()) - {""})
         self.splits = sorted(set(self.split.tolist()) - {""})
         self._plane: bytes | None = None
         self._ids: bytes | None = None
+        self._map_json: bytes | None = None
         self._lock = threading.Lock()
 
     def va(self, source: str) -> np.ndarray:
@@ -109,7 +126,21 @@ class Columns:
         if self.pred is not None:
             out["pred_valence"] = rounded(self.pred[:, 0])
             out["pred_arousal"] = rounded(self.pred[:, 1])
+        if self.kind is not None:
+            kind_code = {k: i for i, k in enumerate(KINDS)}
+            out["kinds"] = list(KINDS)
+            out["kind"] = [kind_code.get(k, -1) for k in self.kind.tolist()]
         return out
+
+    def map_bytes(self) -> bytes:
+        """The embedding map as JSON (computed on first use: call off the event loop)."""
+        m = self.map.get()
+        with self._lock:
+            if self._map_json is None:
+                body = {"n": self.n, "feature": self.state.cfg.feature, "method": m.method,
+                        "x": rounded(m.x, 3), "y": rounded(m.y, 3)}  # fmt: skip
+                self._map_json = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            return self._map_json
 
     # -- filters and sorting -------------------------------------------------------------------
     def mask(self, q: Query) -> np.ndarray:
@@ -126,9 +157,18 @@ class Columns:
             va = self.va(q.source)
             with np.errstate(invalid="ignore"):
                 keep &= (va[:, 0] >= v0) & (va[:, 0] <= v1) & (va[:, 1] >= a0) & (va[:, 1] <= a1)
-        if q.residual_min is not None and self.residual is not None:
+        if self.residual is not None:
             with np.errstate(invalid="ignore"):
-                keep &= self.residual >= q.residual_min
+                if q.residual_min is not None:
+                    keep &= self.residual >= q.residual_min
+                if q.residual_max is not None:
+                    keep &= self.residual <= q.residual_max
+        if q.kind and self.kind is not None:
+            keep &= np.isin(self.kind, q.kind)
+        if q.map_box is not None:
+            m, (x0, x1, y0, y1) = self.map.get(), q.map_box
+            with np.errstate(invalid="ignore"):
+                keep &= (m.x >= x0) & (m.x <= x1) & (m.y >= y0) & (m.y <= y1)
         return keep
 
     def ordered(self, q: Query, keep: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
@@ -174,19 +214,37 @@ def _list(request: Request, name: str, allowed: list[str]) -> list[str]:
     return values
 
 
+def _box(request: Request, name: str, axes: str) -> tuple[float, ...] | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        box = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
+        raise HTTPException(400, f"{name}={raw!r}: give {axes} with min <= max")
+    return box
+
+
+def _kinds(request: Request, cols: Columns, reads_residual: bool) -> tuple[list[str], bool]:
+    """The kinds asked for (``kind=all`` for every kind), else HELD_OUT when the view reads residuals."""
+    raw = request.query_params.get("kind", "")
+    if raw == "all":
+        return [], False
+    kinds = _list(request, "kind", list(KINDS))
+    if kinds and cols.kind is None:
+        raise HTTPException(400, "a kind filter needs predictions with kinds: start the server with --run runs/NAME")
+    if not kinds and reads_residual and cols.kind is not None:
+        return list(HELD_OUT), True
+    return kinds, False
+
+
 def parse_query(request: Request, cols: Columns) -> Query:
     source = source_param(request, cols.pred is not None)
-    box = None
-    if request.query_params.get("box"):
-        raw = request.query_params["box"]
-        try:
-            box = tuple(float(x) for x in raw.split(","))
-        except ValueError:
-            box = ()
-        if len(box) != 4 or not all(math.isfinite(x) for x in box) or box[0] > box[1] or box[2] > box[3]:
-            raise HTTPException(400, f"box={raw!r}: give v_min,v_max,a_min,a_max with min <= max")
     residual_min = number(request, "residual_min", None)
-    if residual_min is not None and cols.residual is None:
+    residual_max = number(request, "residual_max", None)
+    if (residual_min is not None or residual_max is not None) and cols.residual is None:
         raise HTTPException(400, "a residual filter needs predictions: start the server with --run runs/NAME")
     sort = request.query_params.get("sort", "row")
     if sort not in SORTS:
@@ -202,19 +260,35 @@ def parse_query(request: Request, cols: Columns) -> Query:
     order = request.query_params.get("order", default_order)
     if order not in ("asc", "desc"):
         raise HTTPException(400, f"order={order!r}: use asc or desc")
+    reads_residual = sort == "residual" or residual_min is not None or residual_max is not None
+    kind, kind_default = _kinds(request, cols, reads_residual)
     return Query(
         category=_list(request, "category", cols.categories),
         split=_list(request, "split", cols.splits + [NO_SPLIT]),
         status=_list(request, "status", list(STATUS_NAMES.values())),
-        box=box,
+        box=_box(request, "box", "v_min,v_max,a_min,a_max"),
         source=source,
         residual_min=residual_min,
+        residual_max=residual_max,
+        kind=kind,
+        kind_default=kind_default,
+        map_box=_box(request, "map_box", "x_min,x_max,y_min,y_max"),
         sort=sort,
         order=order,
         like=like,
         offset=whole_number(request, "offset", 0, 0),
         limit=whole_number(request, "limit", 60, 1, MAX_ITEMS),
     )
+
+
+async def selected(request: Request) -> tuple[Query, np.ndarray, dict[int, float]]:
+    """The query and the rows it selects, in order (the map, if asked for, is made off the event loop)."""
+    state = state_of(request)
+    q = parse_query(request, state.columns)
+    if q.map_box is not None and not state.columns.map.ready:
+        await state.run(state.columns.map.get)
+    rows, scores = state.columns.ordered(q, state.columns.mask(q))
+    return q, rows, scores
 
 
 # -- the handlers -----------------------------------------------------------------------------
@@ -244,8 +318,7 @@ async def plane_ids(request: Request) -> Response:
 
 async def browse(request: Request) -> Response:
     state = state_of(request)
-    q = parse_query(request, state.columns)
-    rows, scores = state.columns.ordered(q, state.columns.mask(q))
+    q, rows, scores = await selected(request)
     page = rows[q.offset : q.offset + q.limit]
     out = {
         "total": int(rows.size),
@@ -256,9 +329,52 @@ async def browse(request: Request) -> Response:
         "source": q.source,
         "items": [item_json(state, int(i), scores.get(int(i))) for i in page],
     }
+    if q.kind:
+        out["kind"] = q.kind
+    notes = []
+    if q.kind_default:
+        notes.append("residuals of predictions for items the model never saw (add kind=all or kind=fitted "
+                     "for in-sample ones)")  # fmt: skip
     if q.sort == "similarity":
-        out["note"] = f"similarity ranks the {SIMILARITY_POOL:,} items nearest to {q.like} at most"
+        notes.append(f"similarity ranks the {SIMILARITY_POOL:,} items nearest to {q.like} at most")
+    if notes:
+        out["note"] = "; ".join(notes)
     return JSONResponse(out)
+
+
+async def export(request: Request) -> Response:
+    """The selection (every row that passes the filters, in the browse order) as CSV."""
+    state = state_of(request)
+    q, rows, _ = await selected(request)
+    body = await state.run(export_csv, state, rows, heavy=False)
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="evoked-selection.csv"'})  # fmt: skip
+
+
+def export_csv(state: ServeState, rows: np.ndarray) -> bytes:
+    """CSV of `rows`: ids, ratings, predictions with their kind, residual and map position (blank: unknown)."""
+    r, cols = state.retriever, state.columns
+    m = cols.map.get() if cols.map.ready else None
+    num = lambda x: "" if x is None or not math.isfinite(x) else repr(round(float(x), 4))  # noqa: E731
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(EXPORT_COLUMNS)
+    for i in rows.tolist():
+        pred = (None, None) if cols.pred is None else cols.pred[i]
+        w.writerow([
+            i, str(r.ids[i]), str(r.paths[i]), cols.category[i], cols.split[i],
+            STATUS_NAMES.get(int(cols.status[i]), "unknown"), num(cols.rated[i, 0]), num(cols.rated[i, 1]),
+            num(pred[0]), num(pred[1]), "" if cols.kind is None else cols.kind[i],
+            "" if cols.residual is None else num(cols.residual[i]),
+            "" if m is None else num(m.x[i]), "" if m is None else num(m.y[i]),
+        ])  # fmt: skip
+    return out.getvalue().encode("utf-8")
+
+
+async def embedding_map(request: Request) -> Response:
+    """The 2-D map of the served feature (computed once, then read from beside the store)."""
+    state = state_of(request)
+    return Response(await state.run(state.columns.map_bytes), media_type="application/json")
 
 
 async def item(request: Request) -> Response:

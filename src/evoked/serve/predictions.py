@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from evoked import runfolder
 from evoked.errors import ConfigError
 from evoked.extract.registry import comparable_config
 from evoked.features.store import open_store
+
+if TYPE_CHECKING:
+    from evoked.retrieve import RecordedBackbones
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +142,30 @@ def _fitted(
             if ok.any():
                 pred[rows[ok]] = estimator.predict(x[ok])
     return pred, str(meta.get("name", model or "model")), read_fitted_ids(run_dir, meta)
+
+
+class QueryModel:
+    """The run's saved model applied to one uploaded image: its features are computed as the run's
+    store recorded them (`evoked.regress.predict`'s backbones, readied on first use)."""
+
+    def __init__(self, run_dir: str | os.PathLike, model: str | None = None, device: str = "cpu"):
+        from evoked.regress.rundir import load_run_model
+
+        self.estimator, self.meta = load_run_model(run_dir, model)
+        self.device = device
+        self._ready: RecordedBackbones | None = None
+
+    def predict(self, image: np.ndarray) -> tuple[float, float] | None:
+        """(valence, arousal) of a decoded (H, W, 3) uint8 image; None when its features are not finite."""
+        import torch
+
+        from evoked.regress.predict import _ready
+
+        ready = self._ready = self._ready or _ready(self.meta, self.device)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(ready.device)
+        out = ready.run([tensor])
+        x = np.concatenate([out[f] for f in self.meta["features"]], axis=1)
+        if not np.isfinite(x).all():
+            return None
+        v, a = np.asarray(self.estimator.predict(x), dtype=float).reshape(2)
+        return float(v), float(a)
