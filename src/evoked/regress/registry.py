@@ -51,7 +51,7 @@ for _name, _target, _chunks, _help in (
 #: distributions in, (n, K) distributions out. ``mean`` is the reference every run adds.
 DISTRIBUTION_MODELS: Registry[Any] = Registry("distribution model")
 for _name, _target, _help in (
-    ("softmax", "softmax_model", "multinomial softmax on soft labels (KL loss), L2 penalty by K-fold KL"),
+    ("softmax", "softmax_model", "multinomial softmax on soft labels (KL loss), L2 penalty by 3-fold KL"),
     ("knn", "knn", "AA-kNN: mean distribution of the k nearest (FAISS cosine) items, k by leave-one-out KL"),
     ("mlp", "mlp", "torch MLP (256, 128) with a softmax head and a KL loss, early stopping"),
     ("mlp-kim", "mlp_kim", "torch MLP (512, 256, 128) with a softmax head and a KL loss"),

@@ -39,6 +39,7 @@ from evoked.regress import rundir
 from evoked.regress.chunks import ChunkRows, MemoryRows, StoreSource, chunk_rows_for, streaming_needed
 from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
+from evoked.regress.distribution import SOFTMAX_CV
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
 from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
 from evoked.regress.protocol import (
@@ -61,7 +62,6 @@ ProgressFn = Callable[[int, int, str], None]
 TWO_STAGE_PREFIX = "two_stage:"
 SELECTION_METRIC = "mean Pearson r over valence and arousal"
 DISTRIBUTION_SELECTION_METRIC = "mean KL divergence of the label distributions (lower is better)"
-SOFTMAX_CV = 3  # the softmax model's default folds for its penalty (evoked.regress.distribution)
 
 
 @dataclass
@@ -781,7 +781,7 @@ def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Trainin
     }
     if tr.distribution:
         out.update({
-            "alpha": f"softmax: {SOFTMAX_CV}-fold mean KL on {fits}",
+            "alpha": f"softmax: {SOFTMAX_CV}-fold mean KL on {fits}",  # its default folds
             "early_stopping": f"mlp: the validation KL on a validation fraction of {fits}",
             "n_neighbors": f"knn (AA-kNN): leave-one-out mean KL on {fits}",
         })  # fmt: skip
