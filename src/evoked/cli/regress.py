@@ -113,6 +113,12 @@ def _protocol_flags(p: argparse.ArgumentParser) -> None:
                    help="stage 2: recalibrate stage 1 (an affine map per dimension) then fit the residual (default), "
                    "or recalibrate only")  # fmt: skip
     p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="with --feature NAME/layers: also fit each model on each layer alone (layers.csv, layers.png) "
+        "and add the systems best-layer:MODEL and best-span:MODEL, chosen on training rows (docs/regress.md)",
+    )
     p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
     p.add_argument(
         "--repeats",
@@ -254,8 +260,20 @@ def _regress(args: argparse.Namespace) -> int:
     _print_distribution(result, width)
     _print_evals(result, width)
     _print_curve(result.curve, width)
+    _print_layers(result.run, result.out)
     _print_selection(result.run)
     return 0
+
+
+def _print_layers(run: dict, out: Path) -> None:
+    """``--per-layer``: where the table is, and the layers each best-layer / best-span model chose."""
+    layers = run.get("layers")
+    if not layers:
+        return
+    print(f"  per-layer probe: {out / layers['table']}, plot {out / layers['plot']}")
+    for name, chosen in layers["chosen"].items():
+        if "saved model" in chosen:
+            print(f"  {name} (saved model) uses {', '.join(chosen['saved model'])}")
 
 
 def _metric_cells(metrics: dict) -> str:

@@ -172,8 +172,8 @@ def check_resumable(
         if had != want_p:
             raise ConfigError(
                 f"{store.path}: backbone {name} was computed in {had}, this run would compute it in {want_p} "
-                "(on the CPU, --precision auto keeps ViTs in fp32 and --precision bf16 gives them bf16 "
-                f"weights); resume with the --precision that computes it in {had}"
+                "(on the CPU, --precision fp32 keeps ViTs in fp32, auto and bf16 give them bf16 weights "
+                f"where the CPU has bf16 units); resume with the --precision that computes it in {had}"
             )
 
 
@@ -259,9 +259,9 @@ def default_workers(n_todo: int, block_size: int, dev: torch.device) -> int:
 
 
 def cpu_threads(workers: int) -> int:
-    """Intra-op threads for the models on the CPU: every available core (`model_threads`), less
-    one for each reader process asked for with --workers. An OpenMP team that shares its cores with
-    other busy processes waits at every barrier for its descheduled thread."""
+    """Intra-op threads for the models on the CPU: the cores other processes leave free
+    (`model_threads`), less one for each reader process asked for with --workers. An OpenMP team
+    that shares its cores with other busy processes waits at every barrier for its descheduled thread."""
     return max(1, model_threads() - workers)
 
 
@@ -278,10 +278,10 @@ def _glibc():
 
 
 @contextmanager
-def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
+def cpu_settings(dev: torch.device, workers: int, threads: int | None = None) -> Iterator[int | None]:
     """How the models run on the CPU, for the duration; yields the intra-op threads (None on CUDA).
 
-    Threads: see `cpu_threads`. Memory: glibc gives the free top of its heap back to the kernel once
+    Threads: `threads`, else `cpu_threads` (counted when the run starts, once). Memory: glibc gives the free top of its heap back to the kernel once
     it exceeds twice the largest block freed so far, so every slice of a batch page-faulted its
     activations in again (a fifth of the CPU time of MobileNet); freed memory is kept during the run
     and handed back at the end, leaving malloc where its own adaptive thresholds would settle.
@@ -289,7 +289,7 @@ def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
     if dev.type != "cpu":
         yield None
         return
-    threads, before = cpu_threads(workers), torch.get_num_threads()
+    threads, before = threads or cpu_threads(workers), torch.get_num_threads()
     libc = _glibc()
     torch.set_num_threads(threads)
     if libc is not None:
@@ -408,7 +408,7 @@ def extract(
         built = build_backbones(opts.plans, opts.layer_projection)
         precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
         place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
-        todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        todo, workers, run, n_items, threads = _open_store(out, manifest, built, precisions, opts, shard_info)
         claim_file(out)  # the store exists now: lock it by inode too (no writer through a hard link)
         n_todo = int(sum(len(r) for _, r in todo))
         if on_start:
@@ -419,7 +419,7 @@ def extract(
         # Reader processes are forked when the iterator starts. The store must not be open then:
         # a forked child would inherit its file lock and hold it after this process is killed.
         batches = gathered_batches(iter(loader), opts.dev, opts.max_pixels)
-        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers):
+        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers, threads):
             sinks = [StoreSink(store, run)] + ([sink] if sink is not None else [])
             totals, failures = _loop(
                 sinks, batches, todo, manifest, built, opts.dev, amp_dtypes(precisions), on_batch
@@ -460,7 +460,7 @@ def _open_store(
     precisions: dict[str, str],
     opts: ExtractOptions,
     shard_info: ShardInfo | None,
-) -> tuple[list[tuple[int, np.ndarray]], int, int, int]:
+) -> tuple[list[tuple[int, np.ndarray]], int, int, int, int | None]:
     """Create the store (or check a resumed one); returns the blocks to do, readers, run and rows."""
     if out.exists() and opts.resume:
         store = FeatureStore(out, "r+")
@@ -485,7 +485,7 @@ def _open_store(
         )
         threads = cpu_threads(workers) if opts.dev.type == "cpu" else None
         run = store.record_run(_run_record(opts, workers, threads, n_todo))
-        return todo, workers, run, len(store)
+        return todo, workers, run, len(store), threads
 
 
 def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np.ndarray]]:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: L2 penalties (per item, on standardised features) tried by the softmax model.
 #: (Weaker penalties than 1e-2 cost many L-BFGS iterations and lost on Emotion6 photos' features.)
 SOFTMAX_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+#: Folds of the training rows on which the softmax model chooses its penalty.
+SOFTMAX_CV = 3
 
 
 def _as_distributions(Y: np.ndarray) -> np.ndarray:
@@ -67,7 +69,7 @@ class SoftmaxDistribution(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def __init__(
         self,
         alphas: Sequence[float] = SOFTMAX_ALPHAS,
-        cv: int = 3,
+        cv: int = SOFTMAX_CV,
         max_iter: int = 300,
         tol: float = 1e-5,
         random_state: int = 0,

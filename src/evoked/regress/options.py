@@ -108,6 +108,7 @@ class RegressOptions:
     overwrite: bool = False
     name: str | None = None
     split_seed: int | None = None  # a repeat of `--repeats`: redraw the split (or the CV folds) with this seed
+    per_layer: bool = False
     # parsed by `check`
     feature_names: list[str] = field(default_factory=list, init=False)
     model_names: list[str] = field(default_factory=list, init=False)
@@ -163,6 +164,8 @@ class RegressOptions:
             self._check_distribution()
         self._check_stage1()
         self._check_aux()
+        if self.per_layer and self.stage1 is not None:
+            raise ConfigError("--per-layer and --stage1 do not go together yet; run the layer probe without --stage1")
         if self.stream:
             self._check_stream()
         return self

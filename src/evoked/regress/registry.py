@@ -51,7 +51,7 @@ for _name, _target, _chunks, _help in (
 #: distributions in, (n, K) distributions out. ``mean`` is the reference every run adds.
 DISTRIBUTION_MODELS: Registry[Any] = Registry("distribution model")
 for _name, _target, _help in (
-    ("softmax", "softmax_model", "multinomial softmax on soft labels (KL loss), L2 penalty by K-fold KL"),
+    ("softmax", "softmax_model", "multinomial softmax on soft labels (KL loss), L2 penalty by 3-fold KL"),
     ("knn", "knn", "AA-kNN: mean distribution of the k nearest (FAISS cosine) items, k by leave-one-out KL"),
     ("mlp", "mlp", "torch MLP (256, 128) with a softmax head and a KL loss, early stopping"),
     ("mlp-kim", "mlp_kim", "torch MLP (512, 256, 128) with a softmax head and a KL loss"),
@@ -104,10 +104,13 @@ def build_pipeline(
     params: dict | None = None,
     seed: int = 0,
     log_ranges: tuple[tuple[int, int], ...] = (),
+    layer_ranges: tuple[tuple[int, int], ...] = (),
     registry: Registry[Any] = REGRESSORS,
 ) -> Pipeline:
-    """``[log of probability columns] -> StandardScaler -> [PCA] -> model``: what every protocol
-    fits and every run saves. `log_ranges` are column ranges (see `evoked.regress.transforms`)."""
+    """``[log of probability columns] -> StandardScaler -> [layer weights] -> [PCA] -> model``: what
+    every protocol fits and every run saves. `log_ranges` are column ranges (see
+    `evoked.regress.transforms`); `layer_ranges`, those of layers, each weighed by 1/sqrt(its width)
+    (`evoked.regress.layers.LayerWeights`)."""
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -118,6 +121,10 @@ def build_pipeline(
     if log_ranges:
         steps.append(("log", LogColumns(tuple((int(a), int(b)) for a, b in log_ranges))))
     steps.append(("scale", StandardScaler()))
+    if layer_ranges:
+        from evoked.regress.layers import LayerWeights
+
+        steps.append(("layers", LayerWeights(tuple((int(a), int(b)) for a, b in layer_ranges))))
     pca = parse_pca(pca)
     if pca is not None:
         # A fraction needs the full SVD; a count uses the fast randomized solver when it pays off.

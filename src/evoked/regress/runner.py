@@ -39,7 +39,19 @@ from evoked.regress import rundir
 from evoked.regress.chunks import ChunkRows, MemoryRows, StoreSource, chunk_rows_for, streaming_needed
 from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
+from evoked.regress.distribution import SOFTMAX_CV
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
+from evoked.regress.layers import (
+    BEST_LAYER,
+    BEST_SPAN,
+    LAYER_COLUMNS,
+    LayerSearch,
+    LayerSet,
+    OnColumns,
+    check_per_layer,
+    layer_plot,
+    per_layer_rows,
+)  # fmt: skip
 from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
 from evoked.regress.protocol import (
     Fold,
@@ -61,7 +73,6 @@ ProgressFn = Callable[[int, int, str], None]
 TWO_STAGE_PREFIX = "two_stage:"
 SELECTION_METRIC = "mean Pearson r over valence and arousal"
 DISTRIBUTION_SELECTION_METRIC = "mean KL divergence of the label distributions (lower is better)"
-SOFTMAX_CV = 3  # the softmax model's default folds for its penalty (evoked.regress.distribution)
 
 
 @dataclass
@@ -135,6 +146,11 @@ class _Training:
     log_ranges: tuple
     log_features: list[str]
     budget: int | None = None
+    layer_set: LayerSet | None = None  # the features as layers (``NAME/layers``), when they are
+
+    @property
+    def layer_ranges(self) -> tuple[tuple[int, int], ...]:
+        return self.layer_set.ranges if self.layer_set is not None else ()
 
     @property
     def has_va(self) -> np.ndarray:
@@ -157,6 +173,7 @@ class _Training:
 
 def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
     resolved = st.resolve_features(opts.feature_names)
+    layer_set = _layer_set(st, resolved, opts)
     labels = st.labels()
     ids = st.ids.astype(str)
     targets = make_targets(labels, opts.target, ids=ids, **(opts.target_kw if opts.stage1 is None else {}))
@@ -171,8 +188,9 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
         check_probabilities(X, log_ranges, log_features)
         finite = np.isfinite(X).all(axis=1)
         return _Training(
-            resolved, labels, targets, ids, va, ok, finite, MemoryRows(X), info, log_ranges, log_features
-        )
+            resolved, labels, targets, ids, va, ok, finite, MemoryRows(X), info, log_ranges, log_features,
+            layer_set=layer_set,
+        )  # fmt: skip
     from evoked.features.index_build import parse_bytes
 
     budget = parse_bytes(opts.max_memory or DEFAULT_MAX_MEMORY)
@@ -187,6 +205,21 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
         check_probabilities(X[finite[a:b] & ok[a:b]], log_ranges, log_features)
     return _Training(resolved, labels, targets, ids, va, ok, finite, ChunkRows(source), info, log_ranges,
                      log_features, budget)  # fmt: skip
+
+
+def _layer_set(st: FeatureStore, resolved: list[str], opts: RegressOptions) -> LayerSet | None:
+    """The features as layers (each weighed by 1/sqrt(width) after standardisation), checked for
+    ``--per-layer`` (all layers) and ``--stream`` (which cannot weigh them)."""
+    layer_set = LayerSet.from_store(st, resolved)
+    if opts.per_layer:
+        with_layers = [e for e in st.extractors if st.layer_outputs(e)]
+        check_per_layer(layer_set, opts.feature_names, with_layers)
+    if layer_set is not None and opts.stream:
+        raise ConfigError(
+            "layer features are weighed per layer, which reading in chunks (--stream or a small --max-memory) "
+            "cannot do; drop --stream (layers of one backbone fit in memory for most datasets)"
+        )
+    return layer_set
 
 
 def _plan(opts: RegressOptions, tr: _Training) -> Plan:
@@ -318,14 +351,15 @@ class _Fitter:
         self.opts, self.tr, self.plan, self.source = opts, tr, plan, source
         self.aux = aux_matrix(tr.labels, opts.aux) if opts.aux else None
         self.stage1_fitted: dict = {}  # (model, key) -> fitted stage-1 pipeline (the curve adapts them)
+        self.layer_choices: dict = {}  # (best-layer/best-span system, key) -> the layers it chose
         self._s1_store: dict = {}
 
     def make(self, m: str):
         params = dict(self.opts.model_params.get(m, {}))
         pipe = build_pipeline(
             m, pca=self.opts.pca, params=params, seed=self.opts.seed, log_ranges=self.tr.log_ranges,
-            registry=self.opts.registry,
-        )
+            layer_ranges=self.tr.layer_ranges, registry=self.opts.registry,
+        )  # fmt: skip
         if (
             self.tr.budget is not None
             and "memory_budget" in pipe[-1].get_params()
@@ -381,7 +415,24 @@ class _Fitter:
             tr.X[rated], tr.va[rated]
         )
 
+    def fit_layers(self, m: str, rows: np.ndarray, key, span: bool) -> LayerSearch:
+        """The best layer (or run of adjacent layers) of model `m`, chosen by inner CV on `rows`."""
+        ls = self.tr.layer_set
+        assert ls is not None  # `_layer_set` checked --per-layer
+        est = LayerSearch(self.make(m), ls.ranges, ls.layers, span=span, seed=self.opts.seed)
+        fitted = self.tr.data.fit(est, rows, self.tr.targets.y)
+        self.layer_choices[((BEST_SPAN if span else BEST_LAYER) + m, key)] = fitted.chosen_
+        return fitted
+
+    def fit_on_layer(self, m: str, i: int, rows: np.ndarray) -> OnColumns:
+        ls = self.tr.layer_set
+        assert ls is not None
+        return self.tr.data.fit(OnColumns(self.make(m), ls.ranges, i, i), rows, self.tr.targets.y)
+
     def fitter(self, name: str):
+        for prefix, span in ((BEST_LAYER, False), (BEST_SPAN, True)):
+            if name.startswith(prefix):
+                return lambda rows, key: self.fit_layers(name[len(prefix) :], rows, key, span)
         if name.startswith(TWO_STAGE_PREFIX):
             return lambda rows, key: self.fit_two_stage(name[len(TWO_STAGE_PREFIX) :], rows, key)
         return lambda rows, key: self.fit(name, rows, key)
@@ -650,9 +701,13 @@ def _fit_and_write(
     plain = set(opts.plain_models)
     names = [n for m in opts.model_names
              for n in ([m] if m in plain else []) + ([TWO_STAGE_PREFIX + m] if source else [])]  # fmt: skip
+    if opts.per_layer:
+        names += [p + m for p in (BEST_LAYER, BEST_SPAN) for m in opts.plain_models]
     n_fits = len(plan.folds) + (0 if plan.protocol["kind"] == "split" else 1)
     selection = _selection_folds(names, opts, tr, plan)
     total = len(names) * (n_fits + (len(selection[0]) if selection else 0))  # every fit the bar counts
+    if opts.per_layer and tr.layer_set is not None:
+        total += len(tr.layer_set.features) * len(opts.plain_models) * n_fits
     if curve_spec is not None:
         total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
@@ -662,6 +717,7 @@ def _fit_and_write(
     default_model, default_how = _choose_default(results, fitter, selection, tr, plan, progress)
     _save_models(out_path / "models", fitted, fitter, opts)
     curve_summary = _curve(out_path, opts, curve_spec, fitter, progress) if curve_spec is not None else []
+    layers_run = _per_layer(out_path, opts, fitter, evals, progress) if opts.per_layer else None
     write_outputs(out_path, fitted, tr, plan, evals, {"_curve": curve_summary} if curve_summary else {})
     run = run_record(opts.name or out_path.name, tr, tr.targets, plan, results, default_model, opts)
     run["estimators"] = {r.name: r.info["estimator"] for r in results}
@@ -674,6 +730,8 @@ def _fit_and_write(
         }
     if curve_spec is not None:
         run["curve"] = curve_spec.describe()
+    if layers_run is not None:
+        run["layers"] = layers_run
     if isinstance(tr.data, ChunkRows) and tr.budget is not None:
         run["streaming"] = {"chunk_rows": int(tr.data.source.chunk_rows), "max_memory": int(tr.budget)}
     runfolder.write_json(out_path / "run.json", run)
@@ -767,6 +825,48 @@ def _curve(
     return summarize_curve(rows)
 
 
+def _per_layer(
+    out_path: Path, opts: RegressOptions, fitter: _Fitter, evals: Sequence[EvalSet], progress: _Progress
+) -> dict:
+    """``--per-layer``: every model on every layer alone (layers.csv, layers.png); returns run.json's
+    ``layers`` section (the layers, and what the best-layer / best-span systems chose per fit)."""
+    tr, plan = fitter.tr, fitter.plan
+    ls = tr.layer_set
+    assert ls is not None
+
+    def fit_layer(m: str, i: int) -> dict[str, dict]:
+        fit = lambda rows, key: fitter.fit_on_layer(m, i, rows)  # noqa: E731
+        rows, pred, fitted, _, _ = _cross(fit, tr.data, plan.folds, progress.step, f"{m} {ls.layers[i]}")
+        out = {"": _score(tr.va[rows], pred)}
+        if evals:
+            final = fitted[0] if plan.protocol["kind"] == "split" else fit(plan.final_train, None)
+            for ev in evals:
+                assert ev.data is not None
+                out[ev.name] = _score(ev.va, ev.data.predict(final, ev.rows))
+        if plan.protocol["kind"] != "split":
+            progress.step(f"{m} {ls.layers[i]} final")
+        return out
+
+    rows = per_layer_rows(ls, opts.plain_models, fit_layer)
+    runfolder.write_table(out_path / "layers.csv", LAYER_COLUMNS, rows)
+    saved_key = ("fold", 0 if plan.protocol["kind"] == "split" else -1)  # the fit that is saved
+    saved = {name[len(BEST_SPAN) :]: chosen for (name, key), chosen in fitter.layer_choices.items()
+             if name.startswith(BEST_SPAN) and key == saved_key}  # fmt: skip
+    layer_plot(out_path / "layers.png", rows, saved)
+    choices: dict = {}
+    for (name, key), chosen in sorted(fitter.layer_choices.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        label = "saved model" if key == saved_key else f"{key[0]} {key[1]}"
+        choices.setdefault(name, {})[label] = chosen
+    return {
+        "layers": ls.describe(),
+        "choice": f"inner {LayerSearch().cv}-fold CV on each fit's own training rows, mean Pearson r over the "
+        "targets; best-span grows from the best layer while that score improves",
+        "chosen": choices,
+        "table": "layers.csv",
+        "plot": "layers.png",
+    }
+
+
 def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Training) -> dict:
     """Which rows each choice of the run used (run.json ``selection``)."""
     fits = "each fit's own training rows (the fold's under CV, the training split's, the saved model's)"
@@ -781,7 +881,7 @@ def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Trainin
     }
     if tr.distribution:
         out.update({
-            "alpha": f"softmax: {SOFTMAX_CV}-fold mean KL on {fits}",
+            "alpha": f"softmax: {SOFTMAX_CV}-fold mean KL on {fits}",  # its default folds
             "early_stopping": f"mlp: the validation KL on a validation fraction of {fits}",
             "n_neighbors": f"knn (AA-kNN): leave-one-out mean KL on {fits}",
         })  # fmt: skip
