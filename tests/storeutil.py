@@ -24,8 +24,10 @@ def make_store(
     ids=None,
     failed: dict[int, str] | None = None,
     name: str = "synthetic",
+    output_attrs: dict[str, dict] | None = None,
 ) -> Path:
-    """A store whose rows are all ok (but `failed`), holding `features` {"group/output": (n, d)}."""
+    """A store whose rows are all ok (but `failed`), holding `features` {"group/output": (n, d)};
+    `output_attrs` {"group/output": attrs} are recorded on those datasets (e.g. a layer's depth)."""
     n = len(next(iter(features.values())))
     ids = ids if ids is not None else [f"item{i:05d}.jpg" for i in range(n)]
     manifest = Manifest.build(
@@ -45,7 +47,7 @@ def make_store(
     groups: dict[str, list[OutputSpec]] = {}
     for key, arr in features.items():
         group, out = key.split("/")
-        groups.setdefault(group, []).append(OutputSpec(out, arr.shape[1]))
+        groups.setdefault(group, []).append(OutputSpec(out, arr.shape[1], (output_attrs or {}).get(key, {})))
     specs = [
         ExtractorSpec(
             g,

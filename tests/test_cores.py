@@ -52,3 +52,22 @@ def test_a_busy_process_counts_as_a_taken_core():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == 1  # every core busy: one thread, not a team that waits at barriers
+
+
+def test_extraction_counts_the_free_cores_once_and_records_what_it_used(tmp_path, monkeypatch):
+    import torch
+
+    from conftest import make_image
+    from evoked.extract import extract, runner
+    from evoked.features.store import open_store
+
+    for k in range(3):
+        make_image(tmp_path / "imgs" / f"{k}.jpg", size=(40, 30), seed=k)
+    counted, used = [], []
+    monkeypatch.setattr(runner, "model_threads", lambda: counted.append(1) or 1)
+    monkeypatch.setattr(runner.torch, "set_num_threads", lambda n: used.append(n))
+    before = torch.get_num_threads()
+    extract(f"folder:{tmp_path / 'imgs'}", tmp_path / "f.h5", ["color"], device="cpu", batch_size=2)
+    assert len(counted) == 1 and used == [1, before]  # set for the run, given back after it
+    with open_store(tmp_path / "f.h5") as st:
+        assert st.runs()[-1]["threads"] == 1

@@ -64,7 +64,8 @@ EXPECT = {
         "report-cross/report.tex",
     ],
     "finetune.md": ["runs/ft/two/run.json", "runs/ft/transfer/run.json", "report/ft-transfer/report.md"],
-    "regress.md": ["runs/e6-pool/metrics.json", "runs/e6-curve/curve.csv", "runs/e6-best/predictions.csv"],
+    "regress.md": ["runs/e6-pool/metrics.json", "runs/e6-curve/curve.csv", "runs/e6-best/predictions.csv",
+                   "runs/e6-repeats/repeats/seed-2/run.json"],
     "serve.md": ["runs/e6/metrics.json"],
 }
 

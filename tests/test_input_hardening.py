@@ -430,3 +430,15 @@ def test_16_twenty_thousand_categories_are_stored_as_a_dataset(tmp_path):
     with h5py.File(tmp_path / "old.h5", "w") as f:  # a store from before: the names in an attribute
         f.create_dataset("labels/distribution", data=np.zeros((1, 2))).attrs["categories"] = ["joy", "fear"]
         assert read_categories(f["labels"]) == ["joy", "fear"]
+
+
+def test_14_a_fifo_image_is_a_failure_not_a_hang(tmp_path):
+    from evoked.data.decode import read_bytes
+    from evoked.errors import DecodeError
+
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(DecodeError, match="not a regular file"):
+        read_bytes(tmp_path / "x.jpg")
+    (tmp_path / "d.jpg").mkdir()
+    with pytest.raises(DecodeError, match="is a directory"):
+        read_bytes(tmp_path / "d.jpg")

@@ -15,7 +15,7 @@ from conftest import make_image
 from evoked.serve.app import ServeConfig, create_app
 from evoked.serve.embedmap import MapCache, compute_map, map_path_for
 from storeutil import make_store
-from test_serve import FEATURE, Client, _browser_or_skip, _card_ids, _free_port, _load, store  # noqa: F401 (fixture)
+from test_serve import FEATURE, Client, _browser_or_skip, _free_port, _load, store  # noqa: F401 (fixture)
 
 KIND = np.array(["oof", "oof", "fitted", "fitted", "held-out", "transfer", "unseen", ""], dtype=object)
 
@@ -179,6 +179,13 @@ def _served(app):
 def page(kind_store):
     with _served(_app(kind_store)) as served:
         yield served
+
+
+def _card_ids(browser) -> list[str]:
+    """The grid's ids, read in one script (a grid re-rendered between two reads is never half read)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#grid [data-testid=card]')].map(c => c.dataset.id);"
+    )
 
 
 def _text(browser, element_id: str) -> str:

@@ -72,7 +72,7 @@ def backbone_for(recorded: Mapping[str, dict], extractor: str, where: str) -> Ba
         weights = path
     else:
         weights = "random" if tag == "random" else "default"
-    bb = create_backbone(cfg["spec"], weights, cfg.get("preprocess"))
+    bb = create_backbone(cfg["spec"], weights, cfg.get("preprocess"), cfg.get("layer_projection"))
     if tag == "default" and w.get("sha256") and bb.weights.sha256 and bb.weights.sha256 != w["sha256"]:
         raise ConfigError(
             f"the cached pretrained weights of {extractor} differ from those used at extraction"

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("model", "id", "fold", "split", "valence_true", "arousal_true", "valence_pred",
                     "arousal_pred", "category_true")  # fmt: skip
 #: what a run writes at the top of its folder; its models and checkpoints go to models/
-RUN_FILES = ("run.json", "predictions.csv", "metrics.json", "curve.csv")
+RUN_FILES = ("run.json", "predictions.csv", "metrics.json", "curve.csv", "layers.csv", "layers.png")
 #: which eval set a row belongs to ("" = the training side) and its kind
 EVAL_COLUMNS = ("eval", "kind")
 PREDICTION_COLUMNS = REQUIRED_COLUMNS + EVAL_COLUMNS

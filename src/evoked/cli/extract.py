@@ -90,6 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (width x height)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA, long runs)")
+    p.add_argument(
+        "--layer-dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="with @layers: store each layer as a D-value sparse random projection (scikit-learn's "
+        "SparseRandomProjection, seed --layer-seed); D may not exceed any layer's width",
+    )
+    p.add_argument("--layer-seed", type=int, default=0, help="seed of the --layer-dim projection (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--distributed",
@@ -128,6 +137,8 @@ def _options(args: argparse.Namespace) -> dict:
         dtype=args.dtype,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         compile=args.compile,
+        layer_dim=args.layer_dim,
+        layer_seed=args.layer_seed,
     )
 
 
@@ -150,6 +161,8 @@ def _command(args: argparse.Namespace) -> str:
         ("--decode", args.decode, "auto"),
         ("--dtype", args.dtype, "float32"),
         ("--max-pixels", args.max_pixels, None),
+        ("--layer-dim", args.layer_dim, None),
+        ("--layer-seed", args.layer_seed, 0),
     ):
         if value != default:
             parts += [flag, str(value)]

@@ -18,7 +18,7 @@ from evoked.cli._common import (
     size,
     va_range_flag,
 )
-from evoked.regress.registry import REGRESSORS
+from evoked.regress.registry import DISTRIBUTION_MODELS, REGRESSORS
 from evoked.regress.targets import AUX_KINDS, TARGET_KINDS
 
 
@@ -62,7 +62,13 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
         help="repeatable or comma-separated; concatenated in order (GROUP alone = all its outputs)",
     )
     p.add_argument("--out", type=Path, required=True, help="the run folder to write, e.g. runs/NAME")
-    p.add_argument("--target", default="va", choices=TARGET_KINDS, help="training target (default va)")
+    p.add_argument(
+        "--target",
+        default="va",
+        choices=TARGET_KINDS,
+        help="training target (default va); distribution: predict the label distribution over the store's "
+        "categories (with --lexicon, its expected VA is scored too)",
+    )
     lexicon_flags(p, "category-va table", default=None)
     p.add_argument("--soft", action="store_true", help="category-va from label distributions (expected VA)")
     va_range_flag(p)
@@ -96,12 +102,23 @@ def _protocol_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="folds, model seeds and curve seeds start here")
     p.add_argument("--stage1", default=None, metavar="same|OTHER.h5", help="add two-stage models (see docs)")
-    p.add_argument("--stage1-target", default="category-va", choices=("category-va",),
-                   help="what stage 1 learns from the category labels (default category-va)")
+    p.add_argument(
+        "--stage1-target",
+        default="category-va",
+        choices=("category-va", "distribution"),
+        help="what stage 1 learns: category-derived VA (default), or the label distribution (then VA through "
+        "--lexicon)",
+    )
     p.add_argument("--two-stage-method", default="residual", choices=("residual", "recalibrate"),
                    help="stage 2: recalibrate stage 1 (an affine map per dimension) then fit the residual (default), "
                    "or recalibrate only")  # fmt: skip
     p.add_argument("--n-labels", default=None, metavar="N,N,...,all", help="low-resource curve sizes")
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="with --feature NAME/layers: also fit each model on each layer alone (layers.csv, layers.png) "
+        "and add the systems best-layer:MODEL and best-span:MODEL, chosen on training rows (docs/regress.md)",
+    )
     p.add_argument("--seeds", type=int, default=5, help="curve repetitions (default 5)")
     p.add_argument(
         "--repeats",
@@ -118,9 +135,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         dest="models",
-        default="ridge",
+        default=None,
         metavar="MODEL[,MODEL...]",
-        help=f"comma-separated (default ridge); {names_help(REGRESSORS)}",
+        help=f"comma-separated (default ridge); {names_help(REGRESSORS)}. With --target distribution "
+        f"(default softmax,knn,mlp; mean, the reference, is always added): {names_help(DISTRIBUTION_MODELS)}",
     )
     p.add_argument(
         "--pca", default=None, help="PCA after scaling: components (256) or variance fraction (0.95)"
@@ -239,15 +257,41 @@ def _regress(args: argparse.Namespace) -> int:
         return 0
     width = max(len(m.name) for m in result.models)
     _print_fit(result, width)
+    _print_distribution(result, width)
     _print_evals(result, width)
     _print_curve(result.curve, width)
+    _print_layers(result.run, result.out)
     _print_selection(result.run)
     return 0
+
+
+def _print_layers(run: dict, out: Path) -> None:
+    """``--per-layer``: where the table is, and the layers each best-layer / best-span model chose."""
+    layers = run.get("layers")
+    if not layers:
+        return
+    print(f"  per-layer probe: {out / layers['table']}, plot {out / layers['plot']}")
+    for name, chosen in layers["chosen"].items():
+        if "saved model" in chosen:
+            print(f"  {name} (saved model) uses {', '.join(chosen['saved model'])}")
 
 
 def _metric_cells(metrics: dict) -> str:
     v, a = metrics.get("valence", {}), metrics.get("arousal", {})
     return f"{_fmt(v.get('r')):>5}  {_fmt(a.get('r')):>5}  {_fmt(v.get('mse')):>7}  {_fmt(a.get('mse')):>7}"
+
+
+def _print_distribution(result, width: int) -> None:
+    """The six LDL measures of each model (``--target distribution``)."""
+    from evoked.evaluate.distribution import DISTRIBUTION_LABELS
+
+    if not any("distribution" in m.metrics for m in result.models):
+        return
+    print(f"  {'model':<{width}}  {'  '.join(DISTRIBUTION_LABELS.values())}  (label distributions)")
+    for m in result.models:
+        d = m.metrics.get("distribution", {})
+        cells = "  ".join(f"{_fmt(d.get(k)):>{len(label)}}" for k, label in DISTRIBUTION_LABELS.items())
+        print(f"  {m.name:<{width}}  {cells}")
 
 
 def _print_fit(result, width: int) -> None:

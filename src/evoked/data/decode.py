@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ def read_bytes(path: str | os.PathLike, root: str | os.PathLike | None = None) -
             raise DecodeError(str(p), f"a symlink to {real}, outside the dataset root {root}; copy the image "
                                       "into the dataset folder, or give a root that holds it")  # fmt: skip
     try:
-        data = p.read_bytes()
+        data = _read_regular(p)
     except FileNotFoundError:
         raise DecodeError(str(p), "file not found") from None
     except IsADirectoryError:
@@ -72,6 +73,19 @@ def read_bytes(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     if not data:
         raise DecodeError(str(p), "empty file (0 bytes)")
     return data
+
+
+def _read_regular(p: Path) -> bytes:
+    """The file's bytes; a FIFO, socket or device is refused, never read (a FIFO would block forever:
+    it is opened without blocking, and checked before any read)."""
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(str(p))
+        if not stat.S_ISREG(mode):
+            raise DecodeError(str(p), "not a regular file (a FIFO, socket or device); an image is a file")
+        return f.read()
 
 
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:

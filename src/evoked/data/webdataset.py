@@ -251,7 +251,7 @@ def _scan_headers(fh, size: int) -> _Scan | None:
         except ValueError:
             return None
         typeflag = hdr[156:157]
-        if checksum != sum(hdr[:148]) + 256 + sum(hdr[156:]) or hdr[124] & 0x80:
+        if checksum != sum(hdr) - sum(hdr[148:156]) + 256 or hdr[124] & 0x80:
             return None
         if typeflag not in _FILE_TYPES and typeflag not in _SKIPPED_TYPES:
             return None
@@ -435,7 +435,7 @@ def _read_labels(fh, path: Path, sample: Sample) -> dict:
         fh.seek(m.offset)
         raw = fh.read(m.size)
         try:
-            text = raw.decode("utf-8-sig")
+            text = raw.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as e:
             raise DatasetError(
                 f"{path}: {m.name}: byte {raw[e.start : e.start + 1].hex()} at offset {e.start} is not UTF-8; "

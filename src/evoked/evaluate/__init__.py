@@ -13,7 +13,9 @@ __getattr__, __all__ = lazy_exports(
         "evoked.evaluate.bootstrap": ("paired_difference", "percentile_ci", "resampled_sums"),
         "evoked.evaluate.category": ("category_accuracy",),
         "evoked.evaluate.distribution": (
+            "canberra",
             "chebyshev",
+            "clark",
             "cosine_similarity",
             "distribution_metrics",
             "intersection",

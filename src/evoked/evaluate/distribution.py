@@ -1,5 +1,14 @@
 """Metrics between true and predicted label distributions (LDL), over (n, K) arrays.
 
+The six measures of label distribution learning as Geng (2016, "Label Distribution Learning", IEEE
+TKDE) and the PyLDL library define them: four distances (Chebyshev, Clark, Canberra, KL; lower is
+better) and two similarities (cosine, intersection; higher is better). With t the true and p the
+predicted distribution of an item:
+
+- Chebyshev ``max_k |t_k - p_k|``; Clark ``sqrt(sum_k (t_k - p_k)^2 / (t_k + p_k)^2)``;
+- Canberra ``sum_k |t_k - p_k| / (t_k + p_k)``; KL ``sum_k t_k ln(t_k / p_k)``;
+- cosine ``sum_k t_k p_k / (|t| |p|)``; intersection ``sum_k min(t_k, p_k)``.
+
 Every function returns one value per row (item); `distribution_metrics` averages them. Inputs are
 clipped to ``[eps, inf)`` and each row is renormalised to sum to 1 first, so that a zero probability
 gives a finite KL divergence and unnormalised counts are accepted. A row with any NaN gives NaN.
@@ -14,8 +23,24 @@ from numpy.typing import ArrayLike
 #: p * log(p / 1e-8), about 18.4 * p nats: large, but finite.
 EPS = 1e-8
 
-#: Names of the per-item distribution metrics, and whether higher is better.
-DISTRIBUTION_METRICS = {"kl": False, "chebyshev": False, "cosine": True, "intersection": True}
+#: Names of the per-item distribution metrics (Geng's order), and whether higher is better.
+DISTRIBUTION_METRICS = {
+    "chebyshev": False,
+    "clark": False,
+    "canberra": False,
+    "kl": False,
+    "cosine": True,
+    "intersection": True,
+}
+#: How reports name them.
+DISTRIBUTION_LABELS = {
+    "chebyshev": "Chebyshev",
+    "clark": "Clark",
+    "canberra": "Canberra",
+    "kl": "KL",
+    "cosine": "cosine",
+    "intersection": "intersection",
+}
 
 
 def _prepare(p: np.ndarray, eps: float) -> np.ndarray:
@@ -43,6 +68,18 @@ def chebyshev(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndar
     return np.abs(t - p).max(axis=1)
 
 
+def clark(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
+    """Clark distance, sqrt(sum_k (t_k - p_k)^2 / (t_k + p_k)^2), per row (0 = identical)."""
+    t, p = _pair(p_true, p_pred, eps)
+    return np.sqrt((((t - p) / (t + p)) ** 2).sum(axis=1))
+
+
+def canberra(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
+    """Canberra distance, sum_k |t_k - p_k| / (t_k + p_k), per row (0 = identical)."""
+    t, p = _pair(p_true, p_pred, eps)
+    return (np.abs(t - p) / (t + p)).sum(axis=1)
+
+
 def cosine_similarity(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.ndarray:
     """Cosine of the angle between the two probability vectors, per row (1 = same shape)."""
     t, p = _pair(p_true, p_pred, eps)
@@ -56,8 +93,10 @@ def intersection(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> np.n
 
 
 PER_ITEM = {
-    "kl": kl_divergence,
     "chebyshev": chebyshev,
+    "clark": clark,
+    "canberra": canberra,
+    "kl": kl_divergence,
     "cosine": cosine_similarity,
     "intersection": intersection,
 }
@@ -69,7 +108,7 @@ def distribution_values(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) 
 
 
 def distribution_metrics(p_true: ArrayLike, p_pred: ArrayLike, eps: float = EPS) -> dict[str, float]:
-    """Mean KL, Chebyshev, cosine similarity and intersection over the rows without NaN, and n."""
+    """The mean of each of the six measures over the rows without NaN, and n."""
     t = np.asarray(p_true, dtype=np.float64)
     p = np.asarray(p_pred, dtype=np.float64)
     keep = ~(np.isnan(t).any(axis=1) | np.isnan(p).any(axis=1))

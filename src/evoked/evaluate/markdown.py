@@ -6,6 +6,7 @@ import json
 import math
 
 from evoked.evaluate import tables
+from evoked.evaluate.distribution import DISTRIBUTION_LABELS, DISTRIBUTION_METRICS
 from evoked.evaluate.metrics import DIMENSIONS
 from evoked.evaluate.percategory import per_category_rows
 from evoked.runfolder import CURVE_METRICS
@@ -266,8 +267,10 @@ def _distribution_section(report: dict) -> list[str]:
     entries = [s for s in report["systems"] if s["distribution"]]
     if not d or not entries:
         return []
-    names = [("kl", "KL (lower better)"), ("chebyshev", "Chebyshev (lower)"), ("cosine", "cosine (higher)")]
-    names += [("intersection", "intersection (higher)")]
+    names = [
+        (k, f"{DISTRIBUTION_LABELS[k]} ({'higher' if higher else 'lower'})")
+        for k, higher in DISTRIBUTION_METRICS.items()
+    ]
     rows = []
     for s in entries:
         dd = s["distribution"]
@@ -280,7 +283,7 @@ def _distribution_section(report: dict) -> list[str]:
         f"Predicted vs true distributions over {', '.join(d['categories'])}, averaged over items; "
         f"KL(p_true || p_pred) in nats, with both clipped to {d['eps']:g} and renormalised.",
         "",
-        tables.markdown(["system", "n"] + [label for _, label in names], rows, "lrrrrr"),
+        tables.markdown(["system", "n"] + [label for _, label in names], rows, "lr" + "r" * len(names)),
         "",
     ]
 

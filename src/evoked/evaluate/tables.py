@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from evoked.evaluate.distribution import DISTRIBUTION_METRICS
 from evoked.evaluate.metrics import DIMENSIONS
 
 
@@ -121,7 +122,7 @@ def csv_rows(result: dict) -> tuple[list[str], list[list]]:
             if m in with_cis:
                 headers += [f"{m}_{dim}_lo", f"{m}_{dim}_hi"]
     headers += ["accuracy_n", "accuracy", "accuracy_lo", "accuracy_hi"]
-    dist = ("kl", "chebyshev", "cosine", "intersection")
+    dist = tuple(DISTRIBUTION_METRICS)
     headers += ["distribution_n"] + [f"{d}{sfx}" for d in dist for sfx in ("", "_lo", "_hi")]
     headers += ["reference"] + [
         f"p_{k}_vs_reference" for k in ("valence_r", "arousal_r", "category_accuracy")

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from evoked.errors import ConfigError
+from evoked.extract.layers import LAYERS, Layer, WithLayers, is_layer_output
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 _MODES = ("shorter", "squash")
@@ -185,16 +186,41 @@ class Backbone:
     # bf16, LayerNorm kept in fp32); a ViT on the CPU runs bf16 so, since autocast makes it slower
     to_low_precision: Callable[[torch.dtype], None] | None = None
     weights_dtype: torch.dtype | None = None  # set by place_backbones once the weights are converted
+    layers: tuple[Layer, ...] = ()  # per-block outputs (`evoked.extract.layers.with_layers`), by depth
+    layer_projection: dict | None = None  # set by `evoked.extract.layers.project_layers`
 
     @property
     def active_outputs(self) -> tuple[str, ...]:
-        return self.selected or self.default_outputs
+        """The outputs to write, ``layers`` expanded to every layer output."""
+        chosen = self.selected or self.default_outputs
+        out: list[str] = []
+        for o in chosen:
+            out += [ly.output for ly in self.layers] if o == LAYERS else [o]
+        return tuple(dict.fromkeys(out))
+
+    @property
+    def selectable(self) -> tuple[str, ...]:
+        """What a spec may select after ``@``: every output, and ``layers`` when there are layers."""
+        return tuple(self.outputs) + ((LAYERS,) if self.layers else ())
+
+    def tap_layers(self) -> None:
+        """Turn the layer hooks on exactly when a layer output is to be written (they cost a pooling
+        per block otherwise)."""
+        if isinstance(self.module, WithLayers):
+            self.module.taps.enabled = any(is_layer_output(o) for o in self.active_outputs)
+
+    def layer_attrs(self) -> dict[str, dict]:
+        """Per layer output: what the store records on its dataset (name, depth, dim)."""
+        return {ly.output: ly.attrs() for ly in self.layers}
 
     def config(self) -> dict:
         """What must match for two runs to write into the same feature group."""
-        return {
+        out = {
             "spec": self.spec,
             "weights": self.weights.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "outputs": {o: self.outputs[o] for o in self.active_outputs},
         }
+        if self.layer_projection is not None:
+            out["layer_projection"] = dict(self.layer_projection)
+        return out

@@ -168,6 +168,8 @@ class ExtractOptions:
     dtype: str = "float32"
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
+    layer_dim: int | None = None  # project each layer output to this many values (`evoked.extract.layers`)
+    layer_seed: int = 0
     # set by `check`
     dev: torch.device = field(default=torch.device("cpu"), init=False)
     run_precision: str = field(default="fp32", init=False)  # `precision` resolved on `dev`
@@ -188,10 +190,19 @@ class ExtractOptions:
             raise ConfigError(f"--dtype {self.dtype!r}: use float32 or float16")
         if self.max_pixels < 1:
             raise ConfigError(f"--max-pixels {self.max_pixels}: must be at least 1")
+        if self.layer_dim is not None and self.layer_dim < 1:
+            raise ConfigError(
+                f"--layer-dim {self.layer_dim}: must be at least 1 (or left out: layers stored whole)"
+            )
         for p in self.plugins:
             load_plugin(p)
         self.plans = plan_backbones(self.backbones, self.weights, self.preprocess)
         return self
+
+    @property
+    def layer_projection(self) -> dict | None:
+        """``--layer-dim`` and its seed, as `create_backbone` takes and the store records them."""
+        return None if self.layer_dim is None else {"dim": int(self.layer_dim), "seed": int(self.layer_seed)}
 
     @property
     def row_options(self) -> dict:

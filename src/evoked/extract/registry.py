@@ -99,19 +99,27 @@ def parse_spec(spec: str) -> BackboneSpec:
     return BackboneSpec(text, name, arg or None, outputs)
 
 
-def create_backbone(spec: str, weights: str = "default", preprocess: dict | None = None) -> Backbone:
+def create_backbone(
+    spec: str, weights: str = "default", preprocess: dict | None = None, layer_projection: dict | None = None
+) -> Backbone:
     """Build a backbone from its spec, with weights ``default``, ``random`` or a file path.
 
-    `preprocess` overrides fields of the backbone's own preprocessing (see `Preprocess`).
+    `preprocess` overrides fields of the backbone's own preprocessing (see `Preprocess`);
+    `layer_projection` (``{"dim": D, "seed": S}``) projects its layer outputs (``--layer-dim``).
     """
+    from evoked.extract.layers import project_layers
+
     parsed = parse_spec(spec)
     bb = BACKBONES.load(parsed.name)(parsed.arg, weights)
-    unknown = [o for o in parsed.outputs if o not in bb.outputs]
+    unknown = [o for o in parsed.outputs if o not in bb.selectable]
     if unknown:
+        shown = [o for o in bb.selectable if not o.startswith("layers.")]
         raise ConfigError(
-            f"backbone {parsed.text!r} has no output {', '.join(unknown)}; it has {', '.join(bb.outputs)}"
+            f"backbone {parsed.text!r} has no output {', '.join(unknown)}; it has {', '.join(shown)}"
         )
     bb.selected = parsed.outputs
+    if layer_projection:
+        project_layers(bb, int(layer_projection["dim"]), int(layer_projection.get("seed", 0)))
     if preprocess:
         bb.preprocess = bb.preprocess.with_overrides(preprocess)
     bb.module.eval()

@@ -32,6 +32,7 @@ from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, normalize, resize_crop
 from evoked.extract.cpu import available_cores, default_cpu_workers, is_convnet, model_threads
 from evoked.extract.fold import fold_batch_norms
+from evoked.extract.layers import writes_layers
 from evoked.extract.options import BackbonePlan, ExtractOptions, check_resume_options, shard_rows
 from evoked.extract.precision import AMP_DTYPES, AmpDtype, amp_dtypes, backbone_precisions, dtype_for
 from evoked.extract.prefetch import gathered_batches
@@ -93,9 +94,13 @@ def shard_path(out: Path, index: int, count: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{index}-of-{count}{out.suffix}")
 
 
-def build_backbones(plans: Sequence[BackbonePlan]) -> list[Backbone]:
-    """The models of `ExtractOptions.plans` (options checked before: see `ExtractOptions.check`)."""
-    built = [create_backbone(p.spec, p.weights, p.preprocess) for p in plans]
+def build_backbones(plans: Sequence[BackbonePlan], layer_projection: dict | None = None) -> list[Backbone]:
+    """The models of `ExtractOptions.plans` (options checked before: see `ExtractOptions.check`);
+    `layer_projection` (``--layer-dim``) projects the layer outputs of those that write them."""
+    built = [
+        create_backbone(p.spec, p.weights, p.preprocess, layer_projection if writes_layers(p) else None)
+        for p in plans
+    ]
     names = [b.name for b in built]
     if len(set(names)) != len(names):
         raise ConfigError(
@@ -109,7 +114,8 @@ def extractor_specs(
 ) -> list[ExtractorSpec]:
     specs = []
     for bb in backbones:
-        outs = tuple(OutputSpec(o, bb.outputs[o], bb.output_attrs.get(o, {})) for o in bb.active_outputs)
+        attrs_of = {**bb.output_attrs, **bb.layer_attrs()}  # a layer's name, depth and dim
+        outs = tuple(OutputSpec(o, bb.outputs[o], attrs_of.get(o, {})) for o in bb.active_outputs)
         attrs = {
             "config": bb.config(),
             "spec": bb.spec,
@@ -166,8 +172,8 @@ def check_resumable(
         if had != want_p:
             raise ConfigError(
                 f"{store.path}: backbone {name} was computed in {had}, this run would compute it in {want_p} "
-                "(on the CPU, --precision auto keeps ViTs in fp32 and --precision bf16 gives them bf16 "
-                f"weights); resume with the --precision that computes it in {had}"
+                "(on the CPU, --precision fp32 keeps ViTs in fp32, auto and bf16 give them bf16 weights "
+                f"where the CPU has bf16 units); resume with the --precision that computes it in {had}"
             )
 
 
@@ -253,9 +259,9 @@ def default_workers(n_todo: int, block_size: int, dev: torch.device) -> int:
 
 
 def cpu_threads(workers: int) -> int:
-    """Intra-op threads for the models on the CPU: every available core (`model_threads`), less
-    one for each reader process asked for with --workers. An OpenMP team that shares its cores with
-    other busy processes waits at every barrier for its descheduled thread."""
+    """Intra-op threads for the models on the CPU: the cores other processes leave free
+    (`model_threads`), less one for each reader process asked for with --workers. An OpenMP team
+    that shares its cores with other busy processes waits at every barrier for its descheduled thread."""
     return max(1, model_threads() - workers)
 
 
@@ -272,10 +278,10 @@ def _glibc():
 
 
 @contextmanager
-def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
+def cpu_settings(dev: torch.device, workers: int, threads: int | None = None) -> Iterator[int | None]:
     """How the models run on the CPU, for the duration; yields the intra-op threads (None on CUDA).
 
-    Threads: see `cpu_threads`. Memory: glibc gives the free top of its heap back to the kernel once
+    Threads: `threads`, else `cpu_threads` (counted when the run starts, once). Memory: glibc gives the free top of its heap back to the kernel once
     it exceeds twice the largest block freed so far, so every slice of a batch page-faulted its
     activations in again (a fifth of the CPU time of MobileNet); freed memory is kept during the run
     and handed back at the end, leaving malloc where its own adaptive thresholds would settle.
@@ -283,7 +289,7 @@ def cpu_settings(dev: torch.device, workers: int) -> Iterator[int | None]:
     if dev.type != "cpu":
         yield None
         return
-    threads, before = cpu_threads(workers), torch.get_num_threads()
+    threads, before = threads or cpu_threads(workers), torch.get_num_threads()
     libc = _glibc()
     torch.set_num_threads(threads)
     if libc is not None:
@@ -367,6 +373,7 @@ def _run_slice(
         if bb.weights_dtype is not None:  # converted weights (place_backbones): no autocast around
             x, dtype = x.to(bb.weights_dtype), None
         ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+        bb.tap_layers()  # layer hooks on only when layer outputs are written
         with ctx:
             result = bb.module(x)
         for name in bb.active_outputs:
@@ -398,10 +405,10 @@ def extract(
     out = Path(out) if opts.shard_index is None else shard_path(Path(out), *opts.shard_index)
     with output_lock(out):  # one writer per output for the whole run (evoked.features.lock)
         manifest, shard_info = _source(dataset, out, opts)
-        built = build_backbones(opts.plans)
+        built = build_backbones(opts.plans, opts.layer_projection)
         precisions = backbone_precisions(built, opts.run_precision, opts.dev, asked=opts.precision)
         place_backbones(built, opts.dev, compile=opts.compile, precisions=precisions)
-        todo, workers, run, n_items = _open_store(out, manifest, built, precisions, opts, shard_info)
+        todo, workers, run, n_items, threads = _open_store(out, manifest, built, precisions, opts, shard_info)
         claim_file(out)  # the store exists now: lock it by inode too (no writer through a hard link)
         n_todo = int(sum(len(r) for _, r in todo))
         if on_start:
@@ -412,7 +419,7 @@ def extract(
         # Reader processes are forked when the iterator starts. The store must not be open then:
         # a forked child would inherit its file lock and hold it after this process is killed.
         batches = gathered_batches(iter(loader), opts.dev, opts.max_pixels)
-        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers):
+        with FeatureStore(out, "r+") as store, cpu_settings(opts.dev, workers, threads):
             sinks = [StoreSink(store, run)] + ([sink] if sink is not None else [])
             totals, failures = _loop(
                 sinks, batches, todo, manifest, built, opts.dev, amp_dtypes(precisions), on_batch
@@ -453,7 +460,7 @@ def _open_store(
     precisions: dict[str, str],
     opts: ExtractOptions,
     shard_info: ShardInfo | None,
-) -> tuple[list[tuple[int, np.ndarray]], int, int, int]:
+) -> tuple[list[tuple[int, np.ndarray]], int, int, int, int | None]:
     """Create the store (or check a resumed one); returns the blocks to do, readers, run and rows."""
     if out.exists() and opts.resume:
         store = FeatureStore(out, "r+")
@@ -478,7 +485,7 @@ def _open_store(
         )
         threads = cpu_threads(workers) if opts.dev.type == "cpu" else None
         run = store.record_run(_run_record(opts, workers, threads, n_todo))
-        return todo, workers, run, len(store)
+        return todo, workers, run, len(store), threads
 
 
 def _blocks_to_do(store: FeatureStore, retry_failed: bool) -> list[tuple[int, np.ndarray]]:

@@ -14,6 +14,8 @@ Layout (schema version 1)::
     /labels/distribution_categories  (K,) utf-8: the names of its columns (older stores hold
                             them in /labels/distribution's attribute ``categories``, still read)
     /features/<extractor>/<output>   (N, D) float32 or float16; group attrs hold the provenance
+    /features/<extractor>/layers.<block>   one per layer of the trunk, attrs layer, depth, dim
+                            [, source_dim]; ``<extractor>/layers`` names them all, by depth
     /provenance/runs        (R,) utf-8 JSON, one per extraction run (empty = unused slot)
     /provenance/timings     (n_blocks, 6) float64: run, images, read_s, model_s, write_s, unix time
     /item, /<a>.<b>         empty HDF5 dimension scales naming the axes: ``item`` for every row axis,
@@ -55,6 +57,8 @@ from evoked import __version__
 from evoked.clock import utc_now
 from evoked.data.manifest import Manifest
 from evoked.errors import ConfigError, DatasetError
+
+LAYERS, LAYER_PREFIX = "layers", "layers."  # all layers of an extractor; one layer (evoked.extract.layers)
 
 log = logging.getLogger(__name__)
 
@@ -347,10 +351,39 @@ class FeatureStore:
             )
         return self.file[key]
 
+    def layer_outputs(self, extractor: str) -> list[str]:
+        """The layer datasets of `extractor` (``resnet50/layers.layer1.0`` ...), by depth."""
+        if extractor not in self.file["features"]:
+            raise ConfigError(
+                f"unknown extractor {extractor!r} in {self.path.name}; available: {', '.join(self.file['features'])}"
+            )
+        g = self.file["features"][extractor]
+        names = [o for o in g if "depth" in g[o].attrs and o.startswith(LAYER_PREFIX)]
+        names.sort(key=lambda o: float(g[o].attrs["depth"]))
+        return [f"{extractor}/{o}" for o in names]
+
+    def layer_info(self, feature: str) -> dict | None:
+        """A layer dataset's recorded name, relative depth and dimension; None for other outputs."""
+        ds = self.dataset(feature)
+        if "depth" not in ds.attrs or not feature.split("/")[1].startswith(LAYER_PREFIX):
+            return None
+        info = {k: decode_attr(ds.attrs[k]) for k in ("layer", "depth", "dim", "source_dim") if k in ds.attrs}
+        return {"feature": feature, **info}
+
     def resolve_features(self, features: Sequence[str]) -> list[str]:
-        """Expand ``color/*`` or a bare extractor name ``color`` to all its outputs, in file order."""
+        """Expand ``color/*`` or a bare extractor name ``color`` to all its outputs, in file order,
+        and ``resnet50/layers`` to its layer datasets, by depth."""
         out: list[str] = []
         for f in features:
+            if f.endswith("/" + LAYERS) and f.count("/") == 1:
+                layers = self.layer_outputs(f.split("/")[0])
+                if not layers:
+                    raise ConfigError(
+                        f"{self.path.name} has no layers of {f.split('/')[0]}; extract them with "
+                        f"--backbone SPEC@layers (e.g. tv:mobilenet_v2@pool,layers)"
+                    )
+                out += layers
+                continue
             ext = f[:-2] if f.endswith("/*") else f if "/" not in f else None
             if ext is not None:
                 if ext not in self.file["features"]:

@@ -19,11 +19,16 @@ def describe_fitted(est: BaseEstimator) -> dict:
     """A small JSON-ready dict of the choices a fitted estimator made."""
     from evoked.regress.ensemble import MeanRegressor
     from evoked.regress.knn import FaissKNNRegressor
+    from evoked.regress.layers import LayerSearch, OnColumns
     from evoked.regress.mlp import TorchMLPRegressor
     from evoked.regress.svr import RBFSVRRegressor
     from evoked.regress.two_stage import TwoStageRegressor
 
     info: dict = {}
+    if isinstance(est, LayerSearch):
+        return {"layers": list(est.chosen_), "inner_r": float(est.score_), **describe_fitted(est.model_)}
+    if isinstance(est, OnColumns):
+        return describe_fitted(est.estimator_)
     if isinstance(est, Pipeline):
         if "pca" in est.named_steps:
             pca = est.named_steps["pca"]

@@ -91,6 +91,7 @@ class EvalSet:
     category: np.ndarray
     features: list[str]
     data: MemoryRows | ChunkRows | None = None  # over the eval store, set by the runner
+    p_true: np.ndarray | None = None  # distribution targets: (n, K) true distributions, set by the runner
 
     @property
     def has_ratings(self) -> bool:

@@ -130,14 +130,18 @@ class FaissKNNRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ids = ids[keep].reshape(len(queries), -1)
         sims = sims[keep].reshape(len(queries), -1)
         truth = self.train_targets_[queries]
-        scale = self.train_targets_.std(axis=0)
-        scale[scale == 0] = 1.0
         errors = {}
         for k in cands:
-            pred = self._combine(ids[:, :k], sims[:, :k])
-            errors[int(k)] = float((((pred - truth) / scale) ** 2).mean())
+            errors[int(k)] = self._loo_error(self._combine(ids[:, :k], sims[:, :k]), truth)
         best = min(errors, key=lambda k: (errors[k], k))
         return best, errors
+
+    def _loo_error(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        """What the leave-one-out choice of k minimises: the mean squared error of standardised
+        targets (a subclass for other targets, e.g. label distributions, scores them its own way)."""
+        scale = self.train_targets_.std(axis=0)
+        scale[scale == 0] = 1.0
+        return float((((pred - truth) / scale) ** 2).mean())
 
     # -- searching -----------------------------------------------------------------------------
     def _get_index(self):

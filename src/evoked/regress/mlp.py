@@ -125,9 +125,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float32, np.float64])
         self._single_output = y.ndim == 1
         Y = y.reshape(len(y), -1).astype(np.float64)
-        self.y_mean_ = Y.mean(axis=0)
-        std = Y.std(axis=0)
-        self.y_scale_ = np.where(std > 0, std, 1.0)
+        self.y_mean_, self.y_scale_ = self._target_scaling(Y)
         Z = (Y - self.y_mean_) / self.y_scale_
         self.n_aux_ = 0
         if aux is not None:
@@ -167,9 +165,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self._check_params()
         Yr = Y[view.rows].astype(np.float64)
         self._single_output, self.n_features_in_, self.n_aux_ = False, view.d, 0
-        self.y_mean_ = Yr.mean(axis=0)
-        std = Yr.std(axis=0)
-        self.y_scale_ = np.where(std > 0, std, 1.0)
+        self.y_mean_, self.y_scale_ = self._target_scaling(Yr)
         Z = ((Y - self.y_mean_) / self.y_scale_).astype(np.float32)
         device = resolve_device(self.device, "MLP device")
 
@@ -197,6 +193,25 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
         self._train(data, view.d, Y.shape[1], np.ones(Y.shape[1]), device)
         return self
+
+    # What a subclass with another output head changes (`evoked.regress.distribution`): how targets
+    # are scaled, the training loss, the validation loss and how outputs become predictions.
+    def _target_scaling(self, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Targets are standardised per column (mean, scale)."""
+        std = Y.std(axis=0)
+        return Y.mean(axis=0), np.where(std > 0, std, 1.0)
+
+    def _loss(self, pred, target, weight):
+        return _weighted_mse(pred, target, weight)
+
+    def _validation_loss(self, pred, target) -> float:
+        import torch
+
+        return float(torch.nn.functional.mse_loss(pred, target))
+
+    def _output(self, Z: np.ndarray) -> np.ndarray:
+        """Network outputs (main columns, averaged over members) -> predictions."""
+        return Z * self.y_scale_ + self.y_mean_
 
     def _split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(training, validation) positions among n rows: the same for in-memory and chunked fits."""
@@ -239,7 +254,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 module.train()
                 total, count = 0.0, 0
                 for xb, zb in batches(gen, epoch):
-                    loss = _weighted_mse(module(xb), zb, w)
+                    loss = self._loss(module(xb), zb, w)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -249,7 +264,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 if len(xv):
                     module.eval()
                     with torch.no_grad():
-                        vloss = float(torch.nn.functional.mse_loss(module(xv)[:, :n_main], zv))
+                        vloss = self._validation_loss(module(xv)[:, :n_main], zv)
                     val_curve.append(vloss)
                     if vloss < best_loss - 1e-6:
                         best_loss, bad, best_epoch = vloss, 0, epoch + 1
@@ -282,7 +297,7 @@ class TorchMLPRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         t = len(self.y_mean_)
         with torch.no_grad():
             Z = np.mean([self._predict_module(s)(x)[:, :t].numpy() for s in self.state_dicts_], axis=0)
-        out = Z * self.y_scale_ + self.y_mean_
+        out = self._output(Z)
         return out[:, 0] if self._single_output else out
 
 

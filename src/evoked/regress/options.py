@@ -11,13 +11,24 @@ from pathlib import Path
 
 from evoked.data.va_range import DEFAULT_VA_RANGE, parse_va_range
 from evoked.errors import ConfigError
+from evoked.registry import Registry
 from evoked.regress.curve import parse_n_labels
 from evoked.regress.describe import accepts_aux
-from evoked.regress.registry import REGRESSORS, make_regressor, parse_pca
+from evoked.regress.registry import (
+    DISTRIBUTION_DEFAULT,
+    DISTRIBUTION_MODELS,
+    DISTRIBUTION_REFERENCE,
+    REGRESSORS,
+    make_regressor,
+    parse_pca,
+)
 from evoked.regress.targets import AUX_KINDS
 from evoked.regress.two_stage import METHODS
 
 log = logging.getLogger(__name__)
+
+#: What stage 1 of two-stage learns: category-derived VA, or the label distribution (then VA).
+STAGE1_TARGETS = ("category-va", "distribution")
 
 #: The k-NN index budget and chunk cap of a run read in chunks, when --max-memory is not given.
 DEFAULT_MAX_MEMORY = "2GB"
@@ -31,7 +42,7 @@ def parse_features(features: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_models(models: Sequence[str] | str) -> list[str]:
+def parse_models(models: Sequence[str] | str, registry: Registry = REGRESSORS) -> list[str]:
     items = [models] if isinstance(models, str) else list(models)
     out = [m.strip() for item in items for m in str(item).split(",") if m.strip()]
     if not out:
@@ -39,7 +50,7 @@ def parse_models(models: Sequence[str] | str) -> list[str]:
     if len(set(out)) != len(out):
         raise ConfigError(f"--model lists a model twice: {','.join(out)}")
     for name in out:
-        REGRESSORS.get(name)  # unknown names fail with the registry's message
+        registry.get(name)  # unknown names fail with the registry's message
     return out
 
 
@@ -71,7 +82,7 @@ class RegressOptions:
 
     features: Sequence[str]
     out: str | os.PathLike
-    models: Sequence[str] | str = ("ridge",)
+    models: Sequence[str] | str | None = None  # ridge; for --target distribution softmax,knn,mlp
     target: str = "va"
     lexicon: str | None = None
     soft: bool = False
@@ -97,6 +108,7 @@ class RegressOptions:
     overwrite: bool = False
     name: str | None = None
     split_seed: int | None = None  # a repeat of `--repeats`: redraw the split (or the CV folds) with this seed
+    per_layer: bool = False
     # parsed by `check`
     feature_names: list[str] = field(default_factory=list, init=False)
     model_names: list[str] = field(default_factory=list, init=False)
@@ -108,16 +120,28 @@ class RegressOptions:
     def target_kw(self) -> dict:
         return {"lexicon": self.lexicon, "soft": self.soft, "category_map": self.category_map}
 
+    @property
+    def distribution(self) -> bool:
+        """Do the models predict label distributions (``--target distribution``)?"""
+        return self.target == "distribution"
+
+    @property
+    def registry(self) -> Registry:
+        """Where --model names are found: the VA regressors, or the distribution models."""
+        return DISTRIBUTION_MODELS if self.distribution else REGRESSORS
+
+    @property
+    def stage1_registry(self) -> Registry:
+        """Where stage 1 of two-stage finds its model."""
+        return DISTRIBUTION_MODELS if self.stage1_target == "distribution" else REGRESSORS
+
     def check(self) -> RegressOptions:
         """Parse and check every option (unknown models and parameters fail here, not after minutes
         of fitting)."""
         self.feature_names = parse_features(self.features)
-        self.model_names = parse_models(self.models)
-        self.model_params = parse_params(self.params, self.model_names)
+        self._parse_models()
         self.pca = parse_pca(self.pca)
         self.va_bounds = parse_va_range(self.va_range)
-        for m in self.model_names:
-            make_regressor(m, **self.model_params.get(m, {}))
         if self.split is not None and self.cv is not None:
             raise ConfigError("--split and --cv are alternatives; give one of them")
         if self.split is None:
@@ -136,11 +160,45 @@ class RegressOptions:
                 raise ConfigError(f"--seeds {self.seeds}: must be at least 1")
             if self.split is None and self.cv == 0:
                 raise ConfigError("--n-labels needs an evaluation: use --cv K or --split test")
+        if self.distribution:
+            self._check_distribution()
         self._check_stage1()
         self._check_aux()
+        if self.per_layer and self.stage1 is not None:
+            raise ConfigError("--per-layer and --stage1 do not go together yet; run the layer probe without --stage1")
         if self.stream:
             self._check_stream()
         return self
+
+    def _parse_models(self) -> None:
+        """--model names (distribution models where the models, or stage 1, learn distributions)."""
+        stage1_dist = self.stage1 is not None and self.stage1_target == "distribution"
+        registry = DISTRIBUTION_MODELS if self.distribution or stage1_dist else REGRESSORS
+        default = ",".join(DISTRIBUTION_DEFAULT) if self.distribution else "ridge"
+        self.model_names = parse_models(self.models or default, registry)
+        if self.distribution and DISTRIBUTION_REFERENCE not in self.model_names:
+            self.model_names.append(DISTRIBUTION_REFERENCE)  # the reference every model is measured against
+        self.model_params = parse_params(self.params, self.model_names)
+        for m in self.model_names:
+            make_regressor(m, registry, **self.model_params.get(m, {}))
+
+    @property
+    def plain_models(self) -> list[str]:
+        """The models fitted on the run's own target (with --stage1-target distribution, the names
+        that are also VA regressors; the others run as two-stage only)."""
+        if self.stage1 is not None and self.stage1_target == "distribution" and not self.distribution:
+            return [m for m in self.model_names if m in REGRESSORS]
+        return list(self.model_names)
+
+    def _check_distribution(self) -> None:
+        """--target distribution: what does not apply to distributions is refused, by name."""
+        used = {"--aux": self.aux, "--n-labels": self.curve_ns, "--stream": self.stream or None}
+        bad = [k for k, v in used.items() if v not in (None, "")]
+        if bad:
+            raise ConfigError(
+                f"{', '.join(bad)} cannot be used with --target distribution (it fits VA models); drop "
+                f"{'it' if len(bad) == 1 else 'them'}, or use --target va"
+            )
 
     def _check_stage1(self) -> None:
         if self.stage1 is None:
@@ -148,10 +206,25 @@ class RegressOptions:
         if self.target != "va":
             raise ConfigError(
                 "two-stage adapts on VA ratings: use --target va with --stage1 (the category-derived VA "
-                "of stage 1 is set by --stage1-target, --lexicon and --soft)"
+                "of stage 1 is set by --stage1-target, --lexicon and --soft; --stage1-target distribution "
+                "learns label distributions in stage 1)"
             )
-        if self.stage1_target != "category-va":
-            raise ConfigError(f"--stage1-target {self.stage1_target!r}: only category-va is supported")
+        if self.stage1_target not in STAGE1_TARGETS:
+            raise ConfigError(
+                f"--stage1-target {self.stage1_target!r}: use one of {', '.join(STAGE1_TARGETS)}"
+            )
+        if self.stage1_target == "distribution":
+            if not self.lexicon:
+                raise ConfigError(
+                    "--stage1-target distribution turns stage 1's predicted distributions into VA through a "
+                    "lexicon: add --lexicon (e.g. --lexicon nrc)"
+                )
+            if self.soft:
+                raise ConfigError("--soft applies to --stage1-target category-va; drop it")
+            if self.curve_ns is not None:
+                raise ConfigError("--n-labels is not supported with --stage1-target distribution; drop one")
+            for m in self.model_names:
+                DISTRIBUTION_MODELS.get(m)  # stage 1 needs a distribution model of that name
         if self.stage1 != "same" and not Path(self.stage1).is_file():
             raise ConfigError(f"--stage1 {self.stage1!r}: use 'same' or the path of another feature store")
 
@@ -161,7 +234,7 @@ class RegressOptions:
         if self.aux is None:
             return
         takers = [
-            m for m in self.model_names if accepts_aux(make_regressor(m, **self.model_params.get(m, {})))
+            m for m in self.plain_models if accepts_aux(make_regressor(m, **self.model_params.get(m, {})))
         ]
         if not takers:
             raise ConfigError(

@@ -47,6 +47,20 @@ for _name, _target, _chunks, _help in (
 ):
     REGRESSORS.add(_name, f"evoked.regress.{_target}", help=_help, chunks=_chunks)
 
+#: Models of ``--target distribution`` (`evoked.regress.distribution`): y (n, K) label
+#: distributions in, (n, K) distributions out. ``mean`` is the reference every run adds.
+DISTRIBUTION_MODELS: Registry[Any] = Registry("distribution model")
+for _name, _target, _help in (
+    ("softmax", "softmax_model", "multinomial softmax on soft labels (KL loss), L2 penalty by 3-fold KL"),
+    ("knn", "knn", "AA-kNN: mean distribution of the k nearest (FAISS cosine) items, k by leave-one-out KL"),
+    ("mlp", "mlp", "torch MLP (256, 128) with a softmax head and a KL loss, early stopping"),
+    ("mlp-kim", "mlp_kim", "torch MLP (512, 256, 128) with a softmax head and a KL loss"),
+    ("mean", "mean", "the training rows' mean distribution (the reference)"),
+):
+    DISTRIBUTION_MODELS.add(_name, f"evoked.regress.distribution:{_target}", help=_help)
+DISTRIBUTION_REFERENCE = "mean"
+DISTRIBUTION_DEFAULT = ("softmax", "knn", "mlp")
+
 
 #: ``@register_regressor(name, help=..., chunks=False)`` registers `factory(seed=0, **params)`.
 register_regressor = REGRESSORS.register
@@ -57,9 +71,9 @@ def list_regressors() -> list[str]:
     return REGRESSORS.names()
 
 
-def make_regressor(name: str, **params: Any) -> BaseEstimator:
-    """A new unfitted estimator of family `name`; `params` override its defaults."""
-    factory = REGRESSORS.load(name)
+def make_regressor(name: str, registry: Registry[Any] = REGRESSORS, **params: Any) -> BaseEstimator:
+    """A new unfitted estimator of family `name` (of `registry`); `params` override its defaults."""
+    factory = registry.load(name)
     try:
         return factory(**params)
     except TypeError as e:
@@ -90,9 +104,13 @@ def build_pipeline(
     params: dict | None = None,
     seed: int = 0,
     log_ranges: tuple[tuple[int, int], ...] = (),
+    layer_ranges: tuple[tuple[int, int], ...] = (),
+    registry: Registry[Any] = REGRESSORS,
 ) -> Pipeline:
-    """``[log of probability columns] -> StandardScaler -> [PCA] -> model``: what every protocol
-    fits and every run saves. `log_ranges` are column ranges (see `evoked.regress.transforms`)."""
+    """``[log of probability columns] -> StandardScaler -> [layer weights] -> [PCA] -> model``: what
+    every protocol fits and every run saves. `log_ranges` are column ranges (see
+    `evoked.regress.transforms`); `layer_ranges`, those of layers, each weighed by 1/sqrt(its width)
+    (`evoked.regress.layers.LayerWeights`)."""
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -103,10 +121,14 @@ def build_pipeline(
     if log_ranges:
         steps.append(("log", LogColumns(tuple((int(a), int(b)) for a, b in log_ranges))))
     steps.append(("scale", StandardScaler()))
+    if layer_ranges:
+        from evoked.regress.layers import LayerWeights
+
+        steps.append(("layers", LayerWeights(tuple((int(a), int(b)) for a, b in layer_ranges))))
     pca = parse_pca(pca)
     if pca is not None:
         # A fraction needs the full SVD; a count uses the fast randomized solver when it pays off.
         solver = "full" if isinstance(pca, float) else "auto"
         steps.append(("pca", PCA(n_components=pca, svd_solver=solver, random_state=seed)))
-    steps.append(("model", make_regressor(name, seed=seed, **(params or {}))))
+    steps.append(("model", make_regressor(name, registry, seed=seed, **(params or {}))))
     return Pipeline(steps)

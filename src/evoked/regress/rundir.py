@@ -77,4 +77,8 @@ def load_run_model(run: str | os.PathLike, model: str | None = None) -> tuple[An
         estimator = joblib.load(Path(run) / "models" / meta["file"])
     except (OSError, EOFError, ValueError) as e:
         raise ConfigError(f"cannot load model {name!r} from {run}: {e}") from e
+    if meta.get("target", {}).get("kind") == "distribution":  # predicts VA through the run's lexicon
+        from evoked.regress.distribution import as_va_model
+
+        estimator = as_va_model(estimator, meta["target"], f"model {name!r} of {run}")
     return estimator, meta

@@ -39,7 +39,19 @@ from evoked.regress import rundir
 from evoked.regress.chunks import ChunkRows, MemoryRows, StoreSource, chunk_rows_for, streaming_needed
 from evoked.regress.curve import CurveSpec, run_curve, summarize_curve
 from evoked.regress.describe import accepts_aux, describe_fitted
+from evoked.regress.distribution import SOFTMAX_CV
 from evoked.regress.evals import EvalSet, check_same_extraction, eval_names, open_eval, parse_eval, resolve_in
+from evoked.regress.layers import (
+    BEST_LAYER,
+    BEST_SPAN,
+    LAYER_COLUMNS,
+    LayerSearch,
+    LayerSet,
+    OnColumns,
+    check_per_layer,
+    layer_plot,
+    per_layer_rows,
+)  # fmt: skip
 from evoked.regress.options import DEFAULT_MAX_MEMORY, RegressOptions, parse_features
 from evoked.regress.protocol import (
     Fold,
@@ -50,8 +62,8 @@ from evoked.regress.protocol import (
     redraw_assignment,
     selection_folds,
 )
-from evoked.regress.registry import build_pipeline
-from evoked.regress.targets import Targets, aux_matrix, make_targets, va_ratings
+from evoked.regress.registry import DISTRIBUTION_MODELS, build_pipeline
+from evoked.regress.targets import Targets, aux_matrix, distribution_targets, make_targets, va_ratings
 from evoked.regress.transforms import check_probabilities, probability_features, probability_ranges
 from evoked.regress.two_stage import TwoStageRegressor
 
@@ -60,6 +72,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
 TWO_STAGE_PREFIX = "two_stage:"
 SELECTION_METRIC = "mean Pearson r over valence and arousal"
+DISTRIBUTION_SELECTION_METRIC = "mean KL divergence of the label distributions (lower is better)"
 
 
 @dataclass
@@ -133,10 +146,24 @@ class _Training:
     log_ranges: tuple
     log_features: list[str]
     budget: int | None = None
+    layer_set: LayerSet | None = None  # the features as layers (``NAME/layers``), when they are
+
+    @property
+    def layer_ranges(self) -> tuple[tuple[int, int], ...]:
+        return self.layer_set.ranges if self.layer_set is not None else ()
 
     @property
     def has_va(self) -> np.ndarray:
         return ~np.isnan(self.va).any(axis=1)
+
+    @property
+    def distribution(self) -> bool:
+        return self.targets.description["kind"] == "distribution"
+
+    @property
+    def scorable(self) -> np.ndarray:
+        """Rows a prediction can be scored on: a VA rating, or (distribution targets) a distribution."""
+        return self.targets.mask if self.distribution else self.has_va
 
     @property
     def X(self) -> np.ndarray:
@@ -146,9 +173,10 @@ class _Training:
 
 def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
     resolved = st.resolve_features(opts.feature_names)
+    layer_set = _layer_set(st, resolved, opts)
     labels = st.labels()
-    targets = make_targets(labels, opts.target, **(opts.target_kw if opts.stage1 is None else {}))
     ids = st.ids.astype(str)
+    targets = make_targets(labels, opts.target, ids=ids, **(opts.target_kw if opts.stage1 is None else {}))
     va = va_ratings(labels)
     check_va_range(ids.tolist(), va[:, 0], va[:, 1], opts.va_bounds, source=str(path))
     info = describe_store(st, path, resolved)
@@ -160,8 +188,9 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
         check_probabilities(X, log_ranges, log_features)
         finite = np.isfinite(X).all(axis=1)
         return _Training(
-            resolved, labels, targets, ids, va, ok, finite, MemoryRows(X), info, log_ranges, log_features
-        )
+            resolved, labels, targets, ids, va, ok, finite, MemoryRows(X), info, log_ranges, log_features,
+            layer_set=layer_set,
+        )  # fmt: skip
     from evoked.features.index_build import parse_bytes
 
     budget = parse_bytes(opts.max_memory or DEFAULT_MAX_MEMORY)
@@ -178,8 +207,23 @@ def _read(st: FeatureStore, path, opts: RegressOptions) -> _Training:
                      log_features, budget)  # fmt: skip
 
 
+def _layer_set(st: FeatureStore, resolved: list[str], opts: RegressOptions) -> LayerSet | None:
+    """The features as layers (each weighed by 1/sqrt(width) after standardisation), checked for
+    ``--per-layer`` (all layers) and ``--stream`` (which cannot weigh them)."""
+    layer_set = LayerSet.from_store(st, resolved)
+    if opts.per_layer:
+        with_layers = [e for e in st.extractors if st.layer_outputs(e)]
+        check_per_layer(layer_set, opts.feature_names, with_layers)
+    if layer_set is not None and opts.stream:
+        raise ConfigError(
+            "layer features are weighed per layer, which reading in chunks (--stream or a small --max-memory) "
+            "cannot do; drop --stream (layers of one backbone fit in memory for most datasets)"
+        )
+    return layer_set
+
+
 def _plan(opts: RegressOptions, tr: _Training) -> Plan:
-    common = dict(ok=tr.ok, finite=tr.finite, has_target=tr.targets.mask, has_va=tr.has_va)
+    common = dict(ok=tr.ok, finite=tr.finite, has_target=tr.targets.mask, has_va=tr.scorable)
     if opts.split is not None:
         plan = plan_split(opts.split, split=tr.labels["split"], **common)
     elif opts.cv == 0:
@@ -217,7 +261,7 @@ def _open_stage1_store(
             raise ConfigError(f"{what} is the evaluated store itself; use --stage1 same")
         other_features = resolve_in(other, resolved, what)
         check_same_extraction(main, other, other_features, what)
-        targets = make_targets(other.labels(), target_kind, **target_kw)
+        targets = make_targets(other.labels(), target_kind, ids=other.ids.astype(str), **target_kw)
         X = other.read(other_features)
         ok, finite = other.status == OK, np.isfinite(X).all(axis=1)
         overlap = np.isin(other.ids.astype(str), list(eval_ids))
@@ -261,8 +305,28 @@ def _open_evals(opts: RegressOptions, st: FeatureStore, tr: _Training, stack: Ex
                 for key in ("rows", "ids", "va", "item_split", "category"):
                     setattr(ev, key, getattr(ev, key)[finite])
             ev.data = MemoryRows(X)
+        if tr.distribution:
+            ev.p_true = eval_distributions(other, ev, tr.targets.description["categories"], spec)
         out.append(ev)
     return out
+
+
+def eval_distributions(other: FeatureStore, ev: EvalSet, categories: Sequence[str], spec: str) -> np.ndarray:
+    """The label distributions of an eval set's rows over the training store's `categories` (by
+    name, in that order); NaN when the eval store has none (its items are then predicted only)."""
+    labels = other.labels()
+    if "distribution" not in labels:
+        log.warning("--eval %s: no label distributions; its items are predicted only, not scored", spec)
+        return np.full((len(ev.rows), len(categories)), np.nan)
+    theirs = [str(c) for c in labels["categories"]]
+    if set(theirs) != set(categories):
+        raise ConfigError(
+            f"--eval {spec}: its distributions are over {', '.join(theirs)}, the training store's over "
+            f"{', '.join(categories)}; evaluate distributions on a store with the same categories"
+        )
+    dist = np.asarray(labels["distribution"], dtype=np.float64)[:, [theirs.index(c) for c in categories]]
+    return distribution_targets({"distribution": dist, "categories": list(categories)}, other.ids.astype(str),
+                                what=f"--eval {spec}").y[ev.rows]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- fitting
@@ -287,19 +351,36 @@ class _Fitter:
         self.opts, self.tr, self.plan, self.source = opts, tr, plan, source
         self.aux = aux_matrix(tr.labels, opts.aux) if opts.aux else None
         self.stage1_fitted: dict = {}  # (model, key) -> fitted stage-1 pipeline (the curve adapts them)
+        self.layer_choices: dict = {}  # (best-layer/best-span system, key) -> the layers it chose
         self._s1_store: dict = {}
 
     def make(self, m: str):
         params = dict(self.opts.model_params.get(m, {}))
         pipe = build_pipeline(
-            m, pca=self.opts.pca, params=params, seed=self.opts.seed, log_ranges=self.tr.log_ranges
-        )
+            m, pca=self.opts.pca, params=params, seed=self.opts.seed, log_ranges=self.tr.log_ranges,
+            layer_ranges=self.tr.layer_ranges, registry=self.opts.registry,
+        )  # fmt: skip
         if (
             self.tr.budget is not None
             and "memory_budget" in pipe[-1].get_params()
             and "memory_budget" not in params
         ):
             pipe[-1].set_params(memory_budget=self.tr.budget)  # the k-NN index of a chunked run
+        return pipe
+
+    def make_stage1(self, m: str):
+        """Stage 1 of ``two_stage:m``: model m on category-derived VA, or (``--stage1-target
+        distribution``) distribution model m read as VA through the lexicon."""
+        if self.opts.stage1_target != "distribution":
+            return self.make(m)
+        from evoked.regress.distribution import DistributionVA
+
+        assert self.source is not None and self.source.targets.va_table is not None
+        pipe = build_pipeline(
+            m, pca=self.opts.pca, params=dict(self.opts.model_params.get(m, {})), seed=self.opts.seed,
+            log_ranges=self.tr.log_ranges, registry=DISTRIBUTION_MODELS,
+        )  # fmt: skip
+        pipe.steps[-1] = ("model", DistributionVA(pipe.steps[-1][1], self.source.targets.va_table))
         return pipe
 
     def fit(self, m: str, rows: np.ndarray, key=None):
@@ -322,11 +403,11 @@ class _Fitter:
         assert src is not None
         if src.kind == "same":
             rows1 = self.stage1_rows(train)
-            s1 = MemoryRows(tr.X).fit(self.make(m), rows1, src.targets.y)
+            s1 = MemoryRows(tr.X).fit(self.make_stage1(m), rows1, src.targets.y)
         else:
             if m not in self._s1_store:
                 assert src.X is not None  # read by `_open_stage1_store`
-                self._s1_store[m] = self.make(m).fit(src.X[src.rows], src.targets.y[src.rows])
+                self._s1_store[m] = self.make_stage1(m).fit(src.X[src.rows], src.targets.y[src.rows])
             s1 = self._s1_store[m]
         self.stage1_fitted[(m, key)] = s1
         rated = train[tr.has_va[train]]
@@ -334,7 +415,24 @@ class _Fitter:
             tr.X[rated], tr.va[rated]
         )
 
+    def fit_layers(self, m: str, rows: np.ndarray, key, span: bool) -> LayerSearch:
+        """The best layer (or run of adjacent layers) of model `m`, chosen by inner CV on `rows`."""
+        ls = self.tr.layer_set
+        assert ls is not None  # `_layer_set` checked --per-layer
+        est = LayerSearch(self.make(m), ls.ranges, ls.layers, span=span, seed=self.opts.seed)
+        fitted = self.tr.data.fit(est, rows, self.tr.targets.y)
+        self.layer_choices[((BEST_SPAN if span else BEST_LAYER) + m, key)] = fitted.chosen_
+        return fitted
+
+    def fit_on_layer(self, m: str, i: int, rows: np.ndarray) -> OnColumns:
+        ls = self.tr.layer_set
+        assert ls is not None
+        return self.tr.data.fit(OnColumns(self.make(m), ls.ranges, i, i), rows, self.tr.targets.y)
+
     def fitter(self, name: str):
+        for prefix, span in ((BEST_LAYER, False), (BEST_SPAN, True)):
+            if name.startswith(prefix):
+                return lambda rows, key: self.fit_layers(name[len(prefix) :], rows, key, span)
         if name.startswith(TWO_STAGE_PREFIX):
             return lambda rows, key: self.fit_two_stage(name[len(TWO_STAGE_PREFIX) :], rows, key)
         return lambda rows, key: self.fit(name, rows, key)
@@ -363,9 +461,31 @@ def _score(truth: np.ndarray, pred: np.ndarray) -> dict:
     return va_metrics(truth[rated], pred[rated]) if rated.sum() >= 2 else {}
 
 
+def _score_distribution(targets: Targets, p_true: np.ndarray, p_pred: np.ndarray, va_true: np.ndarray) -> dict:
+    """The six LDL measures of predicted distributions, and (with a lexicon) the VA metrics of
+    their expected VA."""
+    from evoked.evaluate.distribution import distribution_metrics
+
+    out = _score(va_true, targets.expected_va(p_pred)) if targets.va_table is not None else {}
+    keep = ~(np.isnan(p_true).any(axis=1) | np.isnan(p_pred).any(axis=1))
+    if keep.any():
+        out["distribution"] = distribution_metrics(p_true[keep], p_pred[keep])
+    return out
+
+
+def _score_rows(tr: _Training, rows: np.ndarray, pred: np.ndarray) -> dict:
+    """Metrics of a model's outputs for training-store `rows` (VA, or label distributions)."""
+    if tr.distribution:
+        return _score_distribution(tr.targets, tr.targets.y[rows], pred, tr.va[rows])
+    return _score(tr.va[rows], pred)
+
+
 def _mean_r(metrics: dict) -> float:
+    """What the default model maximises: mean r over valence and arousal, or minus the mean KL."""
     if not metrics:
         return -9.0
+    if "distribution" in metrics:
+        return -float(np.nan_to_num(metrics["distribution"]["kl"], nan=9e9))
     return float(np.nan_to_num((metrics["valence"]["r"] + metrics["arousal"]["r"]) / 2, nan=-9))
 
 
@@ -375,7 +495,7 @@ def _selection_folds(
     """The folds `_choose_default` fits every model on, and how they were drawn (None: it fits none)."""
     if len(names) < 2 or plan.protocol["kind"] != "split":
         return None
-    return selection_folds(plan, tr.labels["split"], tr.has_va, opts.seed)
+    return selection_folds(plan, tr.labels["split"], tr.scorable, opts.seed)
 
 
 def _choose_default(results, fitter, selection, tr, plan, progress) -> tuple[str, dict]:
@@ -400,10 +520,11 @@ def _choose_default(results, fitter, selection, tr, plan, progress) -> tuple[str
             rows, pred, _, _, _ = _cross(
                 fitter.fitter(name), tr.data, folds, progress.step, name, key="selection"
             )
-            scores[name] = _mean_r(_score(tr.va[rows], pred))
+            scores[name] = _mean_r(_score_rows(tr, rows, pred))
         how = {"rows": rows_how, "n": int(sum(len(f.eval) for f in folds))}
     best = max(names, key=lambda n: scores[n])
-    return best, {**how, "metric": SELECTION_METRIC, "scores": scores}
+    metric = DISTRIBUTION_SELECTION_METRIC if tr.distribution else SELECTION_METRIC
+    return best, {**how, "metric": metric, "scores": scores}
 
 
 # ------------------------------------------------------------------------------------- run folder
@@ -417,6 +538,8 @@ class _Fitted:
     pred: np.ndarray  # (len(plan.eval_rows), 2)
     final: Any  # the saved estimator
     eval_pred: dict[str, np.ndarray] = field(default_factory=dict)  # eval name -> (n, 2)
+    dist: np.ndarray | None = None  # distribution targets: (len(plan.eval_rows), K) predicted
+    eval_dist: dict[str, np.ndarray] = field(default_factory=dict)  # eval name -> (n, K)
 
 
 def write_outputs(
@@ -426,24 +549,37 @@ def write_outputs(
     """predictions.csv (training-side rows, then each eval store's) and metrics.json of a run."""
     rows = plan.eval_rows
     kind = "oof" if plan.protocol["kind"] == "cv" else "held-out"
+    cats = list(tr.targets.description["categories"]) if tr.distribution else []
+
+    def with_dist(row: dict, pred: np.ndarray | None, true: np.ndarray | None) -> dict:
+        """``pred_p_<category>`` and ``true_p_<category>`` cells of distribution targets."""
+        if pred is not None and true is not None:
+            row.update({f"{runfolder.PRED_P}{c}": pred[k] for k, c in enumerate(cats)})
+            row.update({f"{runfolder.TRUE_P}{c}": true[k] for k, c in enumerate(cats)})
+        return row
 
     def prediction_rows() -> Iterator[dict]:
         for f in fitted:
             name, p = f.result.name, f.pred
             for i, row in enumerate(rows):
-                yield {"model": name, "id": tr.ids[row], "fold": plan.eval_fold[int(row)], "split": plan.eval_split,
-                       "valence_true": tr.va[row, 0], "arousal_true": tr.va[row, 1], "valence_pred": p[i, 0],
-                       "arousal_pred": p[i, 1], "category_true": str(tr.labels["category"][row] or ""),
-                       "eval": "", "kind": kind}  # fmt: skip
+                yield with_dist(
+                    {"model": name, "id": tr.ids[row], "fold": plan.eval_fold[int(row)], "split": plan.eval_split,
+                     "valence_true": tr.va[row, 0], "arousal_true": tr.va[row, 1], "valence_pred": p[i, 0],
+                     "arousal_pred": p[i, 1], "category_true": str(tr.labels["category"][row] or ""),
+                     "eval": "", "kind": kind},
+                    None if f.dist is None else f.dist[i], tr.targets.y[row])  # fmt: skip
             for ev in evals:
-                p = f.eval_pred[ev.name]
+                p, d = f.eval_pred[ev.name], f.eval_dist.get(ev.name)
                 for i in range(len(ev.rows)):
-                    yield {"model": name, "id": ev.ids[i], "fold": -1, "split": ev.item_split[i],
-                           "valence_true": ev.va[i, 0], "arousal_true": ev.va[i, 1], "valence_pred": p[i, 0],
-                           "arousal_pred": p[i, 1], "category_true": str(ev.category[i] or ""),
-                           "eval": ev.name, "kind": "transfer"}  # fmt: skip
+                    yield with_dist(
+                        {"model": name, "id": ev.ids[i], "fold": -1, "split": ev.item_split[i],
+                         "valence_true": ev.va[i, 0], "arousal_true": ev.va[i, 1], "valence_pred": p[i, 0],
+                         "arousal_pred": p[i, 1], "category_true": str(ev.category[i] or ""),
+                         "eval": ev.name, "kind": "transfer"},
+                        None if d is None else d[i], None if ev.p_true is None else ev.p_true[i])  # fmt: skip
 
-    runfolder.write_predictions(out_path / "predictions.csv", prediction_rows())
+    extra = [f"{runfolder.PRED_P}{c}" for c in cats] + [f"{runfolder.TRUE_P}{c}" for c in cats]
+    runfolder.write_predictions(out_path / "predictions.csv", prediction_rows(), extra)
     metrics: dict = {f.result.name: f.result.metrics for f in fitted}
     if evals:
         metrics["_evals"] = {
@@ -562,10 +698,16 @@ def _fit_and_write(
     log.info("%s: %d features, %s, %d evaluated items, %d eval stores, %s", Path(tr.info["store"]).name,
              len(tr.resolved), plan.protocol, len(plan.eval_rows), len(evals),
              "in chunks" if tr.data.chunked else "in memory")  # fmt: skip
-    names = [n for m in opts.model_names for n in [m] + ([TWO_STAGE_PREFIX + m] if source else [])]
+    plain = set(opts.plain_models)
+    names = [n for m in opts.model_names
+             for n in ([m] if m in plain else []) + ([TWO_STAGE_PREFIX + m] if source else [])]  # fmt: skip
+    if opts.per_layer:
+        names += [p + m for p in (BEST_LAYER, BEST_SPAN) for m in opts.plain_models]
     n_fits = len(plan.folds) + (0 if plan.protocol["kind"] == "split" else 1)
     selection = _selection_folds(names, opts, tr, plan)
     total = len(names) * (n_fits + (len(selection[0]) if selection else 0))  # every fit the bar counts
+    if opts.per_layer and tr.layer_set is not None:
+        total += len(tr.layer_set.features) * len(opts.plain_models) * n_fits
     if curve_spec is not None:
         total += len(opts.model_names) * curve_spec.n_fits(len(plan.folds), two_stage=source is not None)
     progress = _Progress(total, on_progress)
@@ -575,6 +717,7 @@ def _fit_and_write(
     default_model, default_how = _choose_default(results, fitter, selection, tr, plan, progress)
     _save_models(out_path / "models", fitted, fitter, opts)
     curve_summary = _curve(out_path, opts, curve_spec, fitter, progress) if curve_spec is not None else []
+    layers_run = _per_layer(out_path, opts, fitter, evals, progress) if opts.per_layer else None
     write_outputs(out_path, fitted, tr, plan, evals, {"_curve": curve_summary} if curve_summary else {})
     run = run_record(opts.name or out_path.name, tr, tr.targets, plan, results, default_model, opts)
     run["estimators"] = {r.name: r.info["estimator"] for r in results}
@@ -587,6 +730,8 @@ def _fit_and_write(
         }
     if curve_spec is not None:
         run["curve"] = curve_spec.describe()
+    if layers_run is not None:
+        run["layers"] = layers_run
     if isinstance(tr.data, ChunkRows) and tr.budget is not None:
         run["streaming"] = {"chunk_rows": int(tr.data.source.chunk_rows), "max_memory": int(tr.budget)}
     runfolder.write_json(out_path / "run.json", run)
@@ -602,8 +747,9 @@ def _fit_model(
     rows, p, fitted, seconds, sizes = _cross(fit, tr.data, plan.folds, progress.step, name)
     pos = np.full(len(tr.ids), -1, dtype=np.int64)
     pos[eval_rows] = np.arange(len(eval_rows))
-    pred = np.full((len(eval_rows), 2), np.nan)
-    pred[pos[rows]] = p
+    pred = np.full((len(eval_rows), tr.targets.y.shape[1] if tr.distribution else 2), np.nan)
+    if len(rows):
+        pred[pos[rows]] = p
     if plan.protocol["kind"] == "split":
         final = fitted[0]  # trained on the training split: the model that is saved
     else:
@@ -613,13 +759,22 @@ def _fit_model(
         progress.step(f"{name} final")
         sizes = sizes or [len(plan.final_train)]
     info = {**describe_fitted(final), "estimator": _estimator_name(final)}
-    res = ModelResult(name, _score(tr.va[eval_rows], pred) if len(eval_rows) else {}, seconds,
+    res = ModelResult(name, _score_rows(tr, eval_rows, pred) if len(eval_rows) else {}, seconds,
                       float(np.mean(sizes)), len(eval_rows), info)  # fmt: skip
-    out = _Fitted(res, pred, final)
+    if not tr.distribution:
+        out = _Fitted(res, pred, final)
+    else:  # predictions.csv gets the distribution and its expected VA (NaN without a lexicon)
+        out = _Fitted(res, tr.targets.expected_va(pred), final, dist=pred)
     for ev in evals:
         assert ev.data is not None  # set by `_open_evals`
-        out.eval_pred[ev.name] = ev.data.predict(final, ev.rows)
-        res.eval_metrics[ev.name] = _score(ev.va, out.eval_pred[ev.name])
+        p = ev.data.predict(final, ev.rows)
+        if tr.distribution:
+            assert ev.p_true is not None  # set by `_open_evals`
+            out.eval_dist[ev.name], out.eval_pred[ev.name] = p, tr.targets.expected_va(p)
+            res.eval_metrics[ev.name] = _score_distribution(tr.targets, ev.p_true, p, ev.va)
+        else:
+            out.eval_pred[ev.name] = p
+            res.eval_metrics[ev.name] = _score(ev.va, p)
     log.info("%s: %.1f s", name, seconds)
     return out
 
@@ -670,6 +825,48 @@ def _curve(
     return summarize_curve(rows)
 
 
+def _per_layer(
+    out_path: Path, opts: RegressOptions, fitter: _Fitter, evals: Sequence[EvalSet], progress: _Progress
+) -> dict:
+    """``--per-layer``: every model on every layer alone (layers.csv, layers.png); returns run.json's
+    ``layers`` section (the layers, and what the best-layer / best-span systems chose per fit)."""
+    tr, plan = fitter.tr, fitter.plan
+    ls = tr.layer_set
+    assert ls is not None
+
+    def fit_layer(m: str, i: int) -> dict[str, dict]:
+        fit = lambda rows, key: fitter.fit_on_layer(m, i, rows)  # noqa: E731
+        rows, pred, fitted, _, _ = _cross(fit, tr.data, plan.folds, progress.step, f"{m} {ls.layers[i]}")
+        out = {"": _score(tr.va[rows], pred)}
+        if evals:
+            final = fitted[0] if plan.protocol["kind"] == "split" else fit(plan.final_train, None)
+            for ev in evals:
+                assert ev.data is not None
+                out[ev.name] = _score(ev.va, ev.data.predict(final, ev.rows))
+        if plan.protocol["kind"] != "split":
+            progress.step(f"{m} {ls.layers[i]} final")
+        return out
+
+    rows = per_layer_rows(ls, opts.plain_models, fit_layer)
+    runfolder.write_table(out_path / "layers.csv", LAYER_COLUMNS, rows)
+    saved_key = ("fold", 0 if plan.protocol["kind"] == "split" else -1)  # the fit that is saved
+    saved = {name[len(BEST_SPAN) :]: chosen for (name, key), chosen in fitter.layer_choices.items()
+             if name.startswith(BEST_SPAN) and key == saved_key}  # fmt: skip
+    layer_plot(out_path / "layers.png", rows, saved)
+    choices: dict = {}
+    for (name, key), chosen in sorted(fitter.layer_choices.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        label = "saved model" if key == saved_key else f"{key[0]} {key[1]}"
+        choices.setdefault(name, {})[label] = chosen
+    return {
+        "layers": ls.describe(),
+        "choice": f"inner {LayerSearch().cv}-fold CV on each fit's own training rows, mean Pearson r over the "
+        "targets; best-span grows from the best layer while that score improves",
+        "chosen": choices,
+        "table": "layers.csv",
+        "plot": "layers.png",
+    }
+
+
 def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Training) -> dict:
     """Which rows each choice of the run used (run.json ``selection``)."""
     fits = "each fit's own training rows (the fold's under CV, the training split's, the saved model's)"
@@ -682,6 +879,14 @@ def _selection(opts: RegressOptions, plan: Plan, default_how: dict, tr: _Trainin
         "members": "ensemble: fixed (ridge, svr, knn, mlp-kim), each with its own choices on the fit's rows",
         "saved_model": f"fitted on {len(plan.final_train)} training-side rows; eval stores never train",
     }
+    if tr.distribution:
+        out.update({
+            "alpha": f"softmax: {SOFTMAX_CV}-fold mean KL on {fits}",  # its default folds
+            "early_stopping": f"mlp: the validation KL on a validation fraction of {fits}",
+            "n_neighbors": f"knn (AA-kNN): leave-one-out mean KL on {fits}",
+        })  # fmt: skip
+        for key in ("svr_method", "members"):
+            out.pop(key)
     if plan.protocol["kind"] == "cv":
         out["cv"] = {"folds": plan.protocol["folds"], "includes_test": plan.protocol["includes_test"],
                      "left_out_test": int(plan.counts.get("test split (left out of the CV)", 0))}  # fmt: skip

@@ -156,9 +156,13 @@ class MapCache:
         return self._map is not None
 
     def get(self) -> EmbeddingMap:
+        """The map, its coordinates as float64 rounded to 3 decimals: exactly what the page receives,
+        so that a box filters the same items on the page and in the API."""
         with self._lock:
             if self._map is None:
-                self._map = self._read() or self._compute()
+                m = self._read() or self._compute()
+                m.x, m.y = (np.round(np.asarray(a, dtype=np.float64), 3) for a in (m.x, m.y))
+                self._map = m
             return self._map
 
     def _read(self) -> EmbeddingMap | None:

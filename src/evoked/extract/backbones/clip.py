@@ -25,6 +25,7 @@ from torch import nn
 from evoked.data.lexicon import CATEGORY_SETS
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
+from evoked.extract.layers import Pool, pool_block, with_layers
 from evoked.extract.weights import file_info, offline, random_info, seeded, sha256_of, weights_kind
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def clip(arg: str | None, weights: str) -> Backbone:
     )
     dim = int(module.scene_text.shape[1])
     spec = f"clip:{raw_arch}" + (f":{kwargs['tag']}" if kwargs.get("tag") else "")
-    return Backbone(
+    bb = Backbone(
         name=_group_name(arch),
         spec=spec,
         module=module,
@@ -210,6 +211,32 @@ def clip(arg: str | None, weights: str) -> Backbone:
         encode_text=module.encode_text,
         to_low_precision=module.to_low_precision,
     )
+    return with_layers(bb, *_visual_blocks(model.visual))
+
+
+def _visual_blocks(visual: nn.Module) -> tuple[list[tuple[str, nn.Module]], Pool, list[int] | None]:
+    """The image tower's layers: the class token after each transformer block (ViTs), or each
+    pooled residual block of layer1-4 (open_clip's ModifiedResNet)."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        width = int(visual.transformer.width)
+        first = bool(getattr(visual.transformer, "batch_first", True))
+        pool: Pool = _class_token if first else _class_token_seq_first
+        return [(f"transformer.resblocks.{i}", b) for i, b in enumerate(blocks)], pool, [width] * len(blocks)
+    if all(hasattr(visual, f"layer{i}") for i in range(1, 5)):
+        named = [
+            (f"layer{i}.{j}", b) for i in range(1, 5) for j, b in enumerate(getattr(visual, f"layer{i}"))
+        ]
+        return named, pool_block, None
+    return [], pool_block, None
+
+
+def _class_token(t: torch.Tensor) -> torch.Tensor:
+    return t[:, 0]
+
+
+def _class_token_seq_first(t: torch.Tensor) -> torch.Tensor:
+    return t[0]
 
 
 def write_model_config(

@@ -1,7 +1,8 @@
 """torchvision classifiers: ImageNet class probabilities (object features) and pooled embeddings.
 
 ``resnet18`` ... ``resnet152`` also offer ``stages``: layer1-4 outputs, each average-pooled and
-concatenated (the low- plus high-level features of ResNet emotion models). ``tv:NAME`` accepts
+concatenated (the low- plus high-level features of ResNet emotion models). Every model offers
+``layers`` (`evoked.extract.layers`): the pooled output of each block of its trunk (`trunk_blocks`). ``tv:NAME`` accepts
 any torchvision classification model; `torchvision_backbone` builds one from Python with your own
 weights file and preprocessing (see docs/api.md).
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 from evoked.errors import ConfigError
 from evoked.extract.backbone import Backbone, Preprocess, WeightsInfo
+from evoked.extract.layers import with_layers
 from evoked.extract.weights import (
     fetch_torchvision,
     file_info,
@@ -72,6 +74,33 @@ def _stage_dims(model: nn.Module) -> int:
     return dims
 
 
+def trunk_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks whose outputs are a torchvision classifier's layers, in depth order: every residual
+    block of layer1-4 (ResNets), each child of ``features`` (MobileNet, EfficientNet, ConvNeXt,
+    VGG...), each block of each stage of ``trunk_output`` (RegNet), each encoder block (ViT)."""
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        return [
+            (f"layer{i}.{j}", block)
+            for i in range(1, 5)
+            for j, block in enumerate(getattr(model, f"layer{i}").children())
+        ]
+    for path in ("features", "encoder.layers"):
+        try:
+            seq = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(seq, nn.Sequential) and len(seq):
+            return [(f"{path}.{name}", child) for name, child in seq.named_children()]
+    trunk = getattr(model, "trunk_output", None)
+    if isinstance(trunk, nn.Sequential):
+        return [
+            (f"trunk_output.{s}.{b}", block)
+            for s, stage in trunk.named_children()
+            for b, block in stage.named_children()
+        ]
+    return []
+
+
 def torchvision_backbone(
     model_name: str,
     weights: str = "default",
@@ -117,7 +146,7 @@ def torchvision_backbone(
     if is_resnet:
         outputs["stages"] = _stage_dims(model)
     categories = list(default.meta.get("categories", []))
-    return Backbone(
+    bb = Backbone(
         name=name or model_name,
         spec=spec or f"tv:{model_name}",
         module=module,
@@ -128,6 +157,7 @@ def torchvision_backbone(
         description=f"torchvision {model_name}",
         output_attrs={"probs": {"labels": categories}} if len(categories) == head.out_features else {},
     )
+    return with_layers(bb, trunk_blocks(model))
 
 
 def _resnet(depth: int):
