@@ -39,7 +39,6 @@ import numpy as np
 
 from evoked import __version__
 from evoked.errors import ConfigError
-from evoked.features.index import _alive as pid_alive  # the one pid check (stale temporaries)
 from evoked.features.lock import output_lock
 from evoked.features.store import (
     FAILED,
@@ -232,6 +231,7 @@ def _checked_out(out: Path) -> Path:
 
 def _remove_stale(out: Path) -> None:
     """Remove the work folders ``.OUT.partial-PID`` that stopped exports left (their process is gone)."""
+    from evoked.features.index import _alive as pid_alive  # the one pid check; here: faiss loads late
     for tmp in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
