@@ -227,8 +227,6 @@ def _checked_out(out: Path) -> Path:
             f"--out {str(out)!r} is not an empty folder; export into a new or empty folder "
             "(nothing was written, nothing there is replaced)"
         )
-    if not os.path.isdir(out.parent):
-        raise ConfigError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist; create it first")
     return out
 
 

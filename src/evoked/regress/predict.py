@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from evoked.data.datasets import list_images, load_dataset
 from evoked.errors import ConfigError, DatasetError, DecodeError
 from evoked.regress.rundir import load_run_model
 from evoked.runfolder import format_value, image_path_text
+
+if TYPE_CHECKING:
+    from evoked.retrieve import RecordedBackbones
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def collect_images(images: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     return paths, ids, notes
 
 
-def _ready(meta: dict, device: str):
+def ready_run_backbones(meta: dict, device: str) -> RecordedBackbones:
     """The run's backbones (`ready_backbones`), from its store, or from the configurations saved
     with the model when the store is gone or was rewritten."""
     from evoked.features.store import open_store
@@ -148,7 +151,7 @@ def predict_images(
     estimator, meta = load_run_model(run, model)
     paths, ids, notes = collect_images(images)
     id_of = {str(p): i for p, i in zip(paths, ids)}
-    ready = _ready(meta, device)
+    ready = ready_run_backbones(meta, device)
     features = meta["features"]
     dims = meta.get("feature_dims", {})
     done_paths: list[str] = []

@@ -159,9 +159,9 @@ class QueryModel:
         """(valence, arousal) of a decoded (H, W, 3) uint8 image; None when its features are not finite."""
         import torch
 
-        from evoked.regress.predict import _ready
+        from evoked.regress.predict import ready_run_backbones
 
-        ready = self._ready = self._ready or _ready(self.meta, self.device)
+        ready = self._ready = self._ready or ready_run_backbones(self.meta, self.device)
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(ready.device)
         out = ready.run([tensor])
         x = np.concatenate([out[f] for f in self.meta["features"]], axis=1)
