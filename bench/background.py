@@ -8,6 +8,7 @@ on entry and stops them on exit, also on an error, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ MAX_SECONDS = 3600
 
 _BUSY = (
     "import os, time\n"
-    "parent, end = os.getppid(), time.monotonic() + {seconds}\n"
+    "parent, end = {parent}, time.monotonic() + {seconds}\n"
     "while time.monotonic() < end and os.getppid() == parent:\n"
     "    for _ in range(200000):\n"
     "        pass\n"
@@ -53,7 +54,7 @@ class BackgroundLoad:
             for _ in range(self.k):
                 self.procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-c", _BUSY.format(seconds=self.max_seconds)],
+                        [sys.executable, "-c", _BUSY.format(parent=os.getpid(), seconds=self.max_seconds)],
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
                     )

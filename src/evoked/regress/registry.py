@@ -34,7 +34,12 @@ for _name, _target, _chunks, _help in (
     ),
     ("ridge", "linear:ridge", True, "ridge regression, alpha per target by exact leave-one-out (one eigh)"),
     ("svr", "svr:svr", False, "RBF SVR per target (exact up to 5000 rows, Nystroem 1000 + ridge above)"),
-    ("lgbm", "boosting:lgbm", False, "LightGBM boosted trees per target (200 trees, 15 leaves, lr 0.08)"),
+    (
+        "lgbm",
+        "boosting:lgbm",
+        False,
+        "LightGBM boosted trees per target (up to 200 trees, early stopping, 15 leaves, lr 0.08)",
+    ),
     ("mlp", "mlp:mlp", True, "torch MLP, hidden layers (256, 128), early stopping (GPU when available)"),
     (
         "mlp-kim",
