@@ -21,6 +21,9 @@ For each configuration, with the same images, batch size, reader processes and t
    AVX-512 BF16 (`evoked.extract.cpu.fast_bf16`), batch 64, one DataLoader worker and torch threads =
    the cores this process may use. ``vs_tuned`` = e2e / tuned.
 
+``--repeats R`` runs passes 1-3 R times and each loop R times (its model built once), and reports
+medians: on a shared machine one timed pass of a baseline can be off by half.
+
 ``--background-load K`` keeps K busy processes (`background.BackgroundLoad`) running from before the
 first measurement until after the last, evoked's and the loops' alike, as another job on a shared
 machine would; they are stopped at the end, also on an error or Ctrl-C.
@@ -319,8 +322,11 @@ LOOPS = {  # kind: (model builder, batch size, DataLoader workers, torch threads
 }
 
 
-def plain_loops(paths, specs, kind: str = "plain") -> float | None:
-    """img/s of the `kind` loops (`LOOPS`) of `specs`, one after another (first batch of each untimed)."""
+def plain_loops(paths, specs, kind: str = "plain", repeats: int = 1) -> float | None:
+    """img/s of the `kind` loops (`LOOPS`) of `specs`, one after another (first batch of each untimed).
+
+    Each model is built once and its loop run `repeats` times; its median seconds per image count
+    (a baseline timed once swung from 12.5 to 21.3 img/s between runs minutes apart, BENCHMARKS.md)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -335,15 +341,18 @@ def plain_loops(paths, specs, kind: str = "plain") -> float | None:
             continue
         forward, transform = build(spec)
         loader = DataLoader(_PilFiles(paths, transform), batch_size=batch, num_workers=workers)
-        timed, t0 = 0, None
-        with torch.no_grad():
-            for x in loader:
-                forward(x)
-                if t0 is None:
-                    t0 = time.perf_counter()
-                else:
-                    timed += len(x)
-        seconds += (time.perf_counter() - t0) / timed
+        passes = []
+        for _ in range(repeats):
+            timed, t0 = 0, None
+            with torch.no_grad():
+                for x in loader:
+                    forward(x)
+                    if t0 is None:
+                        t0 = time.perf_counter()
+                    else:
+                        timed += len(x)
+            passes.append((time.perf_counter() - t0) / timed)
+        seconds += statistics.median(passes)
         n += 1
         del forward
         gc.collect()
@@ -356,7 +365,7 @@ def user_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in OPENMP_ADDED}
 
 
-def measure_plain(paths, specs, kind: str = "plain") -> float | None:
+def measure_plain(paths, specs, kind: str = "plain", repeats: int = 1) -> float | None:
     """`plain_loops` in a fresh Python process, as a user's script runs: with torch's default threads,
     the OpenMP runtimes' default waiting and the allocator's own state. Within one process the state
     that earlier work leaves matters: glibc's adaptive mmap threshold, which evoked fixes for its own
@@ -366,7 +375,11 @@ def measure_plain(paths, specs, kind: str = "plain") -> float | None:
         return None
     with tempfile.TemporaryDirectory(prefix="evoked-plain-") as tmp:
         job = Path(tmp) / "plain.json"
-        job.write_text(json.dumps({"paths": [str(p) for p in paths], "specs": list(specs), "kind": kind}))
+        job.write_text(
+            json.dumps(
+                {"paths": [str(p) for p in paths], "specs": list(specs), "kind": kind, "repeats": repeats}
+            )
+        )
         done = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), PLAIN_FLAG, str(job)],
             capture_output=True,
@@ -382,7 +395,8 @@ def measure_plain(paths, specs, kind: str = "plain") -> float | None:
 def plain_main(job: str) -> int:
     """The child process of `measure_plain`: prints ``{"img_s": ...}``."""
     spec = json.loads(Path(job).read_text())
-    print(json.dumps({"img_s": plain_loops(spec["paths"], spec["specs"], spec.get("kind", "plain"))}))
+    img_s = plain_loops(spec["paths"], spec["specs"], spec.get("kind", "plain"), spec.get("repeats", 1))
+    print(json.dumps({"img_s": img_s}))
     return 0
 
 
@@ -451,8 +465,8 @@ def run_config(config: str, manifest, args, tmp: Path) -> Result:
         torch.cuda.empty_cache()
     decode, model, e2e = (statistics.median(runs[k]) for k in ("decode", "model", "e2e"))
     ratio = e2e / min(decode, model)
-    plain = measure_plain(paths, specs) if args.plain else None
-    tuned = measure_plain(paths, specs, "tuned") if args.plain else None
+    plain = measure_plain(paths, specs, repeats=args.repeats) if args.plain else None
+    tuned = measure_plain(paths, specs, "tuned", args.repeats) if args.plain else None
     return Result(
         config=config,
         backbones=specs,
@@ -572,7 +586,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of this process")
     p.add_argument("--warmup", type=int, default=1, help="untimed batches at the start of each pass")
-    p.add_argument("--repeats", type=int, default=1, help="repeat the three passes; medians are reported")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="repeat the three passes and each baseline loop; medians are reported",
+    )
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(

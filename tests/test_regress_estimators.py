@@ -210,3 +210,18 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_the_eigensolver_of_a_large_matrix_counts_free_cores_and_agrees(monkeypatch):
+    from evoked.regress import linear
+
+    asked = []
+    monkeypatch.setattr(linear, "free_cores", lambda s: asked.append(s) or 2)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((linear.EIGH_THREADED_FROM, 40))
+    m = a @ a.T
+    lam, vec = linear._eigh(m)
+    assert asked == [linear.FREE_CORES_SAMPLE_S]
+    np.testing.assert_allclose((vec * lam) @ vec.T, m, atol=1e-8)
+    linear._eigh(m[:10, :10])
+    assert len(asked) == 1  # a small matrix runs on one thread without watching the CPUs

@@ -32,8 +32,10 @@ from evoked.regress.transforms import log_probabilities
 
 #: A chunk of rows is about this many bytes of float32 features (rounded to whole store blocks).
 CHUNK_BYTES = 64 * 2**20
-#: Rows per float64 block inside a statistics update (bounds the float64 temporaries to ~32 MB).
-STATS_BLOCK_BYTES = 32 * 2**20
+#: Rows per float64 block inside a statistics update (bounds the float64 temporaries to ~16 MB:
+#: under glibc's 32 MB ceiling for its adaptive mmap threshold, so freed blocks are reused from the
+#: heap instead of being mapped afresh and page-faulted in, which on a VM cost more than the products).
+STATS_BLOCK_BYTES = 16 * 2**20
 #: Chunks of a shuffled epoch are assembled from this many randomly chosen pieces of the store.
 PIECES_PER_CHUNK = 16
 #: Copies of the feature matrix the in-memory runner holds at once (the float32 matrix, a scaled
@@ -74,7 +76,7 @@ class Moments:
         """Fold rows X (m, d) with targets Y (m, t) in, in float64 blocks of bounded size."""
         step = max(1, STATS_BLOCK_BYTES // (8 * max(X.shape[1], 1)))
         for a in range(0, len(X), step):
-            xb = np.asarray(X[a : a + step], dtype=np.float64)
+            xb = np.array(X[a : a + step], dtype=np.float64)  # a copy: centred in place below
             yb = np.asarray(Y[a : a + step], dtype=np.float64)
             mx, my = xb.mean(axis=0), yb.mean(axis=0)
             xb -= mx
@@ -233,7 +235,9 @@ class RowView:
     def _restrict(self, chunks):
         for r, x in chunks:
             sel = self._mask[r]
-            if sel.any():
+            if sel.all():  # no copy of a chunk that is wholly selected
+                yield r, (self.transform(x) if self.transform is not None else x)
+            elif sel.any():
                 x = x[sel]
                 yield r[sel], (self.transform(x) if self.transform is not None else x)
 

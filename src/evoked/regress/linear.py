@@ -4,15 +4,20 @@
 from one eigendecomposition, like scikit-learn's `RidgeCV` (same formula, same choice: tested to
 agree), but organised so that each extra alpha costs O(n d) instead of O(n d^2):
 
-- n > d: eigendecompose the d x d matrix Xc'Xc = V diag(l) V' and form P = Xc V once. For alpha,
+- n > d: eigendecompose the d x d matrix Xc'Xc = V diag(l) V' and form P = Xc V. For alpha,
   the hat diagonal is h = 1/n + (P*P) @ (1/(l + alpha)), the fit is P @ (V'Xc'y / (l + alpha)),
-  and the leave-one-out residual is (y - fit) / (1 - h).
+  and the leave-one-out residual is (y - fit) / (1 - h). In memory and from a store alike this
+  runs on blocks of rows (`fit_chunks`): Xc'Xc accumulated block by block, P formed per block,
+  so no n x d temporary is made (a float64 copy of 20,000 x 2,048 rows cost 3 s of page faults
+  on a VM, more than the products).
 - n <= d: the same with the n x n matrix Xc Xc' = U diag(l) U'.
 
 RidgeCV (scikit-learn 1.9) rebuilds an O(n d^2) product for every alpha: 60 s for 16,000 x 2,048
 and 17 alphas on a 2-core machine, against about 4 s here.
-The eigensolver runs on one thread: LAPACK's symmetric eigensolver gains little from threads, and
-on a 2-core machine shared with other work it ran 7-13x slower with two threads than with one.
+The eigensolver of a large matrix runs on the cores other processes leave free
+(`evoked.device.free_cores`, as LightGBM's fits): on a quiet 2-core machine two threads took a
+2048 x 2048 matrix from 1.67 s to 0.89 s, but with another job holding a core two threads ran 7-13x
+slower than one. A small matrix runs on one thread (watching the CPUs would cost more than it saves).
 """
 
 from __future__ import annotations
@@ -24,17 +29,24 @@ from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from evoked.regress.chunks import Moments, RowView
+from evoked.device import free_cores
+from evoked.regress.chunks import ArraySource, Moments, RowView, chunk_rows_for
 
 #: Ridge penalties tried by leave-one-out (features are standardised, so one grid fits most sets).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
-EIGH_THREADS = 1
+#: Bytes of float32 rows per block of an in-memory d x d fit (see `evoked.regress.chunks.STATS_BLOCK_BYTES`).
+BLOCK_BYTES = 16 * 2**20
+#: From this size on, the eigensolver counts the free cores (0.1 s) and uses them.
+EIGH_THREADED_FROM = 1024
+#: How long it watches the CPUs (`evoked.device.free_cores`).
+FREE_CORES_SAMPLE_S = 0.1
 
 
 def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(EIGH_THREADS, user_api="blas"):
+    threads = free_cores(FREE_CORES_SAMPLE_S) if len(a) >= EIGH_THREADED_FROM else 1
+    with threadpool_limits(threads, user_api="blas"):
         lam, vec = np.linalg.eigh(a)
     return np.clip(lam, 0.0, None), vec
 
@@ -66,6 +78,9 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self._single_output = y.ndim == 1
         Y = y.reshape(len(y), -1).astype(np.float64)
         n, d = X.shape
+        if n > d:  # the d x d path is the chunked one, on blocks of rows: no n x d temporaries
+            rows = RowView(ArraySource(X, chunk_rows_for(d, max_bytes=BLOCK_BYTES)), np.arange(n))
+            return self._fit_rows(alphas, rows, Y)
         x_mean = X.mean(axis=0, dtype=np.float64)
         y_mean = Y.mean(axis=0)
         Yc = Y - y_mean
@@ -73,22 +88,11 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Xc -= x_mean
         if n < 2:  # nothing to leave out: the mean predictor
             return self._finish(alphas, None, np.zeros((d, Y.shape[1])), x_mean, y_mean)
-        if n > d:
-            lam, V = _eigh(Xc.T @ Xc)
-            B = V.T @ (Xc.T @ Yc)  # (d, t)
-            # P only serves the alpha search, so float32 is enough (and halves the largest product);
-            # P = Xc V = X V - mean V, without a float32 copy of Xc.
-            V32 = V.astype(np.float32)
-            P = np.asarray(X, dtype=np.float32) @ V32 - (x_mean.astype(np.float32) @ V32)[None, :]
-            self.loo_mse_ = self._loo(alphas, lam, P, B, Yc, n, shrink=False)
-            best = self._best(alphas)
-            coef = np.stack([V @ (B[:, t] / (lam + a)) for t, a in enumerate(best)], axis=1)
-        else:
-            lam, U = _eigh(Xc @ Xc.T)
-            B = U.T @ Yc  # (n, t)
-            self.loo_mse_ = self._loo(alphas, lam, U, B, Yc, n, shrink=True)
-            best = self._best(alphas)
-            coef = np.stack([Xc.T @ (U @ (B[:, t] / (lam + a))) for t, a in enumerate(best)], axis=1)
+        lam, U = _eigh(Xc @ Xc.T)
+        B = U.T @ Yc  # (n, t)
+        self.loo_mse_ = self._loo(alphas, lam, U, B, Yc, n, shrink=True)
+        best = self._best(alphas)
+        coef = np.stack([Xc.T @ (U @ (B[:, t] / (lam + a))) for t, a in enumerate(best)], axis=1)
         return self._finish(alphas, self.loo_mse_, coef, x_mean, y_mean)
 
     def fit_chunks(self, view: RowView, Y: np.ndarray, moments: Moments | None = None) -> RidgeLOO:
@@ -97,13 +101,18 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         them) give the coefficients of every alpha; one pass over the rows computes the exact
         leave-one-out error of every alpha chunk by chunk (the d x d path of `fit`), since each
         row's leverage and residual are not functions of the moments."""
-        alphas = self._alphas()
+        self._single_output = False
+        return self._fit_rows(self._alphas(), view, Y, moments)
+
+    def _fit_rows(
+        self, alphas: np.ndarray, view: RowView, Y: np.ndarray, moments: Moments | None = None
+    ) -> RidgeLOO:
         T = moments
         if T is None:
             T = Moments.empty(view.d, Y.shape[1])
             for r, x in view:
                 T.add(x, Y[r])
-        self.n_features_in_, self._single_output = view.d, False
+        self.n_features_in_ = view.d
         if T.n < 2:
             return self._finish(alphas, None, np.zeros((view.d, Y.shape[1])), T.mean_x, T.mean_y)
         lam, V = _eigh(T.m2)
@@ -111,6 +120,7 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         V32, shift = V.astype(np.float32), (T.mean_x.astype(np.float32) @ V.astype(np.float32))[None, :]
         sse = np.zeros((len(alphas), Y.shape[1]))
         for r, x in view:
+            # P only serves the alpha search, so float32 is enough; P = Xc V = X V - mean V
             P = np.asarray(x, dtype=np.float32) @ V32 - shift
             sse += self._loo(alphas, lam, P, B, Y[r] - T.mean_y, T.n, shrink=False) * len(r)
         self.loo_mse_ = sse / T.n
