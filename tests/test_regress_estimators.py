@@ -11,6 +11,7 @@ import pytest
 from sklearn.linear_model import RidgeCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from evoked.device import FIT_FREE_CORES_SAMPLE_S
 from evoked.errors import ConfigError
 from evoked.regress import (
     FaissKNNRegressor,
@@ -221,7 +222,7 @@ def test_the_eigensolver_of_a_large_matrix_counts_free_cores_and_agrees(monkeypa
     a = rng.standard_normal((linear.EIGH_THREADED_FROM, 40))
     m = a @ a.T
     lam, vec = linear._eigh(m)
-    assert asked == [linear.FREE_CORES_SAMPLE_S]
+    assert asked == [FIT_FREE_CORES_SAMPLE_S]
     np.testing.assert_allclose((vec * lam) @ vec.T, m, atol=1e-8)
     linear._eigh(m[:10, :10])
     assert len(asked) == 1  # a small matrix runs on one thread without watching the CPUs

@@ -49,6 +49,8 @@ def available_cores() -> int:
 
 #: How long `free_cores` watches the CPUs (seconds): long enough for a few scheduler ticks.
 FREE_CORES_SAMPLE_S = 0.25
+#: How long a regressor's fit watches them (LightGBM, the ridge eigensolver): fits come by the dozen.
+FIT_FREE_CORES_SAMPLE_S = 0.1
 #: A core counts as taken when other processes kept it busy at least this fraction of the sample.
 BUSY_FRACTION = 0.5
 

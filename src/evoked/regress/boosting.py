@@ -24,7 +24,7 @@ from sklearn.base import clone
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.utils import check_array
 
-from evoked.device import free_cores
+from evoked.device import FIT_FREE_CORES_SAMPLE_S, free_cores
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ EARLY_STOPPING_ROUNDS = 20
 #: Share of a fit's rows held out for early stopping (none below `MIN_ROWS_TO_HOLD_OUT` rows).
 VALIDATION_FRACTION = 0.1
 MIN_ROWS_TO_HOLD_OUT = 200
-#: How long a fit watches the CPUs to count the free cores (`evoked.device.free_cores`).
-FREE_CORES_SAMPLE_S = 0.1
 
 
 class LGBMMultiOutput(MultiOutputRegressor):
@@ -84,7 +82,7 @@ class LGBMMultiOutput(MultiOutputRegressor):
         t0 = time.perf_counter()
         threads = self.estimator.get_params().get("n_jobs")
         if threads is None or threads < 1:
-            threads = free_cores(FREE_CORES_SAMPLE_S)
+            threads = free_cores(FIT_FREE_CORES_SAMPLE_S)
         grow, stop = self._held_out(len(X))
         self.estimators_ = []
         for t in range(Y.shape[1]):

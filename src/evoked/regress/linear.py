@@ -29,23 +29,19 @@ from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from evoked.device import free_cores
-from evoked.regress.chunks import ArraySource, Moments, RowView, chunk_rows_for
+from evoked.device import FIT_FREE_CORES_SAMPLE_S, free_cores
+from evoked.regress.chunks import STATS_BLOCK_BYTES, ArraySource, Moments, RowView, chunk_rows_for
 
 #: Ridge penalties tried by leave-one-out (features are standardised, so one grid fits most sets).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
-#: Bytes of float32 rows per block of an in-memory d x d fit (see `evoked.regress.chunks.STATS_BLOCK_BYTES`).
-BLOCK_BYTES = 16 * 2**20
 #: From this size on, the eigensolver counts the free cores (0.1 s) and uses them.
 EIGH_THREADED_FROM = 1024
-#: How long it watches the CPUs (`evoked.device.free_cores`).
-FREE_CORES_SAMPLE_S = 0.1
 
 
 def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from threadpoolctl import threadpool_limits
 
-    threads = free_cores(FREE_CORES_SAMPLE_S) if len(a) >= EIGH_THREADED_FROM else 1
+    threads = free_cores(FIT_FREE_CORES_SAMPLE_S) if len(a) >= EIGH_THREADED_FROM else 1
     with threadpool_limits(threads, user_api="blas"):
         lam, vec = np.linalg.eigh(a)
     return np.clip(lam, 0.0, None), vec
@@ -79,7 +75,7 @@ class RidgeLOO(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Y = y.reshape(len(y), -1).astype(np.float64)
         n, d = X.shape
         if n > d:  # the d x d path is the chunked one, on blocks of rows: no n x d temporaries
-            rows = RowView(ArraySource(X, chunk_rows_for(d, max_bytes=BLOCK_BYTES)), np.arange(n))
+            rows = RowView(ArraySource(X, chunk_rows_for(d, max_bytes=STATS_BLOCK_BYTES)), np.arange(n))
             return self._fit_rows(alphas, rows, Y)
         x_mean = X.mean(axis=0, dtype=np.float64)
         y_mean = Y.mean(axis=0)
